@@ -99,6 +99,12 @@ class LatitudeClient:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> LatitudeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def billing_usage(
         self, project_id: str, *, plan: str | None = None, products: Sequence[str] = ()
     ) -> UsageAttributes:

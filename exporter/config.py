@@ -10,6 +10,7 @@ the YAML, so a config file can be committed and shared without leaking it.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import threading
 from collections.abc import Mapping
@@ -294,9 +295,7 @@ class TokenSource:
 
 def clean_token(raw: str, field: str) -> str:
     """Strip whitespace and a pasted `Bearer ` prefix: the API wants the raw token."""
-    token = raw.strip()
-    if token.lower().startswith("bearer "):
-        token = token[7:].strip()
+    token = re.sub(r"(?i)^\s*bearer(\s+|$)", "", raw).strip()
     if not token:
         raise ConfigError(f"{field}: the API token is empty; {_TOKEN_HINT}")
     if any(ch.isspace() for ch in token) or not token.isprintable():

@@ -1,15 +1,19 @@
 """The request budget: spaces API requests evenly under the per-key rate limit.
 
-Latitude.sh allows 60 GET requests a minute per API key. Requests are handed out one
-slot every `window / limit` seconds, so no window of `window` seconds ever holds more
-than `limit` of them, however many threads ask at once, and the load on the API is
-spread evenly instead of arriving in bursts at the top of each poll interval.
+Latitude.sh allows 60 GET requests a minute per API key. Requests are let through at
+most one every `window / limit` seconds, so the load on the API is spread evenly instead
+of arriving in bursts at the top of each poll interval. Spacing alone is not exact
+(float sums drift, and a thread that wakes late squeezes the next gaps), so grants are
+also checked against a sliding window of the actual grant times: no `window` seconds
+ever hold more than `limit` requests, however many threads ask at once.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from exporter.errors import Cancelled
@@ -35,25 +39,28 @@ class RequestBudget:
         self._stop = stop or threading.Event()
         self._sleep = sleep or self._stop.wait
         self._lock = threading.Lock()
-        self._next_slot: float | None = None
+        self._next_slot = -math.inf
+        self._granted: deque[float] = deque(maxlen=max(1, math.floor(limit)))
 
     def acquire(self) -> float:
-        """Block until this caller may send one request; return how long it waited."""
-        with self._lock:
-            now = self._clock()
-            slot = now if self._next_slot is None else max(now, self._next_slot)
-            self._next_slot = slot + self.spacing
-        wait = slot - now
-        if self._stop.is_set() or (wait > 0 and self._sleep(wait)):
-            raise Cancelled("shutting down")
-        return wait
+        """Block until this caller may send one request; return the time it was let through."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                earliest = self._next_slot
+                if len(self._granted) == self._granted.maxlen:
+                    earliest = max(earliest, self._granted[0] + self.window)
+                if now >= earliest and not self._stop.is_set():
+                    self._granted.append(now)
+                    self._next_slot = now + self.spacing
+                    return now
+            if self._stop.is_set() or self._sleep(max(earliest - now, 1e-6)):
+                raise Cancelled("shutting down")
 
     def pause(self, seconds: float) -> None:
         """Hold every request back for `seconds`: the API said the key is over its limit."""
         with self._lock:
-            resume = self._clock() + seconds
-            if self._next_slot is None or self._next_slot < resume:
-                self._next_slot = resume
+            self._next_slot = max(self._next_slot, self._clock() + seconds)
 
     def seconds_for(self, requests: int) -> float:
         """How long `requests` requests take at this budget."""

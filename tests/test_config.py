@@ -1,0 +1,199 @@
+"""Settings: YAML, env overrides, the token's sources, and every validation message."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exporter.config import (
+    ConfigError,
+    Settings,
+    TokenSource,
+    clean_token,
+    load_settings,
+)
+from tests.conftest import ROOT
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("LATITUDESH_EXPORTER_", "LATITUDESH_AUTH")):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_the_design() -> None:
+    settings = load_settings(None)
+    assert settings.api.base_url == "https://api.latitude.sh"
+    assert settings.api.timeout_seconds == 15
+    assert settings.api.max_retries == 3
+    assert settings.api.requests_per_minute == 50
+    assert settings.poll.interval_seconds == 300
+    assert settings.poll.concurrency == 4
+    assert settings.projects == []
+    assert settings.currency is None
+    assert settings.max_products_per_project == 1000
+
+
+def test_yaml_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+api: {timeout_seconds: 5, base_url: "http://localhost:1234/"}
+currency: EUR
+poll: {interval_seconds: 60}
+projects:
+  - id: proj_a
+    plan: c2-small-x86
+    products: [si_1, si_2]
+""")
+    settings = load_settings(path, explicit=True)
+    assert settings.api.timeout_seconds == 5
+    assert settings.api.base_url == "http://localhost:1234"
+    assert settings.currency == "EUR"
+    (project,) = settings.projects
+    assert (project.id, project.plan, project.products) == ("proj_a", "c2-small-x86",
+                                                            ["si_1", "si_2"])
+
+
+def test_env_beats_yaml_and_merges_into_nested_sections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "poll: {interval_seconds: 60, concurrency: 8}\n")
+    monkeypatch.setenv("LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS", "120")
+    monkeypatch.setenv("LATITUDESH_EXPORTER_CURRENCY", "BRL")
+    settings = load_settings(path, explicit=True)
+    assert settings.poll.interval_seconds == 120
+    assert settings.poll.concurrency == 8  # kept from YAML
+    assert settings.currency == "BRL"
+
+
+def test_the_example_config_is_valid_and_documents_every_key() -> None:
+    example = ROOT / "config.example.yaml"
+    settings = load_settings(example, explicit=True)
+    assert isinstance(settings, Settings)
+    text = example.read_text()
+    content = yaml.safe_load(text)
+    for name, field in Settings.model_fields.items():
+        assert name in content, f"{name} missing from config.example.yaml"
+        nested = field.annotation
+        if isinstance(nested, type) and hasattr(nested, "model_fields"):
+            for sub in nested.model_fields:
+                assert f"{sub}:" in text, f"{name}.{sub} missing from config.example.yaml"
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and ":" in stripped \
+                and not stripped.startswith("- "):
+            assert "#" in line or stripped.endswith(":"), f"uncommented key: {line!r}"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("poll: {interval_seconds: 0}", "poll.interval_seconds: Input should be greater than "
+                                        "or equal to 1"),
+        ("poll: {concurrency: 0}", "poll.concurrency: Input should be greater than or equal"),
+        ("poll: {intervl: 3}", "poll.intervl: unknown field"),
+        ("api: {base_url: ftp://x}", "api.base_url: must start with http:// or https://"),
+        ("api: {timeout_seconds: -1}", "api.timeout_seconds: Input should be greater than 0"),
+        ("api: {max_retries: 99}", "api.max_retries: Input should be less than or equal to 10"),
+        ("api: {requests_per_minute: 0}", "api.requests_per_minute: Input should be greater"),
+        ("api: {token: abc}", "api: the API token is never read from the config file; set the "
+                              "LATITUDESH_AUTH_TOKEN environment variable or api.token_file"),
+        ("currency: dollars", "currency: String should match pattern"),
+        ("projects: [{plan: x}]", "projects.0.id: Field required"),
+        ("projects: [{id: a}, {id: a}]", "projects: project id 'a' is listed twice"),
+        ("max_products_per_project: 0", "max_products_per_project: Input should be greater"),
+        ("bogus: 1", "bogus: unknown field"),
+        ("- a list", "the top level must be a mapping"),
+        ("poll: {interval_seconds: [", "line 1"),
+    ],
+)
+def test_every_validation_error_is_one_line_naming_the_field(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), explicit=True)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_named_config_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config.file: .*missing.yaml: no such file"):
+        load_settings(tmp_path / "missing.yaml", explicit=True)
+
+
+def test_the_default_config_file_is_optional(tmp_path: Path) -> None:
+    assert load_settings(tmp_path / "config.yaml").poll.interval_seconds == 300
+
+
+def test_a_misspelt_env_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATITUDESH_EXPORTER_POL__INTERVAL_SECONDS", "1")
+    with pytest.raises(ConfigError, match="LATITUDESH_EXPORTER_POL__INTERVAL_SECONDS: unknown"):
+        load_settings(None)
+
+
+def test_bad_env_value_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATITUDESH_EXPORTER_POLL__CONCURRENCY", "many")
+    with pytest.raises(ConfigError, match="poll.concurrency: Input should be a valid integer"):
+        load_settings(None)
+
+
+def test_token_from_env_strips_a_pasted_bearer_prefix() -> None:
+    source = TokenSource.from_environment(load_settings(None),
+                                          {"LATITUDESH_AUTH_TOKEN": " Bearer abc123 \n"})
+    assert source.get().get_secret_value() == "abc123"
+    assert "abc123" not in repr(source.get())
+
+
+def test_token_env_wins_over_token_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file")
+    path = write(tmp_path, f"api: {{token_file: {token_file}}}")
+    source = TokenSource.from_environment(load_settings(path, explicit=True),
+                                          {"LATITUDESH_AUTH_TOKEN": "from-env"})
+    assert source.get().get_secret_value() == "from-env"
+
+
+def test_token_file_is_read_and_reread_when_it_changes(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token\n")
+    token_file.chmod(0o600)
+    source = TokenSource(path=token_file)
+    assert source.get().get_secret_value() == "first-token"
+    token_file.write_text("second-token-longer\n")
+    os.utime(token_file, (1, 1))  # make sure the stamp differs even on coarse clocks
+    assert source.get().get_secret_value() == "second-token-longer"
+    assert source.permission_warning() is None
+
+
+def test_world_readable_token_file_is_flagged(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("t")
+    token_file.chmod(0o644)
+    warning = TokenSource(path=token_file).permission_warning()
+    assert warning is not None and warning.mode == 0o644
+
+
+def test_missing_token_says_how_to_provide_it() -> None:
+    with pytest.raises(ConfigError, match="no API token: set the LATITUDESH_AUTH_TOKEN "
+                                          "environment variable or api.token_file"):
+        TokenSource.from_environment(load_settings(None), {})
+
+
+def test_missing_token_file_names_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"api.token_file: .*nope"):
+        TokenSource(path=tmp_path / "nope")
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "Bearer ", "two words", "tab\there"])
+def test_empty_or_malformed_tokens_are_refused(raw: str) -> None:
+    with pytest.raises(ConfigError, match="LATITUDESH_AUTH_TOKEN: the API token"):
+        clean_token(raw, "LATITUDESH_AUTH_TOKEN")

@@ -1,0 +1,126 @@
+"""The request budget: no window ever holds more requests than the limit."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from exporter.errors import Cancelled
+from exporter.ratelimit import RequestBudget
+from tests.conftest import make_client
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> bool:
+        with self._lock:
+            self.now = max(self.now, self.now + seconds)
+        return False
+
+
+def busiest_window(times: list[float], window: float) -> int:
+    """The most requests in any half-open window [t, t + window)."""
+    ordered = sorted(times)
+    best = 0
+    start = 0
+    for end, t in enumerate(ordered):
+        while ordered[start] + window <= t:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_no_60_second_window_holds_more_than_the_limit() -> None:
+    clock = FakeClock()
+    budget = RequestBudget(50, clock=clock, sleep=clock.sleep)
+    sent = []
+    for _ in range(500):
+        budget.acquire()
+        sent.append(clock.now)
+    assert busiest_window(sent, 60.0) == 50
+    gaps = {round(b - a, 9) for a, b in zip(sent, sent[1:], strict=False)}
+    assert gaps == {1.2}, gaps  # spread evenly: one request every 60/50 s, no bursts
+
+
+def test_idle_time_is_not_saved_up_for_a_burst() -> None:
+    clock = FakeClock()
+    budget = RequestBudget(60, clock=clock, sleep=clock.sleep)
+    budget.acquire()
+    clock.now += 3600
+    sent = []
+    for _ in range(120):
+        budget.acquire()
+        sent.append(clock.now)
+    assert busiest_window(sent, 60.0) <= 60
+
+
+def test_pause_holds_every_caller_back() -> None:
+    clock = FakeClock()
+    budget = RequestBudget(60, clock=clock, sleep=clock.sleep)
+    first = budget.acquire()
+    budget.pause(30)
+    assert budget.acquire() - first == pytest.approx(30)
+
+
+def test_a_stop_cancels_waiting_callers() -> None:
+    stop = threading.Event()
+    budget = RequestBudget(1, stop=stop)  # one request a minute: the second waits 60 s
+    budget.acquire()
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            budget.acquire()
+        except Cancelled as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    stop.set()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert len(errors) == 1
+
+
+def test_seconds_for_reports_the_time_a_refresh_needs() -> None:
+    assert RequestBudget(50).seconds_for(100) == pytest.approx(120.0)
+
+
+class RecordingBudget(RequestBudget):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.sent: list[float] = []
+        self._record_lock = threading.Lock()
+
+    def acquire(self) -> float:
+        granted = super().acquire()
+        with self._record_lock:
+            self.sent.append(granted)
+        return granted
+
+
+def test_concurrent_polls_over_real_sockets_stay_within_the_budget(demo_api) -> None:  # type: ignore[no-untyped-def]
+    # The real budget is per 60 s; the same limiter on a 1 s window keeps the test short.
+    budget = RecordingBudget(20, window=1.0)
+    client = make_client(demo_api.url, budget=budget)
+    projects = list(demo_api.account.projects)
+
+    def worker(n: int) -> None:
+        for i in range(8):
+            client.billing_usage(projects[(n + i) % len(projects)])
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert demo_api.request_count("/billing/usage") == 48
+    assert len(budget.sent) == 48
+    assert busiest_window(budget.sent, 1.0) <= 20
