@@ -47,6 +47,8 @@ log = logging.getLogger("exporter")
 DEFAULT_LISTEN = ":10067"
 #: In demo mode the simulated API is local and fast: refresh often so graphs move.
 DEMO_INTERVAL_SECONDS = 10.0
+#: The simulated API has no rate limit; a real key's budget would only slow start-up.
+DEMO_REQUESTS_PER_MINUTE = 600.0
 SHUTDOWN_SECONDS = 4.0
 EXIT_CONFIG = 2
 
@@ -197,7 +199,10 @@ def build_app(
     stop = threading.Event()
     store = SnapshotStore()
     api = settings.api
-    budget = RequestBudget(api.requests_per_minute, stop=stop)
+    requests_per_minute = api.requests_per_minute
+    if demo and "requests_per_minute" not in api.model_fields_set:
+        requests_per_minute = DEMO_REQUESTS_PER_MINUTE
+    budget = RequestBudget(requests_per_minute, stop=stop)
     client = LatitudeClient(
         token=token, budget=budget, base_url=demo.url if demo else api.base_url,
         timeout=api.timeout_seconds, max_retries=api.max_retries,

@@ -312,6 +312,8 @@ class DemoApi:
         self._faults: dict[str, deque[_Scripted]] = {}
         self._lock = threading.Lock()
         self.requests: list[RequestRecord] = []
+        #: Requests received, counted before any fault delays or drops them.
+        self.arrivals = 0
         handler = type("Handler", (_Handler,), {"api": self})
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
@@ -381,6 +383,8 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("demo api request", extra={"request": format % args})
 
     def do_GET(self) -> None:
+        with self.api._lock:
+            self.api.arrivals += 1
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         if url.path == "/__demo__/requests":

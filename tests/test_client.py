@@ -142,8 +142,8 @@ def test_429_without_a_wait_backs_off() -> None:
 
 
 def test_429_http_date_retry_after_is_understood() -> None:
-    from email.utils import format_datetime
     from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
 
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     budget = Pauses()

@@ -142,7 +142,7 @@ def test_a_misspelt_env_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_bad_env_value_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LATITUDESH_EXPORTER_POLL__CONCURRENCY", "many")
-    with pytest.raises(ConfigError, match="poll.concurrency: Input should be a valid integer"):
+    with pytest.raises(ConfigError, match=r"poll\.concurrency: Input should be a valid integer"):
         load_settings(None)
 
 
@@ -183,8 +183,8 @@ def test_world_readable_token_file_is_flagged(tmp_path: Path) -> None:
 
 
 def test_missing_token_says_how_to_provide_it() -> None:
-    with pytest.raises(ConfigError, match="no API token: set the LATITUDESH_AUTH_TOKEN "
-                                          "environment variable or api.token_file"):
+    with pytest.raises(ConfigError, match=r"no API token: set the LATITUDESH_AUTH_TOKEN "
+                                          r"environment variable or api\.token_file"):
         TokenSource.from_environment(load_settings(None), {})
 
 
