@@ -1,0 +1,265 @@
+"""exporter → Prometheus → rules → Alertmanager → webhook, with the real servers.
+
+One stack per module: the simulated API (in this process, so faults can be injected),
+the exporter as a process, Prometheus 2.x loading the shipped rules (their `for:`
+shortened to 0s so a provoked alert arrives in seconds, not hours), and Alertmanager
+routing to a webhook receiver run here. Everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.demo import DemoAccount, DemoApi, Fault
+from tests.conftest import (
+    IN_CI,
+    ROOT,
+    TOKEN,
+    ExporterProcess,
+    free_port,
+    http_get,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+DASHBOARD = ROOT / "grafana" / "dashboards" / "latitudesh-billing.json"
+
+
+def binary(*names: str) -> str:
+    for name in names:
+        if path := shutil.which(name):
+            return path
+    reason = f"none of {names} is installed (Debian packages prometheus, prometheus-alertmanager)"
+    if IN_CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@dataclass
+class Receiver:
+    """The webhook Alertmanager notifies: keeps every alert it was sent."""
+
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def find(self, status: str, **labels: str) -> dict[str, Any] | None:
+        with self.lock:
+            for alert in self.alerts:
+                if alert["status"] == status and labels.items() <= alert["labels"].items():
+                    return alert
+        return None
+
+
+def start_receiver(receiver: Receiver) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with receiver.lock:
+                receiver.alerts.extend(body["alerts"])
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@dataclass
+class Stack:
+    api: DemoApi
+    exporter: ExporterProcess
+    prometheus_url: str
+    receiver: Receiver
+    logs: dict[str, Path]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        url = f"{self.prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+        status, _, body = http_get(url)
+        answer = json.loads(body)
+        assert status == 200, answer
+        result = answer["data"]["result"]
+        return result if isinstance(result, list) else [result]
+
+    def diagnostics(self) -> str:
+        return "\n".join(f"--- {name}\n{path.read_text(errors='replace')[-3000:]}"
+                         for name, path in self.logs.items())
+
+
+def shortened_rules(source: Path, target: Path) -> None:
+    document = yaml.safe_load(source.read_text())
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["for"] = "0s"
+    target.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prometheus_bin = binary("prometheus")
+    alertmanager_bin = binary("prometheus-alertmanager", "alertmanager")
+    tmp = tmp_path_factory.mktemp("e2e")
+    processes: list[subprocess.Popen[bytes]] = []
+    logs: dict[str, Path] = {}
+
+    def spawn(name: str, argv: list[str]) -> None:
+        logs[name] = tmp / f"{name}.log"
+        with logs[name].open("wb") as log:  # the child keeps its own descriptor
+            processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                              cwd=tmp))
+
+    receiver = Receiver()
+    receiver_server = start_receiver(receiver)
+    api = DemoApi(DemoAccount(speed=1.0), token=TOKEN).start()
+    exporter = ExporterProcess([], env={
+        "LATITUDESH_AUTH_TOKEN": TOKEN,
+        "LATITUDESH_EXPORTER_API__BASE_URL": api.url,
+        "LATITUDESH_EXPORTER_API__REQUESTS_PER_MINUTE": "6000",
+        "LATITUDESH_EXPORTER_API__MAX_RETRIES": "0",
+        "LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS": "1",
+    }, cwd=tmp)
+    logs["exporter"] = exporter.log_path
+
+    am_port = free_port()
+    (tmp / "alertmanager.yml").write_text(yaml.safe_dump({
+        "route": {"receiver": "webhook", "group_by": ["alertname", "project_id", "reason"],
+                  "group_wait": "0s", "group_interval": "1s", "repeat_interval": "1h"},
+        "receivers": [{"name": "webhook", "webhook_configs": [{
+            "url": f"http://127.0.0.1:{receiver_server.server_address[1]}/",
+            "send_resolved": True}]}],
+    }))
+    spawn("alertmanager", [alertmanager_bin, "--config.file=alertmanager.yml",
+                           f"--storage.path={tmp / 'am-data'}",
+                           f"--web.listen-address=127.0.0.1:{am_port}",
+                           "--cluster.listen-address="])
+
+    prom_port = free_port()
+    shortened_rules(ROOT / "prometheus" / "rules.yml", tmp / "rules.yml")
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["rules.yml"],
+        "alerting": {"alertmanagers": [{"static_configs": [
+            {"targets": [f"127.0.0.1:{am_port}"]}]}]},
+        "scrape_configs": [{"job_name": "latitudesh", "static_configs": [
+            {"targets": [f"127.0.0.1:{exporter.port}"]}]}],
+    }))
+    spawn("prometheus", [prometheus_bin, "--config.file=prometheus.yml",
+                         f"--storage.tsdb.path={tmp / 'prom-data'}",
+                         f"--web.listen-address=127.0.0.1:{prom_port}"])
+
+    built = Stack(api, exporter, f"http://127.0.0.1:{prom_port}", receiver, logs)
+    try:
+        exporter.wait_ready()
+        wait_for(lambda: _safe(lambda: built.query('up{job="latitudesh"} == 1')), timeout=60,
+                 message="Prometheus to scrape the exporter")
+        yield built
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        exporter.stop()
+        api.stop()
+        receiver_server.shutdown()
+        receiver_server.server_close()
+
+
+def _safe(probe: Any) -> Any:
+    try:
+        return probe()
+    except (OSError, ValueError, KeyError, AssertionError):
+        return None
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    document = json.loads(DASHBOARD.read_text())
+    return [(panel["title"], target["expr"]) for panel in document["panels"]
+            for target in panel.get("targets", [])]
+
+
+def substitute(expr: str) -> str:
+    return (expr.replace("$project", ".*").replace("$currency", "USD")
+            .replace("$__rate_interval", "1m"))
+
+
+def test_every_recording_rule_yields_data(stack: Stack) -> None:
+    records = [rule["record"] for group in yaml.safe_load(
+        (ROOT / "prometheus" / "rules.yml").read_text())["groups"]
+        for rule in group["rules"] if "record" in rule]
+    for record in records:
+        wait_for(lambda r=record: stack.query(r), timeout=60,
+                 message=f"recording rule {record} to have data\n{stack.diagnostics()}")
+
+
+def test_every_dashboard_query_returns_data(stack: Stack) -> None:
+    for title, expr in dashboard_queries():
+        concrete = substitute(expr)
+        wait_for(lambda e=concrete: stack.query(e), timeout=60,
+                 message=f"panel {title!r}: {concrete}")
+
+
+def test_dashboard_variables_find_values(stack: Stack) -> None:
+    document = json.loads(DASHBOARD.read_text())
+    for variable in document["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["definition"])
+        assert match is not None
+        selector, label = substitute(match.group(1)), match.group(2)
+        url = (f"{stack.prometheus_url}/api/v1/label/{label}/values?"
+               + urllib.parse.urlencode({"match[]": selector}))
+        values = json.loads(http_get(url)[2])["data"]
+        assert values, variable["name"]
+        if label == "project_slug":
+            assert {"web-platform", "ml-training", "data-lake", "dev-sandbox"} <= set(values)
+
+
+def test_threshold_alert_reaches_the_receiver_and_resolves(stack: Stack) -> None:
+    gpu = {"alertname": "LatitudeshThresholdExceeded", "project_slug": "ml-training"}
+    assert stack.receiver.find("firing", **gpu) is None  # at 96 %, not yet over
+    stack.api.account.projects["proj_demo_gpu"].boost = 3.0  # triple the GPU hours
+    alert = wait_for(lambda: stack.receiver.find("firing", **gpu), timeout=60,
+                     message=f"the threshold alert\n{stack.diagnostics()}")
+    assert alert["labels"]["severity"] == "critical"
+    assert alert["labels"]["project_id"] == "proj_demo_gpu"
+    assert alert["labels"]["currency"] == "USD"
+    assert alert["annotations"]["summary"] == "ml-training has passed its billing threshold"
+    assert alert["annotations"]["runbook_url"].endswith("#latitudeshthresholdexceeded")
+    stack.api.account.projects["proj_demo_gpu"].boost = 1.0
+    wait_for(lambda: stack.receiver.find("resolved", **gpu), timeout=60,
+             message="the threshold alert to resolve")
+
+
+def test_failing_polls_alert_reaches_the_receiver_and_resolves(stack: Stack) -> None:
+    failing = {"alertname": "LatitudeshPollsFailing", "project_id": "proj_demo_dev",
+               "reason": "server_error"}
+    stack.api.inject(Fault("status", status=503), project="proj_demo_dev", times=None)
+    alert = wait_for(lambda: stack.receiver.find("firing", **failing), timeout=60,
+                     message=f"the polls-failing alert\n{stack.diagnostics()}")
+    assert alert["labels"]["project_slug"] == "dev-sandbox"
+    assert alert["labels"]["severity"] == "warning"
+    assert "dev-sandbox" in alert["annotations"]["summary"]
+    stack.api.clear_faults()
+    wait_for(lambda: stack.receiver.find("resolved", **failing), timeout=60,
+             message="the polls-failing alert to resolve")
