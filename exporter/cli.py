@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -34,12 +35,21 @@ from exporter.config import (
     ConfigError,
     Settings,
     TokenSource,
+    WebConfig,
     load_settings,
+    load_web_config,
 )
 from exporter.demo import DemoApi
 from exporter.poller import Poller, Target
 from exporter.ratelimit import RequestBudget
-from exporter.server import Exposition, HttpServer, MetricsApp, ProjectRow
+from exporter.server import (
+    BasicAuth,
+    Exposition,
+    HttpServer,
+    MetricsApp,
+    ProjectRow,
+    tls_context,
+)
 from exporter.snapshot import SnapshotStore
 
 log = logging.getLogger("exporter")
@@ -254,11 +264,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_summary(args, settings, token))
         return 0
 
+    if args.once:
+        demo = DemoApi().start() if args.demo else None
+        return _run_once(build_app(settings, token.get, demo=demo))
+    try:
+        web = load_web_config(args.web_config) if args.web_config else WebConfig()
+        ssl_context = _ssl_context(web)
+    except ConfigError as exc:
+        print(f"latitudesh-exporter: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     demo = DemoApi().start() if args.demo else None
     app = build_app(settings, token.get, demo=demo)
-    if args.once:
-        return _run_once(app)
-    return _serve(app, listen, args)
+    return _serve(app, listen, args, web, ssl_context)
+
+
+def _ssl_context(web: WebConfig) -> ssl.SSLContext | None:
+    tls = web.tls_server_config
+    if tls is None:
+        return None
+    try:
+        return tls_context(
+            str(tls.cert_file), str(tls.key_file),
+            client_ca_file=str(tls.client_ca_file) if tls.client_ca_file else None,
+            client_auth_type=tls.client_auth_type, min_version=tls.min_version,
+            max_version=tls.max_version,
+        )
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"web.config.file: tls_server_config: {exc}") from None
 
 
 def _configure(
@@ -270,8 +302,6 @@ def _configure(
     if not args.telemetry_path.startswith("/") or args.telemetry_path in ("/", "/healthz",
                                                                          "/readyz"):
         raise ConfigError("web.telemetry-path: must start with / and not be /, /healthz or /readyz")
-    if args.web_config is not None:
-        raise ConfigError("web.config.file: not supported yet")
     if args.demo:
         token = TokenSource(static=SecretStr("demo-token"))
     else:
@@ -311,12 +341,17 @@ def _run_once(app: App) -> int:
     return 0 if ok else 1
 
 
-def _serve(app: App, listen: tuple[str, int], args: argparse.Namespace) -> int:
+def _serve(app: App, listen: tuple[str, int], args: argparse.Namespace, web: WebConfig,
+           ssl_context: ssl.SSLContext | None) -> int:
     host, port = listen
-    web = MetricsApp(app.exposition, ready=lambda: app.store.view().ready,
-                     projects=project_rows(app.store), telemetry_path=args.telemetry_path)
+    users = {name: hashed.get_secret_value().encode()
+             for name, hashed in web.basic_auth_users.items()}
+    wsgi = MetricsApp(app.exposition, ready=lambda: app.store.view().ready,
+                      projects=project_rows(app.store), telemetry_path=args.telemetry_path,
+                      auth=BasicAuth(users) if users else None,
+                      headers=list(web.http_server_config.headers.items()))
     try:
-        app.server = HttpServer(web, host, port)
+        app.server = HttpServer(wsgi, host, port, ssl_context=ssl_context)
     except OSError as exc:
         log.error("cannot listen", extra={"address": args.listen, "error": exc.strerror})
         app.close()
@@ -332,6 +367,7 @@ def _serve(app: App, listen: tuple[str, int], args: argparse.Namespace) -> int:
     app.server.start()
     log.info("listening", extra={"address": f"{host}:{app.server.port}",
                                  "telemetry_path": args.telemetry_path, "version": __version__,
+                                 "tls": ssl_context is not None, "basic_auth": bool(users),
                                  "demo": bool(app.demo)})
     if app.demo is not None:
         log.info("demo mode: polling the built-in simulated Latitude.sh API",

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -221,6 +221,71 @@ def format_validation_error(exc: ValidationError) -> str:
             message = "unknown field (check the spelling against config.example.yaml)"
         parts.append(f"{field}: {message}")
     return "; ".join(parts)
+
+
+TlsVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
+ClientAuth = Literal["NoClientCert", "RequestClientCert", "RequireAnyClientCert",
+                     "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
+
+
+class TlsServerConfig(_Section):
+    """`tls_server_config` of the Prometheus exporter-toolkit web-config.yml format."""
+
+    cert_file: Path
+    key_file: Path
+    client_auth_type: ClientAuth = "NoClientCert"
+    client_ca_file: Path | None = None
+    min_version: TlsVersion = "TLS12"
+    max_version: TlsVersion | None = None
+
+    @field_validator("cert_file", "key_file", "client_ca_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        return path
+
+    @model_validator(mode="after")
+    def _ca_when_verifying(self) -> TlsServerConfig:
+        if "Verify" in self.client_auth_type and self.client_ca_file is None:
+            raise ValueError(f"client_auth_type {self.client_auth_type} needs client_ca_file")
+        return self
+
+
+class HttpServerConfig(_Section):
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: Accepted for compatibility with exporter-toolkit files; this server speaks HTTP/1.1.
+    http2: bool = True
+
+
+class WebConfig(_Section):
+    """The `--web.config.file`: TLS and basic auth, as Prometheus exporters configure them."""
+
+    tls_server_config: TlsServerConfig | None = None
+    http_server_config: HttpServerConfig = Field(default_factory=HttpServerConfig)
+    basic_auth_users: dict[str, SecretStr] = Field(default_factory=dict)
+
+    @field_validator("basic_auth_users")
+    @classmethod
+    def _bcrypt_hashes(cls, users: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, hashed in users.items():
+            if not hashed.get_secret_value().startswith(("$2a$", "$2b$", "$2y$")):
+                raise ValueError(f"user {name!r}: the password must be a bcrypt hash "
+                                 "(htpasswd -nBC 10 \"\" | tr -d ':\\n')")
+        return users
+
+
+def load_web_config(path: Path) -> WebConfig:
+    if not path.is_file():
+        raise ConfigError(f"web.config.file: {path}: no such file")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"web.config.file: {path}: {' '.join(str(exc).split())}") from None
+    try:
+        return WebConfig.model_validate(content)
+    except ValidationError as exc:
+        raise ConfigError(f"web.config.file: {format_validation_error(exc)}") from None
 
 
 @dataclass(frozen=True, slots=True)

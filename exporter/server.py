@@ -1,17 +1,25 @@
-"""The HTTP endpoints: /metrics, /healthz, /readyz and a landing page.
+"""The HTTP endpoints: /metrics, /healthz, /readyz and a landing page; TLS and basic auth.
 
 Gets callables (readiness, project status) and two registries from the CLI; imports
 neither the poller nor the client, so a scrape cannot reach the API even by accident.
 `start_http_server` from prometheus_client answers every path with metrics and can't do
-basic auth, hence this small WSGI app.
+basic auth, hence this small WSGI app. The server is bounded: a cap on connections, a
+deadline for a client to send its request (a slowloris holds one thread for seconds,
+not forever), the stdlib's limits on request line and header size and count.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import gzip
+import hashlib
+import hmac
 import html
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +28,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import bcrypt
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
@@ -88,8 +97,79 @@ class Exposition:
             return body
 
 
+_TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
+                 "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+_CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "RequestClientCert": ssl.CERT_OPTIONAL,
+                "RequireAnyClientCert": ssl.CERT_REQUIRED,
+                "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+                "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
+
+
+def tls_context(
+    cert_file: str, key_file: str, *, client_ca_file: str | None = None,
+    client_auth_type: str = "NoClientCert", min_version: str = "TLS12",
+    max_version: str | None = None,
+) -> ssl.SSLContext:
+    """A server context as exporter-toolkit's tls_server_config describes it.
+
+    Python verifies any client certificate it asks for against the CA file, so
+    `RequestClientCert` and `RequireAnyClientCert` need `client_ca_file` here too.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _TLS_VERSIONS[min_version]
+    if max_version is not None:
+        context.maximum_version = _TLS_VERSIONS[max_version]
+    context.load_cert_chain(cert_file, key_file)
+    context.verify_mode = _CLIENT_AUTH[client_auth_type]
+    if client_ca_file is not None:
+        context.load_verify_locations(client_ca_file)
+    return context
+
+
+class BasicAuth:
+    """Checks `Authorization: Basic` against bcrypt hashes, in constant time per user.
+
+    An unknown user is checked against a dummy hash so that response time does not tell
+    which user names exist. bcrypt is slow on purpose (~50 ms at cost 10); a scrape every
+    15 s would pay that every time, so a verified pair is remembered by its SHA-256 keyed
+    with a per-process secret, never in clear.
+    """
+
+    _DUMMY = bcrypt.hashpw(b"latitudesh-exporter", bcrypt.gensalt(rounds=10))
+
+    def __init__(self, users: dict[str, bytes]) -> None:
+        self._users = users
+        self._key = hashlib.sha256(str(id(self)).encode() + bcrypt.gensalt()).digest()
+        self._verified: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    def check(self, header: str | None) -> bool:
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(
+                ":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        digest = hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+        with self._lock:
+            if digest in self._verified:
+                return True
+        hashed = self._users.get(user)
+        ok = bcrypt.checkpw(password.encode(), hashed or self._DUMMY) and hashed is not None
+        if ok:
+            with self._lock:
+                if len(self._verified) > 64:
+                    self._verified.clear()
+                self._verified.add(digest)
+        return ok
+
+
 class MetricsApp:
     """The WSGI application."""
+
+    #: Probes must work without credentials; they reveal nothing but "ok"/"ready".
+    UNAUTHENTICATED = frozenset({"/healthz", "/readyz"})
 
     def __init__(
         self,
@@ -98,13 +178,19 @@ class MetricsApp:
         ready: Callable[[], bool],
         projects: Callable[[], Sequence[ProjectRow]],
         telemetry_path: str = "/metrics",
+        auth: BasicAuth | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         self._exposition = exposition
         self._ready = ready
         self._projects = projects
         self._telemetry_path = telemetry_path
+        self._auth = auth
+        self._headers = list(headers)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if self._headers:
+            start_response = self._with_headers(start_response)
         # The other of the two broad catches: one bad request must never stop the server.
         try:
             return self._dispatch(environ, start_response)
@@ -119,6 +205,11 @@ class MetricsApp:
             return _reply(start_response, "405 Method Not Allowed", b"only GET and HEAD\n",
                           extra=[("Allow", "GET, HEAD")], head=False)
         head = method == "HEAD"
+        if (self._auth is not None and path not in self.UNAUTHENTICATED
+                and not self._auth.check(environ.get("HTTP_AUTHORIZATION"))):
+            return _reply(start_response, "401 Unauthorized", b"unauthorized\n", head=head,
+                          extra=[("WWW-Authenticate",
+                                  'Basic realm="latitudesh-exporter", charset="UTF-8"')])
         if path == self._telemetry_path:
             compress = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
             body, content_type = self._exposition.render(
@@ -138,6 +229,11 @@ class MetricsApp:
             return _reply(start_response, "200 OK", self._landing(),
                           content_type="text/html; charset=utf-8", head=head)
         return _reply(start_response, "404 Not Found", b"not found\n", head=head)
+
+    def _with_headers(self, start_response: StartResponse) -> StartResponse:
+        def wrapped(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+            return start_response(status, [*headers, *self._headers], *args)
+        return wrapped
 
     def _landing(self) -> bytes:
         rows = []
@@ -180,11 +276,37 @@ def _reply(
     return [] if head else [body]
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Logs requests at debug (scrapes every 15 s would drown everything else)."""
+class _BoundedHandler(WSGIRequestHandler):
+    """Logs requests at debug (scrapes every 15 s would drown everything else), and
+    gives a client `header_deadline` seconds for the TLS handshake and its request."""
 
-    #: Seconds a client may take to send its request: a slow client can't hold a thread.
-    timeout = 30
+    #: Seconds one read may block.
+    timeout = 10
+    header_deadline = 10.0
+
+    def setup(self) -> None:
+        self._watchdog = threading.Timer(self.header_deadline, self._too_slow)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
+
+    def _too_slow(self) -> None:
+        log.debug("closing a client too slow to send its request",
+                  extra={"client": self.client_address[0]})
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._watchdog.cancel()  # the request is in; answering may take its time
+        return ok
+
+    def finish(self) -> None:
+        self._watchdog.cancel()
+        with contextlib.suppress(OSError):  # the client may already have hung up
+            super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http request", extra={"client": self.client_address[0],
@@ -194,21 +316,63 @@ class _QuietHandler(WSGIRequestHandler):
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    ssl_context: ssl.SSLContext | None = None
+    #: Connections served at once; more are closed at once rather than queued forever.
+    max_connections = 64
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self.ssl_context is not None:
+            # The handshake happens in the connection's own thread (see _BoundedHandler),
+            # so a client that stalls it cannot block accept().
+            sock = self.ssl_context.wrap_socket(sock, server_side=True,
+                                                do_handshake_on_connect=False)
+        return sock, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("too many connections; closing one", extra={"limit":
+                                                                     self.max_connections})
+            self.shutdown_request(request)
+            return
+        started = False
+        try:
+            super().process_request(request, client_address)
+            started = True
+        finally:
+            if not started:  # the thread that would release the slot never ran
+                self._slots.release()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints tracebacks to stderr; a failed handshake or a client that
+        # hung up is routine for a server on a network.
+        log.debug("connection failed", exc_info=True, extra={"client": client_address[0]})
 
 
 class HttpServer:
     """The WSGI app on a threaded server, started in a background thread."""
 
-    def __init__(self, app: MetricsApp, host: str, port: int) -> None:
-        server_class = _ThreadingServer
-        if ":" in host:
-
-            class _V6(_ThreadingServer):
-                address_family = socket.AF_INET6
-
-            server_class = _V6
-        self._server = make_server(host, port, app, server_class=server_class,
-                                   handler_class=_QuietHandler)
+    def __init__(self, app: MetricsApp, host: str, port: int, *,
+                 ssl_context: ssl.SSLContext | None = None, request_timeout: float = 10.0,
+                 max_connections: int = 64) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("Server", (_ThreadingServer,),
+                            {"address_family": family, "ssl_context": ssl_context,
+                             "max_connections": max_connections})
+        handler_class = type("Handler", (_BoundedHandler,),
+                             {"header_deadline": request_timeout, "timeout": request_timeout})
+        self._server: WSGIServer = make_server(host, port, app, server_class=server_class,
+                                               handler_class=handler_class)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.2},
                                         name="http", daemon=True)
