@@ -213,7 +213,7 @@ class LatitudeClient:
             raise errors.NetworkError(f"GET {endpoint}: {type(exc).__name__}") from None
         if response.is_success:
             return self._decode(endpoint, body, response)
-        raise self._status_error(endpoint, response, body)
+        raise self._status_error(endpoint, response, body, token)
 
     def _read_capped(self, endpoint: str, response: httpx.Response) -> bytes:
         declared = response.headers.get("Content-Length", "")
@@ -247,14 +247,15 @@ class LatitudeClient:
         return payload
 
     def _status_error(
-        self, endpoint: str, response: httpx.Response, body: bytes
+        self, endpoint: str, response: httpx.Response, body: bytes, token: SecretStr
     ) -> errors.ApiStatusError:
         try:
             document = parse_error_document(json.loads(body))
         except (ValueError, UnicodeDecodeError):
             document = parse_error_document(None)
         status = response.status_code
-        detail = document.summary
+        # The API's own words go into logs; an API that echoes the key must not leak it.
+        detail = document.summary.replace(token.get_secret_value(), "<redacted>")
         message = f"GET {endpoint}: HTTP {status}" + (f": {detail}" if detail else "")
         code = document.errors[0].code if document.errors else document.code
         if status == 429:

@@ -316,3 +316,11 @@ def test_real_socket_wrong_token_is_unauthorized(demo_api: DemoApi) -> None:
 def test_real_socket_unknown_project_is_not_found(demo_api: DemoApi) -> None:
     with pytest.raises(errors.NotFound):
         make_client(demo_api.url).billing_usage("proj_nope")
+
+
+def test_an_api_that_echoes_the_token_does_not_leak_it_into_errors() -> None:
+    echo = httpx.Response(401, json={"errors": [{"detail": f"key {TOKEN} is revoked"}]})
+    with pytest.raises(errors.Unauthorized) as caught:
+        client_for(Recorder(echo), token=TOKEN).billing_usage(PROJECT)
+    assert TOKEN not in str(caught.value)
+    assert "key <redacted> is revoked" in str(caught.value)
