@@ -234,10 +234,15 @@ def build_app(
     disable_created_metrics()  # type: ignore[no-untyped-call]
     billing = CollectorRegistry(auto_describe=False)
     billing.register(BillingCollector(store.view))
-    live = CollectorRegistry(auto_describe=False)
-    live.register(ExporterCollector(store.view))
-    ProcessCollector(registry=live)
-    exposition = Exposition(billing, live, lambda: store.view().data_version)
+    health = CollectorRegistry(auto_describe=False)
+    health.register(ExporterCollector(store.view))
+    process = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=process)
+    exposition = Exposition([
+        (billing, lambda: store.view().data_version),
+        (health, lambda: store.view().version),
+        (process, None),  # CPU and memory change all the time
+    ])
     return App(settings, store, poller, client, exposition, stop, demo=demo)
 
 

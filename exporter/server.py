@@ -55,46 +55,50 @@ class ProjectRow:
 
 
 class Exposition:
-    """Renders /metrics: the billing part once per data change, the rest every scrape.
+    """Renders /metrics from parts, each re-rendered only when its version changes.
 
     At large accounts rendering is the whole cost of a scrape (hundreds of thousands of
-    series), yet the billing data only changes when a poll lands. So its bytes, and their
-    gzip, are cached per `data_version`; the small, live part (up, counters, process_*)
-    is rendered fresh and appended. Concatenated gzip members form one valid gzip stream
-    (RFC 1952 §2.2), which every Prometheus reads.
+    series), yet the billing data only changes when a poll lands, and the exporter's
+    own counters only when a request is made. So each part's bytes, and their gzip, are
+    cached per version; a part without a version (process_*) is rendered every time.
+    Concatenated gzip members form one valid gzip stream (RFC 1952 §2.2), which every
+    Prometheus reads.
     """
 
     def __init__(
-        self, cached: CollectorRegistry, live: CollectorRegistry, version: Callable[[], int]
+        self, parts: Sequence[tuple[CollectorRegistry, Callable[[], int] | None]]
     ) -> None:
-        self._cached = cached
-        self._live = live
-        self._version = version
+        self._parts = list(parts)
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, bool], tuple[int, bytes]] = {}
+        self._cache: dict[tuple[int, str, bool], tuple[int, bytes]] = {}
 
     def render(self, accept: str, *, compress: bool) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)
-        head = self._cached_part(encoder, content_type, compress=compress)
-        tail = encoder(self._live)
-        if compress:
-            tail = gzip.compress(tail, compresslevel=6)
-        return head + tail, content_type
+        chunks = []
+        last = len(self._parts) - 1
+        for index, (registry, version) in enumerate(self._parts):
+            if version is None:
+                chunks.append(self._encode(encoder, registry, last=index == last,
+                                           compress=compress))
+                continue
+            key = (index, content_type, compress)
+            current = version()
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is None or hit[0] != current:
+                    hit = (current, self._encode(encoder, registry, last=index == last,
+                                                 compress=compress))
+                    self._cache[key] = hit
+            chunks.append(hit[1])
+        return b"".join(chunks), content_type
 
-    def _cached_part(
-        self, encoder: Callable[[CollectorRegistry], bytes], content_type: str, *, compress: bool
-    ) -> bytes:
-        version = self._version()
-        key = (content_type, compress)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] == version:
-                return hit[1]
-            body = encoder(self._cached).removesuffix(_OPENMETRICS_EOF)
-            if compress:
-                body = gzip.compress(body, compresslevel=6)
-            self._cache[key] = (version, body)
-            return body
+    @staticmethod
+    def _encode(encoder: Callable[[CollectorRegistry], bytes], registry: CollectorRegistry,
+                *, last: bool, compress: bool) -> bytes:
+        body = encoder(registry)
+        if not last:  # OpenMetrics allows one "# EOF", at the very end
+            body = body.removesuffix(_OPENMETRICS_EOF)
+        return gzip.compress(body, compresslevel=6) if compress else body
 
 
 _TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,

@@ -118,7 +118,10 @@ class StoreView:
     api_requests: Mapping[tuple[str, str], int]
     effective_interval: float | None
     last_refresh_duration: float | None
+    #: Changes when billing data changes (a successful poll, projects come or go).
     data_version: int
+    #: Changes on every write, counters included.
+    version: int
 
     @property
     def ready(self) -> bool:
@@ -145,6 +148,7 @@ class SnapshotStore:
         self._lock = threading.Lock()
         self._state = _State()
         self._data_version = 0
+        self._version = 0
         self._view: StoreView | None = None
 
     def set_projects(self, project_ids: Iterable[str]) -> None:
@@ -219,10 +223,12 @@ class SnapshotStore:
                     effective_interval=state.effective_interval,
                     last_refresh_duration=state.last_refresh_duration,
                     data_version=self._data_version,
+                    version=self._version,
                 )
             return self._view
 
     def _changed(self, *, data: bool) -> None:
+        self._version += 1
         if data:
             self._data_version += 1
         self._view = None

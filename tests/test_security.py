@@ -59,7 +59,7 @@ def secured(store_tls: ssl.SSLContext | None = None, users: dict[str, bytes] | N
     store = golden_store()
     billing = CollectorRegistry(auto_describe=False)
     billing.register(BillingCollector(store.view))
-    app = MetricsApp(Exposition(billing, CollectorRegistry(), lambda: 1),
+    app = MetricsApp(Exposition([(billing, lambda: 1)]),
                      ready=lambda: True, projects=list,
                      auth=BasicAuth(users) if users else None,
                      headers=[("X-Frame-Options", "DENY")])

@@ -29,7 +29,8 @@ def serve(store: SnapshotStore, **kwargs: object) -> HttpServer:
     billing.register(Counting(store.view))
     live = CollectorRegistry(auto_describe=False)
     live.register(ExporterCollector(store.view))
-    exposition = Exposition(billing, live, lambda: store.view().data_version)
+    exposition = Exposition([(billing, lambda: store.view().data_version),
+                             (live, lambda: store.view().version)])
 
     def rows() -> list[ProjectRow]:
         return [ProjectRow(p.project_id, p.usage.project_slug if p.usage else "", p.up,
@@ -154,3 +155,31 @@ def test_custom_telemetry_path(store: SnapshotStore) -> None:
         assert http_get(url + "/metrics")[0] == 404
     finally:
         server.stop()
+
+
+def test_parts_without_a_version_render_every_scrape_others_once_per_version() -> None:
+    class Tally:
+        def __init__(self, name: str) -> None:
+            self.name, self.calls = name, 0
+
+        def collect(self):  # type: ignore[no-untyped-def]
+            from prometheus_client.core import GaugeMetricFamily
+
+            self.calls += 1
+            yield GaugeMetricFamily(self.name, "calls so far", value=self.calls)
+
+    cached, fresh = Tally("cached_part"), Tally("fresh_part")
+    registries = []
+    for tally in (cached, fresh):
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(tally)  # type: ignore[arg-type]
+        registries.append(registry)
+    version = [1]
+    exposition = Exposition([(registries[0], lambda: version[0]), (registries[1], None)])
+    for _ in range(3):
+        exposition.render("", compress=False)
+    assert (cached.calls, fresh.calls) == (1, 3)
+    version[0] = 2
+    body, _ = exposition.render("", compress=False)
+    assert cached.calls == 2
+    assert b"cached_part 2.0" in body and b"fresh_part 4.0" in body

@@ -149,3 +149,13 @@ def test_views_are_immutable_snapshots(reason: str) -> None:
     assert store.view().poll_errors[("a", reason)] == 1
     with pytest.raises(TypeError):
         before.poll_errors[("a", reason)] = 5  # type: ignore[index]
+
+
+@pytest.mark.parametrize("period", [None, {}, {"start": "2026-11-01T00:00:00Z"}, "garbage"])
+def test_a_missing_period_drops_only_the_period_metrics(period: object) -> None:
+    payload = {"data": {"attributes": {"price": 100, "period": period}}}
+    usage = build_usage("p", attributes(payload, "p"), currency="USD", max_products=10)
+    assert usage.price == 1.0
+    assert usage.period_end is None
+    if isinstance(period, dict) and period:
+        assert usage.period_start == 1_793_491_200.0
