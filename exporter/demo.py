@@ -311,7 +311,8 @@ class DemoApi:
         self.token = token
         self._faults: dict[str, deque[_Scripted]] = {}
         self._lock = threading.Lock()
-        self.requests: list[RequestRecord] = []
+        #: The latest requests, for tests and benchmarks; bounded so a long demo can't leak.
+        self.requests: deque[RequestRecord] = deque(maxlen=200_000)
         #: Requests received, counted before any fault delays or drops them.
         self.arrivals = 0
         handler = type("Handler", (_Handler,), {"api": self})
@@ -393,7 +394,8 @@ class _Handler(BaseHTTPRequestHandler):
                 for record in self.api.requests:
                     key = f"{record.path} {record.project or ''}".strip()
                     counts[key] = counts.get(key, 0) + 1
-            self._send(200, json.dumps(counts))
+                times = [record.at for record in self.api.requests]
+            self._send(200, json.dumps({"counts": counts, "times": times}))
             return
         project = query.get("filter[project]", [""])[0] or None
         if url.path not in ("/billing/usage", "/projects"):

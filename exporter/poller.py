@@ -12,8 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -131,12 +130,16 @@ class Poller:
             self._note_stretch(effective)
             self._store.record_refresh(duration=None, effective_interval=effective)
             futures = {self._pool.submit(self.poll, t): t for t in self._targets}
-            wait_all(futures)
             ok = True
             for future, target in futures.items():
-                if future.cancelled():
+                # Not concurrent.futures.wait(): it is never woken for futures that
+                # shutdown(cancel_futures=True) cancels, and would hang a stopping poller.
+                try:
+                    exc = future.exception()
+                except CancelledError:
                     ok = False
-                elif (exc := future.exception()) is not None:
+                    continue
+                if exc is not None:
                     ok = False
                     log.error("poll crashed", exc_info=exc,
                               extra={"project_id": target.project_id})
@@ -147,7 +150,8 @@ class Poller:
             self._store.record_refresh(
                 duration=self._monotonic() - started, effective_interval=effective
             )
-            if self._scheduled_interval not in (None, effective):
+            running = self._scheduler is not None and self._scheduler.running
+            if running and self._scheduled_interval not in (None, effective):
                 self._schedule(effective)
             return ok and bool(self._targets)
         finally:

@@ -184,3 +184,20 @@ def test_slow_api_does_not_stack_refreshes(demo_api: DemoApi, store: SnapshotSto
              message="three polls")
     assert poller.stop(timeout=5)
     assert peak[0] == 1
+
+
+def test_stop_during_a_refresh_with_queued_polls_returns_promptly(
+    demo_api: DemoApi, store: SnapshotStore
+) -> None:
+    stop = threading.Event()
+    budget = RequestBudget(30, stop=stop)  # one request every 2 s: most polls queue up
+    client = make_client(demo_api.url, budget=budget, stop=stop)
+    poller = Poller(client, store, targets=[Target(pid) for pid in DEMO_IDS],
+                    currency="USD", concurrency=2)
+    refreshing = threading.Thread(target=poller.refresh, daemon=True)
+    refreshing.start()
+    wait_for(lambda: demo_api.request_count("/billing/usage") >= 1, message="a first poll")
+    stop.set()
+    assert poller.stop(timeout=10)  # idle: the refresh noticed the cancelled polls
+    refreshing.join(timeout=10)
+    assert not refreshing.is_alive()
