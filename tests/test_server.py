@@ -183,3 +183,11 @@ def test_parts_without_a_version_render_every_scrape_others_once_per_version() -
     body, _ = exposition.render("", compress=False)
     assert cached.calls == 2
     assert b"cached_part 2.0" in body and b"fresh_part 4.0" in body
+
+
+def test_gzip_is_made_from_the_cached_text_not_a_second_render(store: SnapshotStore,
+                                                               url: str) -> None:
+    Counting.calls = 0
+    http_get(url + "/metrics")
+    http_get(url + "/metrics", {"Accept-Encoding": "gzip"})
+    assert Counting.calls == 1

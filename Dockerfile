@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# latitudesh-exporter: build a wheel, install it into a venv, ship only the venv.
+#
+#   docker build -t latitudesh-exporter .
+#   docker run --rm -p 10067:10067 --read-only latitudesh-exporter --demo
+#
+# BASE_IMAGE is overridable so the image can be built from a local base where no
+# registry is reachable (the test suite does this); both stages must share it because
+# the venv points at the base's Python.
+ARG BASE_IMAGE=python:3.12-slim
+
+FROM ${BASE_IMAGE} AS build
+# Builds without a package index can point pip at a wheelhouse in the context:
+#   --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/src/wheelhouse
+ARG PIP_NO_INDEX=""
+ARG PIP_FIND_LINKS=""
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY . .
+# The default `python3 -m venv` pip is recent enough to build a PEP 517 wheel.
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/dist . \
+ && /opt/venv/bin/pip install /tmp/dist/*.whl \
+ && /opt/venv/bin/pip uninstall --yes pip \
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+
+FROM ${BASE_IMAGE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="latitudesh-exporter" \
+      org.opencontainers.image.description="Prometheus exporter for the billing usage of Latitude.sh projects" \
+      org.opencontainers.image.source="https://github.com/latitudesh-exporter/latitudesh-exporter" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+COPY --from=build /opt/venv /opt/venv
+# A numeric uid needs no /etc/passwd entry and lets runAsNonRoot verify it.
+USER 10001:10001
+EXPOSE 10067
+# Python, not curl: the slim base has no curl and needs none. Assumes the default
+# listen address without TLS; override HEALTHCHECK if you change those.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:10067/healthz', timeout=4)"]
+ENTRYPOINT ["latitudesh-exporter"]

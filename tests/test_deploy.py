@@ -1,0 +1,205 @@
+"""Packaging and deployment files: Dockerfile, compose stack, Kubernetes manifests."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from exporter.config import load_settings
+from tests.conftest import ROOT, require_binary
+
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+KUBERNETES_VERSION = "1.30.0"
+
+
+# --- Dockerfile ----------------------------------------------------------------------
+
+
+def test_hadolint_passes() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or \
+        require_binary("hadolint")
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def instructions() -> list[tuple[str, str]]:
+    joined = re.sub(r"\\\n", " ", DOCKERFILE)
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+            for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_dockerfile_is_multi_stage_on_an_overridable_base() -> None:
+    froms = [arg for op, arg in instructions() if op == "FROM"]
+    assert froms == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
+    assert ("ARG", "BASE_IMAGE=python:3.12-slim") in instructions()
+    assert ("COPY", "--from=build /opt/venv /opt/venv") in instructions()
+
+
+def test_dockerfile_runtime_conventions() -> None:
+    ops = dict(instructions()[::-1])  # the last of each: the runtime stage
+    assert re.fullmatch(r"\d+:\d+", ops["USER"]) and not ops["USER"].startswith("0:")
+    assert ops["EXPOSE"] == "10067"
+    assert ops["ENTRYPOINT"] == '["latitudesh-exporter"]'
+    assert "/healthz" in ops["HEALTHCHECK"] and "curl" not in ops["HEALTHCHECK"]
+    for label in ("source", "version", "licenses"):
+        assert f"org.opencontainers.image.{label}=" in DOCKERFILE
+    assert "PYTHONDONTWRITEBYTECODE=1" in DOCKERFILE and "PYTHONUNBUFFERED=1" in DOCKERFILE
+
+
+# --- docker compose ------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def host_volumes(service: dict[str, Any]) -> list[tuple[Path, str]]:
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            mounts.append(((DEPLOY / source).resolve(), target))
+    return mounts
+
+
+def test_compose_has_the_whole_stack() -> None:
+    services = compose()["services"]
+    assert set(services) == {"exporter", "prometheus", "alertmanager", "grafana"}
+    exporter = services["exporter"]
+    assert (DEPLOY / exporter["build"]["context"] / "Dockerfile").is_file()
+    assert exporter["read_only"] is True
+    script = exporter["entrypoint"][2]
+    assert "--demo" in script and "LATITUDESH_AUTH_TOKEN" in script
+
+
+def test_compose_references_only_files_that_exist() -> None:
+    for name, service in compose()["services"].items():
+        for source, _ in host_volumes(service):
+            assert source.exists(), f"{name}: {source}"
+
+
+def test_compose_host_ports_do_not_clash() -> None:
+    ports = [str(p).split(":")[0] for s in compose()["services"].values()
+             for p in s.get("ports", [])]
+    assert len(ports) == len(set(ports))
+    assert set(ports) == {"10067", "9090", "9093", "3000"}
+
+
+def test_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    promtool = require_binary("promtool")
+    prometheus = compose()["services"]["prometheus"]
+    for source, target in host_volumes(prometheus):
+        if target.startswith("/etc/prometheus/"):
+            shutil.copy(source, tmp_path / Path(target).name)
+    config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
+    assert config["scrape_configs"][0]["job_name"] == "latitudesh"
+    assert config["scrape_configs"][0]["static_configs"][0]["targets"] == ["exporter:10067"]
+    result = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=tmp_path,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "19 rules found" in result.stdout
+
+
+def test_compose_grafana_provisions_the_dashboard() -> None:
+    grafana = compose()["services"]["grafana"]
+    targets = {t: s for s, t in host_volumes(grafana)}
+    assert targets["/etc/grafana/provisioning"] == ROOT / "grafana" / "provisioning"
+    assert (targets["/var/lib/grafana/dashboards"] / "latitudesh-billing.json").is_file()
+
+
+# --- Kubernetes ----------------------------------------------------------------------
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return {name: yaml.safe_load((K8S / name).read_text())
+            for name in kustomization["resources"]}
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(manifests()) == on_disk
+
+
+@pytest.mark.parametrize("name", ["configmap.yaml", "secret.yaml", "deployment.yaml",
+                                  "service.yaml"])
+def test_core_manifests_validate_strictly_against_the_kubernetes_schemas(name: str) -> None:
+    kubernetes_validate.validate(manifests()[name], KUBERNETES_VERSION, strict=True)
+
+
+def test_strict_validation_catches_a_typo() -> None:
+    broken = manifests()["deployment.yaml"]
+    broken["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_deployment_is_locked_down_and_probed() -> None:
+    pod = manifests()["deployment.yaml"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
+    assert {"cpu", "memory"} <= container["resources"]["limits"].keys()
+    assert container["ports"][0]["containerPort"] == 10067
+
+
+def test_token_is_mounted_from_the_secret_as_token_file(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    all_ = manifests()
+    pod = all_["deployment.yaml"]["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["token"]["secret"]["secretName"] == all_["secret.yaml"]["metadata"]["name"]
+    config_text = all_["configmap.yaml"]["data"]["config.yaml"]
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text)
+    for var in [v for v in __import__("os").environ if v.startswith("LATITUDESH_")]:
+        monkeypatch.delenv(var)
+    settings = load_settings(config, explicit=True)  # the ConfigMap is a valid config
+    assert settings.api.token_file == Path(mounts["token"]) / "token"
+    assert "--config.file=" + mounts["config"] + "/config.yaml" in \
+        pod["containers"][0]["args"]
+
+
+def test_service_monitor_targets_the_service_and_sets_the_job() -> None:
+    all_ = manifests()
+    monitor = all_["servicemonitor.yaml"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"] == all_["service.yaml"]["metadata"][
+        "labels"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == all_["service.yaml"]["spec"]["ports"][0]["name"]
+    assert {"targetLabel": "job", "replacement": "latitudesh"} in endpoint["relabelings"]
+
+
+def test_prometheus_rule_holds_exactly_the_shipped_rules() -> None:
+    rule = manifests()["prometheusrule.yaml"]
+    assert rule["kind"] == "PrometheusRule"
+    shipped = yaml.safe_load((ROOT / "prometheus" / "rules.yml").read_text())["groups"]
+    assert rule["spec"]["groups"] == shipped
+    spec = importlib.util.spec_from_file_location("generate",
+                                                  K8S / "generate_prometheusrule.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.render() == (K8S / "prometheusrule.yaml").read_text(), \
+        "run deploy/kubernetes/generate_prometheusrule.py"
