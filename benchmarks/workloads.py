@@ -26,9 +26,10 @@ from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, start_
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.cli import build_exposition
 from exporter.collector import BillingCollector, ExporterCollector
 from exporter.demo import DemoAccount, DemoApi, DemoProduct, DemoProject, DemoServer, Fault
-from exporter.server import Exposition, HttpServer, MetricsApp
+from exporter.server import HttpServer, MetricsApp
 from exporter.snapshot import (
     DiscountInfo,
     ProductUsage,
@@ -84,16 +85,9 @@ def synthetic_account(projects: int, products: int) -> DemoAccount:
 
 
 def ours(store: SnapshotStore) -> HttpServer:
-    billing = CollectorRegistry(auto_describe=False)
-    billing.register(BillingCollector(store.view))
-    health = CollectorRegistry(auto_describe=False)
-    health.register(ExporterCollector(store.view))
-    process = CollectorRegistry(auto_describe=False)
-    ProcessCollector(registry=process)
-    exposition = Exposition([(billing, lambda: store.view().data_version),
-                             (health, lambda: store.view().version), (process, None)])
-    server = HttpServer(MetricsApp(exposition, ready=lambda: True, projects=list),
-                        "127.0.0.1", 0)
+    """The exporter's HTTP side exactly as the CLI wires it."""
+    server = HttpServer(MetricsApp(build_exposition(store), ready=lambda: True,
+                                   projects=list), "127.0.0.1", 0)
     server.start()
     return server
 

@@ -231,6 +231,12 @@ def build_app(
         concurrency=settings.poll.concurrency, max_products=settings.max_products_per_project,
         budget_seconds=budget.seconds_for,
     )
+    exposition = build_exposition(store)
+    return App(settings, store, poller, client, exposition, stop, demo=demo)
+
+
+def build_exposition(store: SnapshotStore) -> Exposition:
+    """The three parts of /metrics, each on its own registry and cache key."""
     disable_created_metrics()  # type: ignore[no-untyped-call]
     billing = CollectorRegistry(auto_describe=False)
     billing.register(BillingCollector(store.view))
@@ -238,12 +244,11 @@ def build_app(
     health.register(ExporterCollector(store.view))
     process = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=process)
-    exposition = Exposition([
+    return Exposition([
         (billing, lambda: store.view().data_version),
         (health, lambda: store.view().version),
         (process, None),  # CPU and memory change all the time
     ])
-    return App(settings, store, poller, client, exposition, stop, demo=demo)
 
 
 def project_rows(store: SnapshotStore) -> Callable[[], list[ProjectRow]]:
