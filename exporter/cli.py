@@ -344,8 +344,8 @@ def _summary(args: argparse.Namespace, settings: Settings, token: TokenSource) -
 
 def _run_once(app: App) -> int:
     ok = app.poller.refresh()
-    body, _ = app.exposition.render("", compress=False)
-    sys.stdout.write(body.decode())
+    chunks, _ = app.exposition.render("", compress=False)
+    sys.stdout.write(b"".join(chunks).decode())
     sys.stdout.flush()
     app.close()
     return 0 if ok else 1

@@ -180,7 +180,8 @@ def test_parts_without_a_version_render_every_scrape_others_once_per_version() -
         exposition.render("", compress=False)
     assert (cached.calls, fresh.calls) == (1, 3)
     version[0] = 2
-    body, _ = exposition.render("", compress=False)
+    chunks, _ = exposition.render("", compress=False)
+    body = b"".join(chunks)
     assert cached.calls == 2
     assert b"cached_part 2.0" in body and b"fresh_part 4.0" in body
 
