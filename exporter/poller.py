@@ -97,10 +97,6 @@ class Poller:
         if self._configured:
             store.set_projects(t.project_id for t in self._configured)
 
-    @property
-    def targets(self) -> tuple[Target, ...]:
-        return self._targets
-
     def start(self) -> None:
         """Schedule refreshes, the first one now."""
         if self._scheduler is None:

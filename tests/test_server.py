@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
+from exporter.cli import project_rows
 from exporter.collector import BillingCollector, ExporterCollector
-from exporter.server import Exposition, HttpServer, MetricsApp, ProjectRow
+from exporter.server import Exposition, HttpServer, MetricsApp
 from exporter.snapshot import SnapshotStore
 from tests.conftest import http_get, parse_samples, sample
 from tests.test_collector import golden_store
@@ -32,12 +33,8 @@ def serve(store: SnapshotStore, **kwargs: object) -> HttpServer:
     exposition = Exposition([(billing, lambda: store.view().data_version),
                              (live, lambda: store.view().version)])
 
-    def rows() -> list[ProjectRow]:
-        return [ProjectRow(p.project_id, p.usage.project_slug if p.usage else "", p.up,
-                           p.polled, p.last_success, p.last_error)
-                for p in store.view().projects]
-
-    app = MetricsApp(exposition, ready=lambda: store.view().ready, projects=rows,
+    app = MetricsApp(exposition, ready=lambda: store.view().ready,
+                     projects=project_rows(store),
                      **kwargs)  # type: ignore[arg-type]
     server = HttpServer(app, "127.0.0.1", 0)
     server.start()
