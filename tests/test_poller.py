@@ -24,7 +24,10 @@ def store() -> SnapshotStore:
 
 @pytest.fixture
 def poller(demo_api: DemoApi, store: SnapshotStore) -> Iterator[Poller]:
-    client = make_client(demo_api.url, on_request=store.record_request, max_retries=1)
+    # The per-token 401 back-off is switched off here: with it, whether the other projects
+    # of a refresh are refused too depends on thread timing (see the test that covers it).
+    client = make_client(demo_api.url, on_request=store.record_request, max_retries=1,
+                         unauthorized_backoff=0)
     p = Poller(client, store, concurrency=4, now=lambda: FIXED_NOW)
     yield p
     p.stop(timeout=5)
@@ -87,6 +90,32 @@ def test_each_error_kind_is_counted_under_its_reason(
     assert sum(n for (pid, _), n in store.view().poll_errors.items()
                if pid == "proj_demo_data") == 1
     assert all(p.up for p in store.view().projects if p.project_id != "proj_demo_data")
+
+
+def test_a_401_stops_the_shared_token_for_the_rest_of_the_refresh(
+    demo_api: DemoApi, store: SnapshotStore
+) -> None:
+    """The token is the account's, so a 401 for one project is a 401 for every project.
+
+    Projects whose request was already on the wire keep their data; every one that
+    comes after is refused without a request. Which ones those are depends on thread
+    timing, so the test asserts what holds in every interleaving.
+    """
+    client = make_client(demo_api.url, on_request=store.record_request, max_retries=1,
+                         unauthorized_backoff=300)
+    poller = Poller(client, store, concurrency=4, now=lambda: FIXED_NOW)
+    try:
+        demo_api.inject(Fault("status", status=401), project="proj_demo_data", times=None)
+        assert not poller.refresh()
+        projects = {p.project_id: p for p in store.view().projects}
+        up = [pid for pid, p in projects.items() if p.up]
+        assert "proj_demo_data" not in up
+        assert demo_api.request_count("/billing/usage") == len(up) + 1
+        errors = {key: n for key, n in store.view().poll_errors.items() if n}
+        assert {pid for pid, _ in errors} == set(DEMO_IDS) - set(up)
+        assert all(reason == "unauthorized" for _, reason in errors)
+    finally:
+        poller.stop(timeout=5)
 
 
 @pytest.mark.parametrize("fault", [Fault("data_list"), Fault("strings"), Fault("drift"),
