@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -23,14 +23,26 @@ def store() -> SnapshotStore:
 
 
 @pytest.fixture
-def poller(demo_api: DemoApi, store: SnapshotStore) -> Iterator[Poller]:
+def make_poller(demo_api: DemoApi, store: SnapshotStore) -> Iterator[Callable[..., Poller]]:
+    """Pollers of four threads over the demo API, stopped after the test."""
+    made: list[Poller] = []
+
+    def make(*, unauthorized_backoff: float) -> Poller:
+        client = make_client(demo_api.url, on_request=store.record_request, max_retries=1,
+                             unauthorized_backoff=unauthorized_backoff)
+        made.append(Poller(client, store, concurrency=4, now=lambda: FIXED_NOW))
+        return made[-1]
+
+    yield make
+    for poller in made:
+        poller.stop(timeout=5)
+
+
+@pytest.fixture
+def poller(make_poller: Callable[..., Poller]) -> Poller:
     # The per-token 401 back-off is switched off here: with it, whether the other projects
     # of a refresh are refused too depends on thread timing (see the test that covers it).
-    client = make_client(demo_api.url, on_request=store.record_request, max_retries=1,
-                         unauthorized_backoff=0)
-    p = Poller(client, store, concurrency=4, now=lambda: FIXED_NOW)
-    yield p
-    p.stop(timeout=5)
+    return make_poller(unauthorized_backoff=0)
 
 
 def status(store: SnapshotStore, project: str):  # type: ignore[no-untyped-def]
@@ -93,7 +105,7 @@ def test_each_error_kind_is_counted_under_its_reason(
 
 
 def test_a_401_stops_the_shared_token_for_the_rest_of_the_refresh(
-    demo_api: DemoApi, store: SnapshotStore
+    make_poller: Callable[..., Poller], demo_api: DemoApi, store: SnapshotStore
 ) -> None:
     """The token is the account's, so a 401 for one project is a 401 for every project.
 
@@ -101,21 +113,20 @@ def test_a_401_stops_the_shared_token_for_the_rest_of_the_refresh(
     comes after is refused without a request. Which ones those are depends on thread
     timing, so the test asserts what holds in every interleaving.
     """
-    client = make_client(demo_api.url, on_request=store.record_request, max_retries=1,
-                         unauthorized_backoff=300)
-    poller = Poller(client, store, concurrency=4, now=lambda: FIXED_NOW)
-    try:
-        demo_api.inject(Fault("status", status=401), project="proj_demo_data", times=None)
-        assert not poller.refresh()
-        projects = {p.project_id: p for p in store.view().projects}
-        up = [pid for pid, p in projects.items() if p.up]
-        assert "proj_demo_data" not in up
-        assert demo_api.request_count("/billing/usage") == len(up) + 1
-        errors = {key: n for key, n in store.view().poll_errors.items() if n}
-        assert {pid for pid, _ in errors} == set(DEMO_IDS) - set(up)
-        assert all(reason == "unauthorized" for _, reason in errors)
-    finally:
-        poller.stop(timeout=5)
+    poller = make_poller(unauthorized_backoff=300)
+    demo_api.inject(Fault("status", status=401), project="proj_demo_data", times=None)
+    assert not poller.refresh()
+    up = {p.project_id for p in store.view().projects if p.up}
+    assert "proj_demo_data" not in up
+    assert demo_api.request_count("/billing/usage") == len(up) + 1
+    errors = {key: n for key, n in store.view().poll_errors.items() if n}
+    assert {pid for pid, _ in errors} == set(DEMO_IDS) - up
+    assert all(reason == "unauthorized" for _, reason in errors)
+
+    sent = demo_api.request_count()
+    assert not poller.refresh()  # the back-off holds: no request goes out at all
+    assert demo_api.request_count() == sent
+    assert not any(p.up for p in store.view().projects)
 
 
 @pytest.mark.parametrize("fault", [Fault("data_list"), Fault("strings"), Fault("drift"),
