@@ -9,6 +9,7 @@ a reason where Podman can't run, failing under CI=true.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 BASE = "localhost/latitudesh-base:bookworm"
 IMAGE = "localhost/latitudesh-exporter:test"
-MIRROR = "http://deb.debian.org/debian"
 CONTAINERS_CONF = """\
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
@@ -56,11 +56,33 @@ class Podman:
         return result
 
 
+def host_debian_mirror() -> str | None:
+    """The Debian archive this machine's apt already uses, so debootstrap fetches from
+    the same place (`None` leaves debootstrap to its own default)."""
+    for path in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]:
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        if path.suffix == ".sources":  # deb822: paragraphs of "Field: value" lines
+            for paragraph in re.split(r"\n\s*\n", text):
+                fields = dict(re.findall(r"^([\w-]+):\s*(.*)$", paragraph, re.M))
+                if "bookworm" in fields.get("Suites", "").split() and fields.get("URIs"):
+                    return fields["URIs"].split()[0]
+        elif path.suffix in ("", ".list"):  # one-line: deb [options] URI suite components
+            for uri, suite in re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", text,
+                                         re.M):
+                if suite == "bookworm":
+                    return str(uri)
+    return None
+
+
 def build_base(podman: Podman, tmp: Path) -> None:
     rootfs = tmp / "rootfs"
+    mirror = host_debian_mirror()
     subprocess.run(["debootstrap", "--variant=minbase",
                     "--include=python3,python3-venv,ca-certificates", "bookworm",
-                    str(rootfs), MIRROR], check=True, capture_output=True, timeout=900)
+                    str(rootfs), *([mirror] if mirror else [])],
+                   check=True, capture_output=True, timeout=900)
     for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
         shutil.rmtree(rootfs / cache, ignore_errors=True)
     with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."],
