@@ -60,7 +60,8 @@ class DemoProduct:
     unit: str  # hour, minute, quantity, GB
     usage_type: str  # metered, licensed
     unit_price: float  # cents
-    #: units used per simulated hour (metered) or the fixed quantity (licensed)
+    #: metered: units used per simulated hour, counted in hours (a server running all
+    #: the time is 1; a `minute` unit converts it); licensed: the fixed quantity
     rate: float
     servers: tuple[DemoServer, ...] = ()
     bucket: tuple[str, str, str | None] | None = None
@@ -85,12 +86,12 @@ def default_projects() -> list[DemoProject]:
     gpu = DemoServer("sv_gpu01", "trainer-01", "g3-h100-large", ("ml",))
     return [
         DemoProject("proj_demo_web", "web-platform", "Web Platform", threshold=200_000,
-                    credit=150_000, products=[
+                    credit=30_000, products=[
             DemoProduct("si_bm_web", "c2.small.x86", "bare_metal", "hour", "metered",
                         unit_price=30, rate=2, servers=(web1, web2),
                         discounts=(("Monthly Discount - Accelerate", "percent", 10.0),)),
             DemoProduct("si_vm_ci", "vm.tiny", "virtual_machine", "minute", "metered",
-                        unit_price=0.1, rate=60,
+                        unit_price=0.1, rate=1,
                         servers=(DemoServer("vm_ci01", "ci-runner", "vm-tiny"),)),
             DemoProduct("si_lic_win", "Windows Server license", "license", "quantity",
                         "licensed", unit_price=2500, rate=2),

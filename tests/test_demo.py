@@ -133,6 +133,19 @@ def test_usage_grows_with_time_and_rolls_over_at_period_end() -> None:
     assert rolled["price"] < first
 
 
+def test_a_product_running_all_the_time_uses_the_elapsed_time_in_its_unit() -> None:
+    """One VM billed by the minute uses 60 minutes an hour, not 60 VMs' worth."""
+    account = DemoAccount(clock=lambda: 1_000_000.0)
+    start, _, now = account.period()
+    hours = (now - start) / 3600
+    products = {p["id"]: p for p in account.usage(account.projects["proj_demo_web"])
+                ["data"]["attributes"]["products"]}
+    assert products["si_vm_ci"]["unit"] == "minute"
+    assert products["si_vm_ci"]["quantity"] == pytest.approx(hours * 60, abs=0.01)
+    assert products["si_eip"]["quantity"] == pytest.approx(hours, abs=0.01)
+    assert products["si_bm_web"]["quantity"] == pytest.approx(2 * hours, abs=0.01)  # 2 servers
+
+
 def test_demo_api_serves_and_checks_the_token() -> None:
     with DemoApi(token=TOKEN) as api:
         status, headers, body = http_get(api.url + "/billing/usage?filter[project]=proj_demo_gpu",
