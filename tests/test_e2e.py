@@ -1,9 +1,11 @@
 """exporter → Prometheus → rules → Alertmanager → webhook, with the real servers.
 
 One stack per module: the simulated API (in this process, so faults can be injected),
-the exporter as a process, Prometheus 2.x loading the shipped rules (their `for:`
-shortened to 0s so a provoked alert arrives in seconds, not hours), and Alertmanager
-routing to a webhook receiver run here. Everything listens on 127.0.0.1.
+two replicas of the exporter as processes (the README's HA set-up: every series comes
+twice, so rules and panels must neither fail to match nor double the money),
+Prometheus 2.x loading the shipped rules (their `for:` shortened to 0s so a provoked
+alert arrives in seconds, not hours), and Alertmanager routing to a webhook receiver
+run here. Everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def start_receiver(receiver: Receiver) -> ThreadingHTTPServer:
 @dataclass
 class Stack:
     api: DemoApi
-    exporter: ExporterProcess
+    exporters: list[ExporterProcess]
     prometheus_url: str
     receiver: Receiver
     logs: dict[str, Path]
@@ -129,14 +131,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     receiver = Receiver()
     receiver_server = start_receiver(receiver)
     api = DemoApi(DemoAccount(speed=1.0), token=TOKEN).start()
-    exporter = ExporterProcess([], env={
+    exporters = [ExporterProcess([], env={
         "LATITUDESH_AUTH_TOKEN": TOKEN,
         "LATITUDESH_EXPORTER_API__BASE_URL": api.url,
         "LATITUDESH_EXPORTER_API__REQUESTS_PER_MINUTE": "6000",
         "LATITUDESH_EXPORTER_API__MAX_RETRIES": "0",
         "LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS": "1",
-    }, cwd=tmp)
-    logs["exporter"] = exporter.log_path
+    }, cwd=tmp) for _ in range(2)]
+    for index, exporter in enumerate(exporters):
+        logs[f"exporter-{index}"] = exporter.log_path
 
     am_port = free_port()
     (tmp / "alertmanager.yml").write_text(yaml.safe_dump({
@@ -159,17 +162,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "alerting": {"alertmanagers": [{"static_configs": [
             {"targets": [f"127.0.0.1:{am_port}"]}]}]},
         "scrape_configs": [{"job_name": "latitudesh", "static_configs": [
-            {"targets": [f"127.0.0.1:{exporter.port}"]}]}],
+            {"targets": [f"127.0.0.1:{exporter.port}" for exporter in exporters]}]}],
     }))
     spawn("prometheus", [prometheus_bin, "--config.file=prometheus.yml",
                          f"--storage.tsdb.path={tmp / 'prom-data'}",
                          f"--web.listen-address=127.0.0.1:{prom_port}"])
 
-    built = Stack(api, exporter, f"http://127.0.0.1:{prom_port}", receiver, logs)
+    built = Stack(api, exporters, f"http://127.0.0.1:{prom_port}", receiver, logs)
     try:
-        exporter.wait_ready()
-        wait_for(lambda: _safe(lambda: built.query('up{job="latitudesh"} == 1')), timeout=60,
-                 message="Prometheus to scrape the exporter")
+        for exporter in exporters:
+            exporter.wait_ready()
+        wait_for(lambda: len(_safe(lambda: built.query('up{job="latitudesh"} == 1')) or [])
+                 == len(exporters), timeout=60, message="Prometheus to scrape both exporters")
         yield built
     finally:
         for process in processes:
@@ -179,7 +183,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-        exporter.stop()
+        for exporter in exporters:
+            exporter.stop()
         api.stop()
         receiver_server.shutdown()
         receiver_server.server_close()
@@ -217,6 +222,37 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
         concrete = substitute(expr)
         wait_for(lambda e=concrete: stack.query(e), timeout=60,
                  message=f"panel {title!r}: {concrete}")
+
+
+def readme_examples() -> list[str]:
+    """The queries of the README's ```promql block, each under its `#` comment."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"### Example PromQL\n\n```promql\n(.*?)```", readme, re.S)
+    assert block is not None
+    queries = [" ".join(line for line in chunk.splitlines() if not line.startswith("#"))
+               for chunk in block.group(1).split("\n\n")]
+    return [query.strip() for query in queries if query.strip()]
+
+
+def test_every_readme_example_returns_data(stack: Stack) -> None:
+    examples = readme_examples()
+    assert len(examples) == 7
+    for query in examples:
+        wait_for(lambda q=query: _safe(lambda: stack.query(q)), timeout=60,
+                 message=f"README example to return data: {query}")
+
+
+def test_dashboard_counts_each_project_once_across_replicas(stack: Stack) -> None:
+    """Both replicas export every project: the spend stat must not add them up."""
+    (spend_query,) = [expr for title, expr in dashboard_queries()
+                      if title.startswith("Spend so far")]
+    per_replica = {row["metric"]["instance"]: float(row["value"][1]) for row in
+                   stack.query('sum by (instance) (latitudesh_billing_price{currency="USD"})')}
+    (total,) = stack.query(substitute(spend_query))
+    assert len(per_replica) == 2
+    # The replicas poll a moment apart, so their figures differ by a hair; doubled
+    # money would be twice either of them.
+    assert float(total["value"][1]) == pytest.approx(max(per_replica.values()), rel=0.01)
 
 
 def test_dashboard_variables_find_values(stack: Stack) -> None:
