@@ -30,7 +30,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from benchmarks.workloads import rss_bytes
+from benchmarks.workloads import busiest_window, rss_bytes
 from exporter.client import LatitudeClient
 from exporter.poller import Poller, Target
 from exporter.ratelimit import RequestBudget
@@ -213,12 +213,7 @@ def api_budget(report: Report, mode: Mode) -> None:
         client.close()
         with urllib.request.urlopen(url + "/__demo__/requests") as answer:
             times = sorted(json.load(answer)["times"])
-    busiest = 0
-    start = 0
-    for end, t in enumerate(times):
-        while times[start] + window <= t:
-            start += 1
-        busiest = max(busiest, end - start + 1)
+    busiest = busiest_window(times, window)
     gaps = [b - a for a, b in itertools.pairwise(times)]
     report.table(f"2b. Default request budget ({limit:g} per {window:g} s), "
                  f"measured at the API over {mode.budget_seconds:g} s",

@@ -133,6 +133,19 @@ def floor(store: SnapshotStore) -> int:
     return int(server.server_address[1])
 
 
+def busiest_window(times: list[float], window: float) -> int:
+    """The most requests in any half-open window [t, t + window): what a per-minute
+    rate limit counts."""
+    ordered = sorted(times)
+    best = 0
+    start = 0
+    for end, t in enumerate(ordered):
+        while ordered[start] + window <= t:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 def rss_bytes(pid: int | str = "self") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

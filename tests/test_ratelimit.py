@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from benchmarks.workloads import busiest_window
 from exporter.errors import Cancelled
 from exporter.ratelimit import RequestBudget
 from tests.conftest import make_client
@@ -24,18 +25,6 @@ class FakeClock:
         with self._lock:
             self.now = max(self.now, self.now + seconds)
         return False
-
-
-def busiest_window(times: list[float], window: float) -> int:
-    """The most requests in any half-open window [t, t + window)."""
-    ordered = sorted(times)
-    best = 0
-    start = 0
-    for end, t in enumerate(ordered):
-        while ordered[start] + window <= t:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def test_no_60_second_window_holds_more_than_the_limit() -> None:
