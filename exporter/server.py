@@ -310,15 +310,24 @@ class _BoundedHandler(WSGIRequestHandler):
         self._watchdog = threading.Timer(self.header_deadline, self._too_slow)
         self._watchdog.daemon = True
         self._watchdog.start()
+        if isinstance(self.request, ssl.SSLSocket):
+            # Before super().setup() opens rfile/wfile on the socket: when setup()
+            # raises, finish() never runs, and files left open would hold the socket's
+            # descriptor until the garbage collector found them (plain HTTP on the TLS
+            # port, scanners and old clients would each keep one).
+            try:
+                self.request.settimeout(self.timeout)
+                self.request.do_handshake()
+            except OSError:  # SSLError and timeouts too
+                self._watchdog.cancel()
+                raise
         super().setup()
-        if isinstance(self.connection, ssl.SSLSocket):
-            self.connection.do_handshake()
 
     def _too_slow(self) -> None:
         log.debug("closing a client too slow to send its request",
                   extra={"client": self.client_address[0]})
         with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
+            self.request.shutdown(socket.SHUT_RDWR)
 
     def parse_request(self) -> bool:
         ok = super().parse_request()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import http.client
 import socket
 import ssl
@@ -138,6 +139,32 @@ def test_https_with_the_ca_and_plain_http_refused(certs: dict[str, Path]) -> Non
             http_get(f"http://127.0.0.1:{server.port}/metrics", timeout=3)
     finally:
         server.stop()
+
+
+def open_fds() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+def test_failed_handshakes_release_their_sockets_at_once(certs: dict[str, Path]) -> None:
+    """Plain HTTP, port scanners and old clients on the TLS port must not hold a file
+    descriptor each until the garbage collector happens to run: in a quiet daemon
+    that can be long enough to run out of them."""
+    server = secured(tls_context(str(certs["cert"]), str(certs["key"])))
+    gc.collect()
+    gc.disable()  # only prompt closing can pass; a cycle left for the collector cannot
+    try:
+        baseline = open_fds()
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+                raw.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                while raw.recv(4096):  # the server answers with a TLS alert and hangs up
+                    pass
+        wait_for(lambda: open_fds() <= baseline, timeout=10,
+                 message="the server to close the sockets of failed handshakes")
+    finally:
+        gc.enable()
+        server.stop()
+        gc.collect()
 
 
 def test_min_version_refuses_older_clients(certs: dict[str, Path]) -> None:
