@@ -88,8 +88,9 @@ def _close_clients() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _collect_garbage_after_each_test() -> Iterator[None]:
     """A socket or file left open in a reference cycle warns only when the collector
-    runs, which is whenever it happens to: collecting after every test pins the
-    ResourceWarning (an error here) on the test that leaked, every run."""
+    runs, which is whenever it happens to: collecting after every test puts the
+    ResourceWarning (an error here) on the test that leaked, or close behind it when
+    something (a timer thread, say) keeps the object reachable a while longer."""
     yield
     gc.collect()
 
