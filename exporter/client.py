@@ -2,31 +2,46 @@
 
 Every request goes through one `RequestBudget`, is retried with capped exponential
 backoff and jitter on 429, 5xx, timeouts and connection errors, honours the wait a 429
-asks for, and is reported to `on_request(endpoint, code)` for the request counter.
+asks for, and is reported once to `on_request(endpoint, code)` when its outcome is
+known. An answer is bounded three ways before it is believed: in time
+(`timeout` bounds connect, headers and the whole body together, so a body that
+trickles in a byte at a time fails like any timeout), in decoded size (counted
+across every Content-Encoding layer while streaming, so a small double-gzipped answer
+cannot expand in memory) and in JSON values (see `models.parse_document`).
 """
 
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
+import math
 import random
+import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import certifi
+import httpcore
 import httpx
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 
 from exporter import __version__, errors
 from exporter.models import (
+    MAX_PRODUCTS_PER_ANSWER,
     BillingUsageDocument,
+    PayloadError,
     ProjectResource,
     ProjectsPage,
     UsageAttributes,
+    parse_document,
     parse_error_document,
 )
 from exporter.ratelimit import RequestBudget
@@ -38,27 +53,171 @@ PROJECTS_ENDPOINT = "/projects"
 #: Pins the response shape; see the spec's info.version.
 API_VERSION = "2023-06-01"
 PROJECTS_PAGE_SIZE = 100
-_MAX_PROJECT_PAGES = 1000
+#: Pages of /projects one discovery may read: 10,000 projects, far beyond what one
+#: key's budget can poll; an API that never ends its pages is cut off here.
+MAX_PROJECT_PAGES = 100
+#: Content-Encoding layers one answer may stack (any more is hostile).
+MAX_ENCODINGS = 2
+#: Characters of the API's own error text kept for the log, after secrets are scrubbed.
+MAX_DETAIL_CHARS = 200
 USER_AGENT = (
     f"latitudesh-exporter/{__version__} "
     f"(python {sys.version_info.major}.{sys.version_info.minor}; httpx {httpx.__version__})"
 )
 
 RequestObserver = Callable[[str, str], None]
-Params = list[tuple[str, str | int | float | bool | None]]
+TokenGetter = Callable[[], SecretStr]
+Params = list[tuple[str, str]]
+M = TypeVar("M", bound=BaseModel)
+
+# What the transport below raises, as well as httpx's own (tests use httpx.MockTransport).
+_TIMEOUTS = (httpx.TimeoutException, httpcore.TimeoutException)
+_NETWORK = (httpx.HTTPError, httpcore.NetworkError, httpcore.ProtocolError,
+            httpcore.ProxyError, httpcore.UnsupportedProtocol, OSError)
+
+
+class _Deadlines:
+    """The deadline of the request the current thread is making, applied to every
+    socket operation: httpx's timeouts bound each read, not the whole request."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._local = threading.local()
+        self._clock = clock
+
+    @contextmanager
+    def until(self, deadline: float) -> Iterator[None]:
+        self._local.deadline = deadline
+        try:
+            yield
+        finally:
+            self._local.deadline = None
+
+    def left(self, timeout: float | None) -> float | None:
+        deadline: float | None = getattr(self._local, "deadline", None)
+        if deadline is None:
+            return timeout
+        left = deadline - self._clock()
+        if left <= 0:
+            raise httpcore.ReadTimeout("the request's deadline has passed")
+        return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, deadlines: _Deadlines) -> None:
+        self._inner = inner
+        self._deadlines = deadlines
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._deadlines.left(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._deadlines.left(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(ssl_context, server_hostname,
+                                      self._deadlines.left(timeout))
+        return _DeadlineStream(inner, self._deadlines)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, deadlines: _Deadlines) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._deadlines = deadlines
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(host, port, self._deadlines.left(timeout),
+                                         local_address, socket_options)
+        return _DeadlineStream(stream, self._deadlines)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:
+        stream = self._inner.connect_unix_socket(path, self._deadlines.left(timeout),
+                                                 socket_options)
+        return _DeadlineStream(stream, self._deadlines)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _Body(httpx.SyncByteStream):
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _DeadlineTransport(httpx.BaseTransport):
+    """httpx's HTTP/1.1 transport over httpcore, with `_Deadlines` on every socket.
+
+    Proxies from the environment (HTTPS_PROXY, NO_PROXY) are honoured as httpx does.
+    """
+
+    def __init__(self, base_url: str, deadlines: _Deadlines, max_connections: int) -> None:
+        context = ssl.create_default_context(cafile=certifi.where())
+        backend = _DeadlineBackend(deadlines)
+        url = httpx.URL(base_url)
+        proxy = urllib.request.getproxies().get(url.scheme)
+        if proxy and not urllib.request.proxy_bypass(url.host):
+            self._pool: httpcore.ConnectionPool = httpcore.HTTPProxy(
+                proxy_url=proxy, ssl_context=context, max_connections=max_connections,
+                network_backend=backend,
+            )
+        else:
+            self._pool = httpcore.ConnectionPool(
+                ssl_context=context, max_connections=max_connections,
+                keepalive_expiry=30.0, network_backend=backend,
+            )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        answer = self._pool.handle_request(httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host,
+                             port=request.url.port, target=request.url.raw_path),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        ))
+        return httpx.Response(status_code=answer.status, headers=answer.headers,
+                              stream=_Body(answer.stream), extensions=answer.extensions)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCheck:
+    """What one request with a key says about it (`--check-config`)."""
+
+    sees_projects: bool
+    currency: str | None
+    team: str | None
 
 
 class LatitudeClient:
     def __init__(
         self,
         *,
-        token: Callable[[], SecretStr],
+        token: TokenGetter,
         budget: RequestBudget,
         base_url: str = "https://api.latitude.sh",
         timeout: float = 15.0,
         max_retries: int = 3,
         max_retry_wait: float = 120.0,
-        max_response_bytes: int = 64 * 1024 * 1024,
+        max_response_bytes: int = 16 * 1024 * 1024,
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         unauthorized_backoff: float = 300.0,
@@ -71,6 +230,7 @@ class LatitudeClient:
     ) -> None:
         self._token = token
         self._budget = budget
+        self._timeout = timeout
         self._max_retries = max_retries
         self._max_retry_wait = max_retry_wait
         self._max_bytes = max_response_bytes
@@ -83,14 +243,17 @@ class LatitudeClient:
         self._jitter = jitter
         self._rejected: tuple[int, float] | None = None
         self._rejected_lock = threading.Lock()
+        self._deadlines = _Deadlines(clock)
         self._http = httpx.Client(
             base_url=base_url,
             timeout=httpx.Timeout(timeout),
-            transport=transport,
+            transport=transport or _DeadlineTransport(base_url, self._deadlines,
+                                                      max_connections),
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=max_connections),
             headers={
                 "Accept": "application/vnd.api+json, application/json;q=0.9",
+                # Only what `_decoded` can undo with a bound on its output.
+                "Accept-Encoding": "gzip, deflate",
                 "API-Version": API_VERSION,
                 "User-Agent": USER_AGENT,
             },
@@ -112,50 +275,58 @@ class LatitudeClient:
         if plan:
             params.append(("filter[plan]", plan))
         params.extend(("filter[products][]", product) for product in products)
-        payload = self._get(USAGE_ENDPOINT, params)
-        try:
-            document = BillingUsageDocument.model_validate(payload)
-        except ValidationError as exc:
-            raise errors.InvalidResponse(
-                f"GET {USAGE_ENDPOINT}: not a billing_usage document ({exc.error_count()} "
-                "problems)"
-            ) from None
+        document = self._get(USAGE_ENDPOINT, params, BillingUsageDocument)
         usage = document.usage_for(project_id)
         if usage is None:
             raise errors.InvalidResponse(
                 f"GET {USAGE_ENDPOINT}: the answer holds no usage for the requested project"
             )
+        if len(usage.products) > MAX_PRODUCTS_PER_ANSWER:
+            raise errors.InvalidResponse(
+                f"GET {USAGE_ENDPOINT}: the answer holds {len(usage.products)} product "
+                f"lines, over the cap of {MAX_PRODUCTS_PER_ANSWER}")
         return usage
 
     def projects(self) -> list[ProjectResource]:
-        """Every project the key can see. The API gives no page count: stop at a short page."""
-        found: list[ProjectResource] = []
-        for number in range(1, _MAX_PROJECT_PAGES + 1):
-            payload = self._get(
-                PROJECTS_ENDPOINT,
-                [("page[size]", str(PROJECTS_PAGE_SIZE)), ("page[number]", str(number))],
-            )
-            try:
-                page = ProjectsPage.model_validate(payload)
-            except ValidationError:
-                raise errors.InvalidResponse(
-                    f"GET {PROJECTS_ENDPOINT}: not a list of projects"
-                ) from None
-            found.extend(project for project in page.data if project.id)
-            if len(page.data) < PROJECTS_PAGE_SIZE:
-                break
-        return found
+        """Every project the key can see.
 
-    def _get(self, endpoint: str, params: Params) -> Any:
+        The API gives no page count: a short page ends the list. A page that brings no
+        project not seen before (an API that ignores page[number]) and more than
+        `MAX_PROJECT_PAGES` pages are errors, never a silent cut.
+        """
+        found: dict[str, ProjectResource] = {}
+        for number in range(1, MAX_PROJECT_PAGES + 1):
+            page = self._get(PROJECTS_ENDPOINT, [("page[size]", str(PROJECTS_PAGE_SIZE)),
+                                                 ("page[number]", str(number))], ProjectsPage)
+            new = [p for p in page.data if p.id and p.id not in found]
+            if page.data and not new:
+                raise errors.InvalidResponse(
+                    f"GET {PROJECTS_ENDPOINT}: page {number} brings no new project")
+            found.update((p.id, p) for p in new if p.id)
+            if len(page.data) < PROJECTS_PAGE_SIZE:
+                return list(found.values())
+        raise errors.InvalidResponse(
+            f"GET {PROJECTS_ENDPOINT}: more than {MAX_PROJECT_PAGES} pages of projects")
+
+    def check_key(self) -> KeyCheck:
+        """One request, `GET /projects?page[size]=1`: is the key accepted, and by whom."""
+        page = self._get(PROJECTS_ENDPOINT, [("page[size]", "1")], ProjectsPage)
+        first = next((p for p in page.data if p.id), None)
+        team = first.team if first else None
+        return KeyCheck(first is not None, first.currency if first else None,
+                        team.slug if team else None)
+
+    def _get(self, endpoint: str, params: Params, model: type[M]) -> M:
         attempt = 0
+        token: SecretStr | None = None
         while True:
-            token = self._token()
-            self._refuse_rejected_token(endpoint, token)
-            self._budget.acquire()
             try:
-                return self._get_once(endpoint, params, token)
+                token = self._token()
+                self._refuse_rejected_token(endpoint, token)
+                self._budget.acquire()
+                return self._get_once(endpoint, params, token, model)
             except errors.LatitudeError as exc:
-                if isinstance(exc, errors.Unauthorized):
+                if isinstance(exc, errors.Unauthorized) and exc.status == 401 and token:
                     self._remember_rejected(token)
                 if not exc.retryable or attempt >= self._max_retries:
                     raise
@@ -174,8 +345,8 @@ class LatitudeClient:
     def _delay(self, exc: errors.LatitudeError, attempt: int) -> float:
         if isinstance(exc, errors.RateLimited) and exc.retry_after is not None:
             # A wait of hours (seen from misbehaving proxies) must not park the poller.
-            return float(min(max(exc.retry_after, 0.0), self._max_retry_wait))
-        ceiling = min(self._backoff_cap, self._backoff_base * 2.0**attempt)
+            return min(exc.retry_after, self._max_retry_wait)
+        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(attempt, 32))
         return ceiling / 2 + self._jitter() * ceiling / 2
 
     def _refuse_rejected_token(self, endpoint: str, token: SecretStr) -> None:
@@ -189,7 +360,7 @@ class LatitudeClient:
             raise errors.Unauthorized(
                 f"GET {endpoint}: not sent: the API rejected this token "
                 f"{round(until - self._clock())}s before the back-off ends",
-                status=401,
+                status=0,
             )
 
     def _remember_rejected(self, token: SecretStr) -> None:
@@ -199,94 +370,146 @@ class LatitudeClient:
                 self._clock() + self._unauthorized_backoff,
             )
 
-    def _get_once(self, endpoint: str, params: Params, token: SecretStr) -> Any:
+    def _get_once(self, endpoint: str, params: Params, token: SecretStr,
+                  model: type[M]) -> M:
         headers = {"Authorization": token.get_secret_value()}
+        code = "network"
         try:
-            with self._http.stream("GET", endpoint, params=params, headers=headers) as response:
-                self._on_request(endpoint, str(response.status_code))
-                body = self._read_capped(endpoint, response)
-        except httpx.TimeoutException:
-            self._on_request(endpoint, "timeout")
-            raise errors.Timeout(f"GET {endpoint}: timed out") from None
-        except httpx.HTTPError as exc:
-            self._on_request(endpoint, "network")
+            with self._deadlines.until(self._clock() + self._timeout), \
+                    self._http.stream("GET", endpoint, params=params,
+                                      headers=headers) as response:
+                body = self._read(endpoint, response)
+            code = str(response.status_code)
+        except _TIMEOUTS:
+            code = "timeout"
+            raise errors.Timeout(
+                f"GET {endpoint}: no complete answer in {self._timeout:g}s") from None
+        except errors.InvalidResponse:
+            code = str(response.status_code)
+            raise
+        except _NETWORK as exc:
             raise errors.NetworkError(f"GET {endpoint}: {type(exc).__name__}") from None
-        if response.is_success:
-            return self._decode(endpoint, body, response)
-        raise self._status_error(endpoint, response, body, token)
+        finally:
+            self._on_request(endpoint, code)
+        if not response.is_success:
+            raise self._status_error(endpoint, response, body, token)
+        try:
+            return parse_document(model, body)
+        except PayloadError as exc:
+            raise errors.InvalidResponse(f"GET {endpoint}: {exc}") from None
 
-    def _read_capped(self, endpoint: str, response: httpx.Response) -> bytes:
+    def _read(self, endpoint: str, response: httpx.Response) -> bytes:
+        """The decoded body, refused as soon as it grows past the cap."""
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self._max_bytes:
             raise errors.InvalidResponse(
                 f"GET {endpoint}: answer of {declared} bytes is over the "
-                f"{self._max_bytes}-byte cap"
-            )
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > self._max_bytes:
-                raise errors.InvalidResponse(
-                    f"GET {endpoint}: answer is over the {self._max_bytes}-byte cap"
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    @staticmethod
-    def _decode(endpoint: str, body: bytes, response: httpx.Response) -> Any:
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+                f"{self._max_bytes}-byte cap")
+        encodings = [e.strip().lower() for e in
+                     response.headers.get("Content-Encoding", "").split(",") if e.strip()]
+        encodings = [e for e in encodings if e != "identity"]
+        if len(encodings) > MAX_ENCODINGS or not set(encodings) <= {"gzip", "x-gzip",
+                                                                    "deflate"}:
             raise errors.InvalidResponse(
-                f"GET {endpoint}: answer is not JSON ({kind}, {len(body)} bytes)"
-            ) from None
-        if not isinstance(payload, dict):
-            raise errors.InvalidResponse(f"GET {endpoint}: answer is not a JSON object")
-        return payload
+                f"GET {endpoint}: unsupported Content-Encoding {', '.join(encodings)!r}")
+        if response.is_stream_consumed:
+            # An in-memory answer (httpx.MockTransport in tests): httpx decoded it.
+            chunks: Iterator[bytes] = iter([response.content])
+            encodings = []
+        else:
+            chunks = response.iter_raw()
+        for encoding in reversed(encodings):  # applied in order, undone in reverse
+            chunks = _inflate(chunks, deflate=encoding == "deflate", cap=self._max_bytes)
+        body = bytearray()
+        try:
+            for chunk in chunks:
+                body += chunk
+                if len(body) > self._max_bytes:
+                    raise errors.InvalidResponse(
+                        f"GET {endpoint}: answer is over the {self._max_bytes}-byte cap")
+        except zlib.error:
+            raise errors.InvalidResponse(
+                f"GET {endpoint}: the compressed answer is corrupt") from None
+        except _TooLarge:
+            raise errors.InvalidResponse(
+                f"GET {endpoint}: answer is over the {self._max_bytes}-byte cap "
+                "once decompressed") from None
+        return bytes(body)
 
     def _status_error(
         self, endpoint: str, response: httpx.Response, body: bytes, token: SecretStr
     ) -> errors.ApiStatusError:
-        try:
-            document = parse_error_document(json.loads(body))
-        except (ValueError, UnicodeDecodeError):
-            document = parse_error_document(None)
+        document = parse_error_document(body)
         status = response.status_code
-        # The API's own words go into logs; an API that echoes the key must not leak it.
-        detail = document.summary.replace(token.get_secret_value(), "<redacted>")
+        # The API's own words go into logs: scrub the key from the whole text first,
+        # then shorten, so that a cut can never leave part of an echoed key behind.
+        secret = token.get_secret_value()
+        detail = " ".join(document.text.replace(secret, "<redacted>").split())
+        if len(detail) > MAX_DETAIL_CHARS:
+            detail = detail[:MAX_DETAIL_CHARS] + "…"
         message = f"GET {endpoint}: HTTP {status}" + (f": {detail}" if detail else "")
-        code = document.errors[0].code if document.errors else document.code
         if status == 429:
-            waits = [
-                wait for wait in (document.retry_after, _retry_after_header(response))
-                if wait is not None
-            ]
-            return errors.RateLimited(
-                message, code=code, retry_after=max(waits) if waits else None
-            )
+            waits = [w for w in (document.retry_after, _retry_after_header(response))
+                     if w is not None]
+            return errors.RateLimited(message, retry_after=max(waits) if waits else None)
         kind: type[errors.ApiStatusError] = {
             401: errors.Unauthorized,
             403: errors.Forbidden,
             404: errors.NotFound,
         }.get(status, errors.ServerError if status >= 500 else errors.UnexpectedStatus)
-        return kind(message, status=status, code=code)
+        return kind(message, status=status)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _inflate(chunks: Iterator[bytes], *, deflate: bool, cap: int) -> Iterator[bytes]:
+    """Undo one gzip or deflate layer, never holding more than 64 KiB of its output at
+    once and refusing it past `cap` bytes in all: a bomb is refused while it streams."""
+    wbits = zlib.MAX_WBITS if deflate else zlib.MAX_WBITS | 16
+    decompressor = zlib.decompressobj(wbits)
+    produced = 0
+    for chunk in chunks:
+        data = chunk
+        while True:
+            out = decompressor.decompress(data, _INFLATE_STEP)
+            produced += len(out)
+            if produced > cap:
+                raise _TooLarge
+            if out:
+                yield out
+            if decompressor.eof and decompressor.unused_data and not deflate:
+                data = decompressor.unused_data  # a gzip member follows the first
+                decompressor = zlib.decompressobj(wbits)
+                continue
+            data = decompressor.unconsumed_tail
+            if not data and len(out) < _INFLATE_STEP:
+                break
+    tail = decompressor.flush()
+    if produced + len(tail) > cap:
+        raise _TooLarge
+    if tail:
+        yield tail
+
+
+_INFLATE_STEP = 65536
 
 
 def _retry_after_header(response: httpx.Response) -> float | None:
-    """`Retry-After` as delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    """`Retry-After` as delta-seconds or an HTTP-date (RFC 9110 §10.2.3); None when it
+    is neither, or absurd (a wait in the year 9999 is no wait the exporter honours)."""
     value = response.headers.get("Retry-After", "").strip()
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        wait = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            wait = (when - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    return max(wait, 0.0) if math.isfinite(wait) else None

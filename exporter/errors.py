@@ -10,20 +10,22 @@ The hierarchy:
      │    ├── RateLimited             rate_limited      429, carries retry_after
      │    ├── ServerError             server_error      5xx
      │    └── UnexpectedStatus        invalid_response  any other non-2xx
-     ├── TransportError               (no HTTP answer at all)
-     │    ├── Timeout                 timeout
+     ├── TransportError               (no complete HTTP answer)
+     │    ├── Timeout                 timeout           over api.timeout_seconds, end to end
      │    └── NetworkError            network
      ├── InvalidResponse              invalid_response  bad JSON, wrong shape, too large
+     ├── TokenUnavailable             token_unreadable  token file missing, empty, unreadable
+     ├── Unexpected                   invalid_response  any other exception in a poll
      └── Cancelled                    cancelled         the exporter is shutting down
 
 Callers catch by class and read `reason`; nobody matches on message text. Messages
-never contain the API token: the client builds them from the method, path and status
-only.
+never contain the API token: the client builds them from the method, path and status,
+and scrubs the API's own words of the token before it shortens them.
 """
 
 from __future__ import annotations
 
-#: Every reason a poll can fail with, in the order the metrics list them.
+#: Every reason a poll or a discovery can fail with, in the order the metrics list them.
 POLL_ERROR_REASONS: tuple[str, ...] = (
     "unauthorized",
     "forbidden",
@@ -33,7 +35,11 @@ POLL_ERROR_REASONS: tuple[str, ...] = (
     "timeout",
     "network",
     "invalid_response",
+    "token_unreadable",
 )
+#: What a failure that is not a `LatitudeError` (a bug, or a hostile answer that found a
+#: way past the parser) is counted as: the answer could not be used.
+UNEXPECTED_REASON = "invalid_response"
 
 
 class LatitudeError(Exception):
@@ -47,10 +53,9 @@ class LatitudeError(Exception):
 class ApiStatusError(LatitudeError):
     """The API answered with a status we cannot use."""
 
-    def __init__(self, message: str, *, status: int, code: str | None = None) -> None:
+    def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
-        self.code = code
 
 
 class Unauthorized(ApiStatusError):
@@ -69,12 +74,9 @@ class RateLimited(ApiStatusError):
     reason = "rate_limited"
     retryable = True
 
-    def __init__(
-        self, message: str, *, status: int = 429, code: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, status=status, code=code)
-        #: Seconds the API asked us to wait, if it said.
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message, status=429)
+        #: Seconds the API asked us to wait, if it said; finite and not negative.
         self.retry_after = retry_after
 
 
@@ -88,7 +90,7 @@ class UnexpectedStatus(ApiStatusError):
 
 
 class TransportError(LatitudeError):
-    """No HTTP answer arrived."""
+    """No complete HTTP answer arrived."""
 
     retryable = True
 
@@ -105,6 +107,23 @@ class InvalidResponse(LatitudeError):
     """An answer arrived but is not a usable billing-usage or projects document."""
 
     reason = "invalid_response"
+
+
+class TokenUnavailable(LatitudeError):
+    """The token could not be read (file gone, empty, unreadable, not ASCII).
+
+    Retryable: a Kubernetes or Docker secret being rotated can vanish for a moment.
+    """
+
+    reason = "token_unreadable"
+    retryable = True
+
+
+class Unexpected(LatitudeError):
+    """An exception nobody foresaw ended a poll or a discovery: counted as an answer
+    that could not be used, so that it is visible instead of freezing the data."""
+
+    reason = UNEXPECTED_REASON
 
 
 class Cancelled(LatitudeError):

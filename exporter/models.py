@@ -1,132 +1,200 @@
-"""Pydantic models of the Latitude.sh API payloads, tolerant of schema drift; no I/O.
+"""Pydantic models of the Latitude.sh API payloads, tolerant of drift and hostile input; no I/O.
 
-The billing_usage schema has moved under our feet (see
-shared/latitude/billing_usage.spec-history.json): `amount` and `unit_amount` appeared,
-`unit` gained `GB`, product `metadata` changed shape, and live accounts may still answer
-in the older shape. Nothing in the spec is required. So every field is optional, unknown
-fields are ignored, enums are plain strings, and a field whose value has the wrong type
-reads as missing: one odd value must drop one metric, never the whole project.
+The billing_usage schema has moved under our feet (`tests/fixtures/spec/` keeps both
+generations): `amount` appeared, `unit` gained `GB`, product `metadata` changed shape,
+and live accounts may still answer in the older shape. Nothing in the spec is required.
+So every field is optional, unknown fields are ignored, enums are plain strings, and a
+field whose value has the wrong type reads as missing: one odd value drops one metric,
+never the whole project.
+
+The tolerance is built into the core schema (`with_default(on_error="default")`) rather
+than written as Python validators, because a poll of a large account validates hundreds
+of thousands of fields and a Python call per field was most of a poll's cost.
+
+Parsing is bounded before any model is built: the body is counted in JSON values, the
+products of one answer are capped, and strings are made encodable (lone surrogates and
+control characters become U+FFFD) so that one project's odd name can never break the
+exposition, the status page or a log line for everyone.
 """
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime
-from typing import Annotated, Any
+import re
+from collections.abc import Callable
+from dataclasses import field
+from datetime import datetime
+from functools import cache
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, GetCoreSchemaHandler, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_core import PydanticCustomError, core_schema
 
-
-def _lenient_number(value: Any) -> float | None:
-    # bool is an int subclass; a true/false where money belongs is not a number.
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _lenient_str(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        return str(value)
-    return None
+#: JSON values (objects, arrays and comma-separated items) one answer may hold, counted
+#: before anything is parsed: bounds the memory of parsing a body that is small in
+#: bytes but made of millions of `{}` (10,000 product lines take about 300,000).
+MAX_JSON_VALUES = 500_000
+#: Product lines one billing answer may hold; a larger answer is refused as a whole.
+#: (`max_products_per_project` folds the cheapest of what is accepted.)
+MAX_PRODUCTS_PER_ANSWER = 10_000
+#: Replacement for what cannot be encoded or would forge a line of output.
+REPLACEMENT = "\ufffd"
 
 
-def _lenient_datetime(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    # A naive timestamp from the API is UTC (every documented example carries +00:00).
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
+class PayloadError(ValueError):
+    """An answer that cannot be read as the document asked for; the message is ours."""
 
 
-def _list_or_empty(value: Any) -> Any:
-    return value if isinstance(value, list) else []
+class _Lenient:
+    """A value of the wrong type reads as None (or the default) instead of failing."""
+
+    def __init__(self, default_factory: Callable[[], Any] | None = None) -> None:
+        self._factory = default_factory
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        if self._factory is not None:
+            return core_schema.with_default_schema(
+                handler(source), default_factory=self._factory, on_error="default"
+            )
+        return core_schema.with_default_schema(handler(source), default=None, on_error="default")
 
 
-def _object_or_none(value: Any) -> Any:
-    return value if isinstance(value, dict) else None
+class _Number:
+    """int, float or a numeric string; never a bool, an infinity or NaN (a 400-digit
+    integer does not fit a float and reads as missing too)."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        number = core_schema.union_schema([
+            core_schema.float_schema(strict=True, allow_inf_nan=False),
+            core_schema.chain_schema([
+                core_schema.str_schema(strict=True, strip_whitespace=True),
+                core_schema.float_schema(allow_inf_nan=False),
+            ]),
+        ])
+        return core_schema.with_default_schema(
+            core_schema.nullable_schema(number), default=None, on_error="default"
+        )
 
 
-Number = Annotated[float | None, BeforeValidator(_lenient_number)]
-Text = Annotated[str | None, BeforeValidator(_lenient_str)]
-Timestamp = Annotated[datetime | None, BeforeValidator(_lenient_datetime)]
+class _Objects:
+    """A list whose items that are not what they should be are skipped; anything but a
+    list reads as empty (or, when `required`, is an error)."""
+
+    def __init__(self, *, required: bool = False) -> None:
+        self._required = required
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        (item,) = source.__args__
+        items = core_schema.with_default_schema(handler.generate_schema(item), on_error="omit")
+        listed = core_schema.list_schema(items)
+        if not self._required:
+            return core_schema.with_default_schema(
+                listed, default_factory=list, on_error="default"
+            )
+
+        def not_a_list(value: Any) -> list[Any]:
+            raise PydanticCustomError("list_type", "not a list")
+
+        return core_schema.union_schema(
+            [listed, core_schema.no_info_plain_validator_function(not_a_list)],
+            mode="left_to_right",
+        )
 
 
-class _Tolerant(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+class _Text:
+    """A string; an integer where a string belongs (an id sent as a number) is read as
+    its digits, anything else as missing."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        text = core_schema.union_schema([
+            core_schema.str_schema(strict=True),
+            core_schema.chain_schema([
+                core_schema.int_schema(strict=True),
+                core_schema.no_info_plain_validator_function(str),
+            ]),
+        ])
+        return core_schema.with_default_schema(
+            core_schema.nullable_schema(text), default=None, on_error="default"
+        )
 
 
-def _objects_only(value: Any) -> list[Any]:
-    """Keep the items of a list that are objects; skip anything else in it."""
-    return [item for item in _list_or_empty(value) if isinstance(item, dict)]
+Text = Annotated[str | None, _Text()]
+Number = Annotated[float | None, _Number()]
+Timestamp = Annotated[datetime | None, _Lenient()]
+Texts = Annotated[list[str], _Objects()]
 
 
-_OBJECTS = BeforeValidator(_objects_only)
+_T = TypeVar("_T")
 
 
-class ProjectRef(_Tolerant):
+def _tolerant(cls: type[_T]) -> type[_T]:
+    """A frozen, slotted pydantic dataclass that ignores unknown fields.
+
+    Dataclasses rather than BaseModel: an answer can hold tens of thousands of product
+    lines, and a slotted dataclass costs a third of a model's memory (no instance dict,
+    no set of the fields that were given).
+    """
+    return pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)(cls)
+
+
+_CONFIG = ConfigDict(extra="ignore")
+
+
+@_tolerant
+class ProjectRef:
     id: Text = None
     slug: Text = None
     name: Text = None
 
 
-class Period(_Tolerant):
+@_tolerant
+class Period:
     start: Timestamp = None
     end: Timestamp = None
 
 
-class Discount(_Tolerant):
+@_tolerant
+class Discount:
     description: Text = None
     #: `percent` or `amount` per the spec; `fixed` has been seen in the wild.
     type: Text = None
     value: Number = None
 
 
-class Server(_Tolerant):
+@_tolerant
+class Server:
     id: Text = None
     hostname: Text = None
     plan: Text = None
-    tags: Annotated[list[Text], BeforeValidator(_list_or_empty)] = Field(default_factory=list)
+    tags: Texts = field(default_factory=list)
 
 
-class Bucket(_Tolerant):
+@_tolerant
+class Bucket:
     id: Text = None
     name: Text = None
     location: Text = None
 
 
-class ProductMetadata(_Tolerant):
+@_tolerant
+class ProductMetadata:
     """Both shapes in one model: the old `{id, hostname, plan, tags}` and the new
     `{servers[], bucket, billing_unit_divisor}` (spec of 2026-07-16)."""
 
     id: Text = None
     hostname: Text = None
     plan: Text = None
-    tags: Annotated[list[Text], BeforeValidator(_list_or_empty)] = Field(default_factory=list)
-    servers: Annotated[list[Server], _OBJECTS] = Field(default_factory=list)
-    bucket: Annotated[Bucket | None, BeforeValidator(_object_or_none)] = None
+    tags: Texts = field(default_factory=list)
+    servers: Annotated[list[Server], _Objects()] = field(default_factory=list)
+    bucket: Annotated[Bucket | None, _Lenient()] = None
     billing_unit_divisor: Number = None
 
     def all_servers(self) -> list[Server]:
@@ -134,11 +202,15 @@ class ProductMetadata(_Tolerant):
         if self.servers:
             return list(self.servers)
         if self.id or self.hostname or self.plan:
+            # Old-shape storage lines carry the bucket's id here and nothing else.
+            if self.id and not (self.hostname or self.plan) and self.bucket is not None:
+                return []
             return [Server(id=self.id, hostname=self.hostname, plan=self.plan, tags=self.tags)]
         return []
 
 
-class Product(_Tolerant):
+@_tolerant
+class Product:
     id: Text = None
     resource: Text = None
     name: Text = None
@@ -149,36 +221,34 @@ class Product(_Tolerant):
     price: Number = None
     amount: Number = None
     unit_price: Number = None
-    unit_amount: Number = None
     amount_without_discount: Number = None
-    start: Timestamp = None
-    end: Timestamp = None
-    discounts: Annotated[list[Discount], _OBJECTS] = Field(
-        default_factory=list
-    )
-    metadata: Annotated[ProductMetadata | None, BeforeValidator(_object_or_none)] = None
+    discounts: Annotated[list[Discount], _Objects()] = field(default_factory=list)
+    metadata: Annotated[ProductMetadata | None, _Lenient()] = None
 
 
-class UsageAttributes(_Tolerant):
-    project: Annotated[ProjectRef | None, BeforeValidator(_object_or_none)] = None
-    period: Annotated[Period | None, BeforeValidator(_object_or_none)] = None
+@_tolerant
+class UsageAttributes:
+    project: Annotated[ProjectRef | None, _Lenient()] = None
+    period: Annotated[Period | None, _Lenient()] = None
     available_credit_balance: Number = None
     price: Number = None
     amount: Number = None
     threshold: Number = None
-    products: Annotated[list[Product], _OBJECTS] = Field(default_factory=list)
+    products: Annotated[list[Product], _Objects()] = field(default_factory=list)
 
 
-class UsageResource(_Tolerant):
-    id: Text = None
-    type: Text = None
-    attributes: Annotated[UsageAttributes | None, BeforeValidator(_object_or_none)] = None
+@_tolerant
+class UsageResource:
+    # Not lenient, unlike the rest: an error below (too many products) must reach the
+    # caller, and an `attributes` of the wrong type fails the poll either way.
+    attributes: UsageAttributes | None = None
 
 
-class BillingUsageDocument(_Tolerant):
+@_tolerant
+class BillingUsageDocument:
     """`GET /billing/usage`: `data` is documented as an object; a list is accepted too."""
 
-    data: UsageResource | list[UsageResource] | None = None
+    data: UsageResource | Annotated[list[UsageResource], _Objects(required=True)] | None = None
 
     def usage_for(self, project_id: str) -> UsageAttributes | None:
         """The attributes that belong to `project_id`, or None when there are none.
@@ -198,57 +268,75 @@ class BillingUsageDocument(_Tolerant):
         return None
 
 
-class Currency(_Tolerant):
+@_tolerant
+class Currency:
     code: Text = None
 
 
-class Team(_Tolerant):
-    currency: Annotated[Currency | None, BeforeValidator(_object_or_none)] = None
+@_tolerant
+class Team:
+    slug: Text = None
+    name: Text = None
+    currency: Annotated[Currency | None, _Lenient()] = None
 
 
-class ProjectAttributes(_Tolerant):
+@_tolerant
+class ProjectAttributes:
     name: Text = None
     slug: Text = None
-    team: Annotated[Team | None, BeforeValidator(_object_or_none)] = None
+    team: Annotated[Team | None, _Lenient()] = None
 
 
-class ProjectResource(_Tolerant):
+@_tolerant
+class ProjectResource:
     id: Text = None
-    attributes: Annotated[ProjectAttributes | None, BeforeValidator(_object_or_none)] = None
+    attributes: Annotated[ProjectAttributes | None, _Lenient()] = None
+
+    @property
+    def team(self) -> Team | None:
+        return self.attributes.team if self.attributes else None
 
     @property
     def currency(self) -> str | None:
-        attributes = self.attributes
-        if attributes and attributes.team and attributes.team.currency:
-            return attributes.team.currency.code
-        return None
+        team = self.team
+        return team.currency.code if team and team.currency else None
 
 
-class ProjectsPage(_Tolerant):
-    """One page of `GET /projects`; the API gives no pagination metadata."""
+@_tolerant
+class ProjectsPage:
+    """One page of `GET /projects`; the API gives no pagination metadata.
 
-    data: Annotated[list[ProjectResource], _OBJECTS] = Field(
-        default_factory=list
-    )
+    Unlike everything else here, `data` is required and must be a list: a 200 whose
+    body has no list would otherwise read as "the team has no projects" and blank
+    every series of the team.
+    """
+
+    data: Annotated[list[ProjectResource], _Objects(required=True)]
 
 
-class ErrorItem(_Tolerant):
-    status: Text = None
+@_tolerant
+class ErrorMeta:
+    retry_after: Number = None
+
+
+@_tolerant
+class ErrorItem:
     code: Text = None
     title: Text = None
     detail: Text = None
     message: Text = None
-    meta: Annotated[dict[str, Any] | None, BeforeValidator(_object_or_none)] = None
+    meta: Annotated[ErrorMeta | None, _Lenient()] = None
 
     @property
     def retry_after(self) -> float | None:
-        return _lenient_number(self.meta.get("retry_after")) if self.meta else None
+        return self.meta.retry_after if self.meta else None
 
 
-class ErrorDocument(_Tolerant):
+@_tolerant
+class ErrorDocument:
     """`{"errors": [...]}`; some answers carry only a top-level `code`/`message`."""
 
-    errors: Annotated[list[ErrorItem], _OBJECTS] = Field(default_factory=list)
+    errors: Annotated[list[ErrorItem], _Objects()] = field(default_factory=list)
     code: Text = None
     message: Text = None
 
@@ -258,20 +346,93 @@ class ErrorDocument(_Tolerant):
         return max(waits) if waits else None
 
     @property
-    def summary(self) -> str:
-        """A short, single-line description for logs (never contains request data)."""
+    def text(self) -> str:
+        """The API's own words, whole: the caller scrubs secrets before shortening."""
         for item in self.errors:
             text = item.detail or item.title or item.message or item.code
             if text:
-                return " ".join(text.split())[:200]
-        return " ".join((self.message or self.code or "").split())[:200]
+                return text
+        return self.message or self.code or ""
 
 
-def parse_error_document(payload: Any) -> ErrorDocument:
-    """Read an error body of any shape; a body that is not an object reads as empty."""
-    if not isinstance(payload, dict):
-        return ErrorDocument()
+M = TypeVar("M")
+
+# A backslash pair is matched (and kept) first, so an escaped backslash followed by
+# "u" is never read as a unicode escape; a valid surrogate pair is kept whole.
+_ESCAPES = re.compile(
+    r"(\\\\)|(\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|00[01][0-9a-fA-F]|007[fF]|00[89][0-9a-fA-F])"
+    r"|\\[bfnrt]"
+)
+# DEL and the C1 controls may stand in JSON strings unescaped.
+_RAW_CONTROLS = dict.fromkeys(range(0x7F, 0xA0), REPLACEMENT)
+
+
+def _escape_kept(match: re.Match[str]) -> str:
+    return match.group(0) if match.group(1) or match.group(2) else "\\ufffd"
+
+
+def clean_json(body: bytes) -> bytes | str:
+    """The body with every string made encodable and free of control characters.
+
+    The common answer is plain ASCII without escapes and is returned as it is; the
+    rest costs a decode and two passes in C, never a Python call per string.
+    """
+    if body.isascii():
+        if b"\\" not in body:
+            return body
+        text = body.decode("ascii")
+    else:
+        # Invalid UTF-8 (raw surrogates included) becomes U+FFFD instead of failing.
+        text = body.decode("utf-8", "replace").translate(_RAW_CONTROLS)
+    if "\\" in text:
+        text = _ESCAPES.sub(_escape_kept, text)
+    return text
+
+
+def parse_document(model: type[M], body: bytes, *, max_values: int = MAX_JSON_VALUES) -> M:
+    """Validate `body` as `model`, bounded in values as well as bytes.
+
+    Raises `PayloadError` with a message of our own (never the API's bytes).
+    """
+    text = clean_json(body)
+    if isinstance(text, bytes):
+        values = text.count(b",") + text.count(b"{") + text.count(b"[")
+    else:
+        values = text.count(",") + text.count("{") + text.count("[")
+    if values > max_values:
+        raise PayloadError(f"the answer holds more than {max_values} JSON values")
     try:
-        return ErrorDocument.model_validate(payload)
-    except ValidationError:
+        return _adapter(model).validate_json(text)
+    except ValidationError as exc:
+        raise PayloadError(_describe(exc)) from None
+
+
+@cache
+def _adapter(model: type[M]) -> TypeAdapter[M]:
+    return TypeAdapter(model)
+
+
+def _describe(exc: ValidationError) -> str:
+    found = exc.errors(include_url=False, include_input=False, include_context=False)
+    first = found[0]
+    # Only field names: union members and list indexes would say nothing to a reader.
+    where = ".".join(p for p in map(str, first["loc"]) if p.isidentifier() and p.islower())
+    where = where or "the answer"
+    if first["type"] == "json_invalid":
+        return str(first["msg"])  # "Invalid JSON: ..." names a position, not content
+    if first["type"] in ("model_type", "model_attributes_type"):
+        return "not a JSON object"
+    if first["type"] == "missing":
+        return f"{where} is missing"
+    if first["type"] == "list_type":
+        return f"{where} is not a list"
+    return f"{where}: {first['type']}"
+
+
+def parse_error_document(body: bytes) -> ErrorDocument:
+    """Read an error body of any shape; anything unreadable reads as empty."""
+    try:
+        return parse_document(ErrorDocument, body)
+    except PayloadError:
         return ErrorDocument()

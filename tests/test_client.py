@@ -1,21 +1,29 @@
-"""LatitudeClient: headers, retries and backoff, 429 waits, typed errors, pagination."""
+"""LatitudeClient: headers, retries and backoff, 429 waits, typed errors, pagination, and
+answers bounded in time, size and values, each request counted once."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from exporter import errors
-from exporter.client import API_VERSION, PROJECTS_PAGE_SIZE, LatitudeClient
-from exporter.demo import DemoApi, Fault
+from exporter.client import API_VERSION, MAX_PROJECT_PAGES, PROJECTS_PAGE_SIZE, LatitudeClient
+from exporter.models import MAX_PRODUCTS_PER_ANSWER
 from exporter.ratelimit import RequestBudget
-from tests.conftest import TOKEN, load_fixture, make_client
+from tests.conftest import TOKEN, load_fixture
+from tests.fakeapi import FakeApi, Fault
 
 Handler = Callable[[httpx.Request], httpx.Response]
+MakeClient = Callable[..., LatitudeClient]
+PROJECT = "proj_r0MK4O4kDa95w"
 
 
 class Recorder:
@@ -51,28 +59,32 @@ class Pauses:
         self.pauses.append(seconds)
 
 
-def client_for(handler: Handler, **kwargs: Any) -> LatitudeClient:
-    kwargs.setdefault("budget", RequestBudget(1e6))
-    return make_client("https://api.example", transport=httpx.MockTransport(handler),
-                       jitter=lambda: 0.0, **kwargs)
+@pytest.fixture
+def client_for(make_client: MakeClient) -> Callable[..., LatitudeClient]:
+    def make(handler: Handler, **kwargs: Any) -> LatitudeClient:
+        kwargs.setdefault("budget", RequestBudget(1e6))
+        return make_client("https://api.example", transport=httpx.MockTransport(handler),
+                           jitter=lambda: 0.0, **kwargs)
+    return make
 
 
-PROJECT = "proj_r0MK4O4kDa95w"
+ClientFor = Callable[..., LatitudeClient]
 
 
-def test_sends_raw_token_version_accept_and_user_agent() -> None:
+def test_sends_raw_token_version_accept_and_user_agent(client_for: ClientFor) -> None:
     recorder = Recorder(ok())
     client_for(recorder, token=TOKEN).billing_usage(PROJECT)
     (request,) = recorder.requests
     assert request.headers["Authorization"] == TOKEN
     assert request.headers["API-Version"] == API_VERSION
     assert request.headers["Accept"].startswith("application/vnd.api+json")
+    assert request.headers["Accept-Encoding"] == "gzip, deflate"
     assert request.headers["User-Agent"].startswith("latitudesh-exporter/")
     assert request.url.path == "/billing/usage"
     assert request.url.params.get_list("filter[project]") == [PROJECT]
 
 
-def test_plan_and_product_filters_are_sent() -> None:
+def test_plan_and_product_filters_are_sent(client_for: ClientFor) -> None:
     recorder = Recorder(ok())
     client_for(recorder).billing_usage(PROJECT, plan="c2-small-x86", products=["si_a", "si_b"])
     params = recorder.requests[0].url.params
@@ -80,13 +92,13 @@ def test_plan_and_product_filters_are_sent() -> None:
     assert params.get_list("filter[products][]") == ["si_a", "si_b"]
 
 
-def test_plain_json_content_type_is_accepted() -> None:
+def test_plain_json_content_type_is_accepted(client_for: ClientFor) -> None:
     answer = httpx.Response(200, content=json.dumps(load_fixture("billing_usage_new.json")),
                             headers={"Content-Type": "application/json"})
     assert client_for(Recorder(answer)).billing_usage(PROJECT).price == 51230
 
 
-def test_server_errors_are_retried_then_succeed() -> None:
+def test_server_errors_are_retried_then_succeed(client_for: ClientFor) -> None:
     recorder = Recorder(httpx.Response(500), httpx.Response(503), ok())
     seen: list[tuple[str, str]] = []
     client = client_for(recorder, on_request=lambda e, c: seen.append((e, c)))
@@ -96,7 +108,7 @@ def test_server_errors_are_retried_then_succeed() -> None:
                     ("/billing/usage", "200")]
 
 
-def test_retries_stop_after_max_retries() -> None:
+def test_retries_stop_after_max_retries(client_for: ClientFor) -> None:
     recorder = Recorder(httpx.Response(502))
     with pytest.raises(errors.ServerError) as caught:
         client_for(recorder, max_retries=2).billing_usage(PROJECT)
@@ -104,13 +116,11 @@ def test_retries_stop_after_max_retries() -> None:
     assert caught.value.reason == "server_error"
 
 
-def test_backoff_grows_exponentially() -> None:
-    from exporter import client as client_module
-
+def test_backoff_grows_exponentially_and_never_overflows(client_for: ClientFor) -> None:
     client = client_for(Recorder(ok()), backoff_base=1.0, backoff_cap=5.0)
     delays = [client._delay(errors.ServerError("x", status=500), n) for n in range(5)]
     assert delays == [0.5, 1.0, 2.0, 2.5, 2.5]  # jitter 0: half of min(cap, base * 2^n)
-    assert client_module.LatitudeClient is LatitudeClient
+    assert client._delay(errors.ServerError("x", status=500), 10_000) == 2.5
 
 
 @pytest.mark.parametrize(
@@ -120,31 +130,26 @@ def test_backoff_grows_exponentially() -> None:
         ({"Retry-After": "3"}, None, 3.0),     # in the header only
         ({"Retry-After": "9"}, 4, 9.0),        # both: the longer wait wins
         ({"Retry-After": "99999"}, None, 120.0),  # a huge wait is capped
+        ({"Retry-After": "1e999"}, None, 1.0),  # infinite: no wait honoured, backoff
+        ({"Retry-After": "Fri, 31 Dec 99999 23:59:59 GMT"}, None, 1.0),  # no such date
+        ({"Retry-After": "-5"}, None, 0.0),
+        ({}, 10 ** 400, 1.0),  # does not fit a float
+        ({}, "1e308", 120.0),
     ],
 )
 def test_429_waits_as_asked_for_the_whole_key(
-    headers: dict[str, str], body_wait: float | None, expected: float
+    client_for: ClientFor, headers: dict[str, str], body_wait: object, expected: float
 ) -> None:
     meta = {"retry_after": body_wait} if body_wait is not None else {}
-    limited = httpx.Response(429, headers=headers, json={"errors": [{"status": "429",
-                                                                     "meta": meta}]})
+    limited = httpx.Response(429, headers=headers,
+                             content=json.dumps({"errors": [{"status": "429", "meta": meta}]}))
     budget = Pauses()
-    client = client_for(Recorder(limited, ok()), budget=budget)
+    client = client_for(Recorder(limited, ok()), budget=budget, backoff_base=2.0)
     assert client.billing_usage(PROJECT).price == 51230
     assert budget.pauses == [expected]
 
 
-def test_429_without_a_wait_backs_off() -> None:
-    budget = Pauses()
-    client = client_for(Recorder(httpx.Response(429), ok()), budget=budget, backoff_base=2.0)
-    client.billing_usage(PROJECT)
-    assert budget.pauses == [1.0]
-
-
-def test_429_http_date_retry_after_is_understood() -> None:
-    from datetime import UTC, datetime, timedelta
-    from email.utils import format_datetime
-
+def test_429_http_date_retry_after_is_understood(client_for: ClientFor) -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     budget = Pauses()
     client = client_for(Recorder(httpx.Response(429, headers={"Retry-After": when}), ok()),
@@ -153,7 +158,7 @@ def test_429_http_date_retry_after_is_understood() -> None:
     assert 25 <= budget.pauses[0] <= 30
 
 
-def test_persistent_429_raises_rate_limited_with_the_wait() -> None:
+def test_persistent_429_raises_rate_limited_with_the_wait(client_for: ClientFor) -> None:
     limited = httpx.Response(429, json=load_fixture("error_429.json"))
     with pytest.raises(errors.RateLimited) as caught:
         client_for(Recorder(limited), budget=Pauses(), max_retries=1).billing_usage(PROJECT)
@@ -169,10 +174,11 @@ def test_persistent_429_raises_rate_limited_with_the_wait() -> None:
         (404, errors.NotFound, "not_found"),
         (400, errors.UnexpectedStatus, "invalid_response"),
         (422, errors.UnexpectedStatus, "invalid_response"),
+        (302, errors.UnexpectedStatus, "invalid_response"),
     ],
 )
 def test_client_errors_are_typed_and_not_retried(
-    status: int, error: type[errors.LatitudeError], reason: str
+    client_for: ClientFor, status: int, error: type[errors.LatitudeError], reason: str
 ) -> None:
     recorder = Recorder(httpx.Response(status, json={"errors": [{"title": "Nope"}]}))
     with pytest.raises(error) as caught:
@@ -182,7 +188,9 @@ def test_client_errors_are_typed_and_not_retried(
     assert f"HTTP {status}: Nope" in str(caught.value)
 
 
-def test_a_rejected_token_is_not_sent_again_until_the_backoff_ends() -> None:
+def test_a_rejected_token_is_not_sent_again_until_the_backoff_ends(
+    client_for: ClientFor,
+) -> None:
     now = [1000.0]
     recorder = Recorder(httpx.Response(401), ok())
     client = client_for(recorder, clock=lambda: now[0], unauthorized_backoff=300)
@@ -197,19 +205,33 @@ def test_a_rejected_token_is_not_sent_again_until_the_backoff_ends() -> None:
 
 def test_a_rotated_token_is_tried_at_once_after_a_401() -> None:
     current = ["old-token"]
-
-    def token() -> Any:
-        from pydantic import SecretStr
-        return SecretStr(current[0])
-
     recorder = Recorder(httpx.Response(401), ok())
-    with LatitudeClient(token=token, budget=RequestBudget(1e6), base_url="https://x",
-                        transport=httpx.MockTransport(recorder)) as client:
+    with LatitudeClient(token=lambda: SecretStr(current[0]), budget=RequestBudget(1e6),
+                        base_url="https://x", transport=httpx.MockTransport(recorder)) as client:
         with pytest.raises(errors.Unauthorized):
             client.billing_usage(PROJECT)
         current[0] = "new-token"
         assert client.billing_usage(PROJECT).price == 51230
     assert [r.headers["Authorization"] for r in recorder.requests] == ["old-token", "new-token"]
+
+
+def test_an_unreadable_token_is_its_own_reason_and_retried(client_for: ClientFor) -> None:
+    calls = [0]
+
+    def token() -> SecretStr:
+        calls[0] += 1
+        if calls[0] == 1:  # a secret being rotated vanishes for a moment
+            raise errors.TokenUnavailable("api.token_file: gone")
+        return SecretStr(TOKEN)
+
+    recorder = Recorder(ok())
+    client = client_for(recorder)
+    client._token = token
+    assert client.billing_usage(PROJECT).price == 51230
+    client._token = lambda: (_ for _ in ()).throw(errors.TokenUnavailable("gone for good"))
+    with pytest.raises(errors.TokenUnavailable) as caught:
+        client.billing_usage(PROJECT)
+    assert caught.value.reason == "token_unreadable"
 
 
 @pytest.mark.parametrize(
@@ -222,7 +244,7 @@ def test_a_rotated_token_is_tried_at_once_after_a_401() -> None:
     ],
 )
 def test_transport_failures_are_retried_then_typed(
-    exc: Exception, error: type[errors.LatitudeError], code: str
+    client_for: ClientFor, exc: Exception, error: type[errors.LatitudeError], code: str
 ) -> None:
     seen: list[str] = []
     recorder = Recorder(exc)
@@ -240,23 +262,33 @@ def test_transport_failures_are_retried_then_typed(
         httpx.Response(200, json=[1, 2, 3]),
         httpx.Response(200, json={"data": {}}),
         httpx.Response(200, json={"data": "a string"}),
+        httpx.Response(200, content=b"[" * 200_000 + b"]" * 200_000),
+        httpx.Response(200, content=b'{"data": ' * 100_000 + b"1" + b"}" * 100_000),
     ],
 )
-def test_unusable_answers_are_invalid_response(answer: httpx.Response) -> None:
+def test_unusable_answers_are_invalid_response(client_for: ClientFor,
+                                               answer: httpx.Response) -> None:
     recorder = Recorder(answer)
     with pytest.raises(errors.InvalidResponse):
         client_for(recorder).billing_usage(PROJECT)
     assert len(recorder.requests) == 1  # a malformed answer is not retried
 
 
-def test_answers_over_the_size_cap_are_refused() -> None:
+def test_answers_with_more_product_lines_than_the_cap_are_refused(client_for: ClientFor) -> None:
+    products = ",".join(["{}"] * (MAX_PRODUCTS_PER_ANSWER + 1))
+    body = ('{"data": {"attributes": {"products": [' + products + "]}}}").encode()
+    with pytest.raises(errors.InvalidResponse, match="over the cap of 10000"):
+        client_for(Recorder(httpx.Response(200, content=body))).billing_usage(PROJECT)
+
+
+def test_answers_over_the_size_cap_are_refused(client_for: ClientFor) -> None:
     big = httpx.Response(200, content=b" " * 5000 + json.dumps(load_fixture(
         "billing_usage_new.json")).encode())
     with pytest.raises(errors.InvalidResponse, match="over the 4096-byte cap"):
         client_for(Recorder(big), max_response_bytes=4096).billing_usage(PROJECT)
 
 
-def test_projects_are_paged_until_a_short_page() -> None:
+def test_projects_are_paged_until_a_short_page(client_for: ClientFor) -> None:
     def page(n: int) -> httpx.Response:
         items = [{"id": f"proj_{n}_{i}", "attributes": {"name": f"p{i}"}}
                  for i in range(PROJECTS_PAGE_SIZE if n < 3 else 7)]
@@ -269,58 +301,150 @@ def test_projects_are_paged_until_a_short_page() -> None:
     assert recorder.requests[0].url.params["page[size]"] == str(PROJECTS_PAGE_SIZE)
 
 
-def test_projects_stop_at_an_empty_page() -> None:
+def test_projects_stop_at_an_empty_page(client_for: ClientFor) -> None:
     full = httpx.Response(200, json={"data": [{"id": f"p{i}"} for i in range(100)]})
     recorder = Recorder(full, httpx.Response(200, json={"data": []}))
     assert len(client_for(recorder).projects()) == 100
     assert len(recorder.requests) == 2
 
 
-# --- over real sockets, against the simulated API ------------------------------------
+def test_a_page_with_no_new_project_is_an_error_not_a_loop(client_for: ClientFor) -> None:
+    same = httpx.Response(200, json={"data": [{"id": f"p{i}"} for i in range(100)]})
+    recorder = Recorder(same)
+    with pytest.raises(errors.InvalidResponse, match="page 2 brings no new project"):
+        client_for(recorder).projects()
+    assert len(recorder.requests) == 2
 
 
-def test_real_socket_round_trip_in_both_shapes(demo_api: DemoApi) -> None:
-    client = make_client(demo_api.url)
+def test_pages_that_never_end_stop_at_the_page_cap(client_for: ClientFor) -> None:
+    def endless(request: httpx.Request) -> httpx.Response:
+        number = int(request.url.params["page[number]"])
+        return httpx.Response(200, json={"data": [{"id": f"p{number}_{i}"}
+                                                  for i in range(100)]})
+
+    seen: list[str] = []
+    with pytest.raises(errors.InvalidResponse, match="more than 100 pages"):
+        client_for(endless, on_request=lambda e, c: seen.append(c)).projects()
+    assert len(seen) == MAX_PROJECT_PAGES
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"data": null}', b'{"data": {"id": "p"}}',
+                                  b'{"errors": []}'])
+def test_a_projects_answer_without_a_data_list_is_invalid_response(
+    client_for: ClientFor, body: bytes
+) -> None:
+    with pytest.raises(errors.InvalidResponse):
+        client_for(Recorder(httpx.Response(200, content=body))).projects()
+
+
+def test_check_key_makes_one_request_for_one_project(client_for: ClientFor) -> None:
+    recorder = Recorder(httpx.Response(200, content=(
+        load_fixture_bytes("projects_page.json"))))
+    found = client_for(recorder).check_key()
+    assert (found.sees_projects, found.currency, found.team) == (True, "BRL", "176-team")
+    (request,) = recorder.requests
+    assert request.url.params["page[size]"] == "1"
+
+
+def load_fixture_bytes(name: str) -> bytes:
+    return json.dumps(load_fixture(name)).encode()
+
+
+# --- over real sockets, against the fake API -----------------------------------------
+
+
+def test_real_socket_round_trip_in_both_shapes(fake_api: FakeApi,
+                                               make_client: MakeClient) -> None:
+    client = make_client(fake_api.url)
     new = client.billing_usage("proj_demo_data")
     assert new.products[0].unit == "GB" and new.amount is not None
-    demo_api.inject(Fault("old_shape"), project="proj_demo_data")
+    fake_api.inject(Fault("old_shape"), project="proj_demo_data")
     old = client.billing_usage("proj_demo_data")
     assert old.products[0].unit == "quantity" and old.amount is None
     assert old.price == new.price
 
 
-def test_real_socket_connection_reset_is_network(demo_api: DemoApi) -> None:
-    demo_api.inject(Fault("reset"), project="proj_demo_web", times=None)
+def test_real_socket_connection_reset_is_network(fake_api: FakeApi,
+                                                 make_client: MakeClient) -> None:
+    fake_api.inject(Fault("reset"), project="proj_demo_web", times=None)
     with pytest.raises(errors.NetworkError):
-        make_client(demo_api.url, max_retries=1).billing_usage("proj_demo_web")
-    assert demo_api.request_count("/billing/usage", "proj_demo_web") == 2
+        make_client(fake_api.url, max_retries=1).billing_usage("proj_demo_web")
+    assert fake_api.request_count("/billing/usage", "proj_demo_web") == 2
 
 
-def test_real_socket_slow_answer_is_timeout(demo_api: DemoApi) -> None:
-    demo_api.inject(Fault("delay", delay=1.0), project="proj_demo_web", times=None)
+def test_real_socket_slow_answer_is_timeout(fake_api: FakeApi,
+                                            make_client: MakeClient) -> None:
+    fake_api.inject(Fault("delay", delay=1.0), project="proj_demo_web", times=None)
     with pytest.raises(errors.Timeout):
-        make_client(demo_api.url, timeout=0.2, max_retries=0).billing_usage("proj_demo_web")
+        make_client(fake_api.url, timeout=0.2, max_retries=0).billing_usage("proj_demo_web")
 
 
-def test_real_socket_truncated_body_is_retried_as_network(demo_api: DemoApi) -> None:
-    demo_api.inject(Fault("truncated"), project="proj_demo_web")
-    usage = make_client(demo_api.url).billing_usage("proj_demo_web")
+def test_a_trickling_answer_fails_at_the_timeout_not_per_read(
+    fake_api: FakeApi, make_client: MakeClient
+) -> None:
+    """One byte every 0.1 s never trips a per-read timeout of 1 s; the whole request
+    must still end at 1 s."""
+    fake_api.inject(Fault("trickle", delay=0.1), project="proj_demo_web", times=None)
+    seen: list[str] = []
+    client = make_client(fake_api.url, timeout=1.0, max_retries=0,
+                         on_request=lambda e, c: seen.append(c))
+    started = time.monotonic()
+    with pytest.raises(errors.Timeout):
+        client.billing_usage("proj_demo_web")
+    assert time.monotonic() - started < 2.0
+    assert seen == ["timeout"]
+
+
+def test_a_truncated_body_is_counted_once_as_network_and_retried(
+    fake_api: FakeApi, make_client: MakeClient
+) -> None:
+    fake_api.inject(Fault("truncated"), project="proj_demo_web")
+    seen: list[tuple[str, str]] = []
+    usage = make_client(fake_api.url, on_request=lambda e, c: seen.append((e, c))) \
+        .billing_usage("proj_demo_web")
     assert usage.project is not None and usage.project.id == "proj_demo_web"
+    assert seen == [("/billing/usage", "network"), ("/billing/usage", "200")]
 
 
-def test_real_socket_wrong_token_is_unauthorized(demo_api: DemoApi) -> None:
+@pytest.mark.parametrize("layers", [1, 2])
+def test_gzipped_answers_are_decoded_layer_by_layer(fake_api: FakeApi, make_client: MakeClient,
+                                                    layers: int) -> None:
+    fake_api.inject(Fault("gzip", layers=layers), project="proj_demo_gpu")
+    usage = make_client(fake_api.url).billing_usage("proj_demo_gpu")
+    assert usage.price is not None and usage.price > 0
+
+
+def test_a_compression_bomb_is_refused_while_it_streams(fake_api: FakeApi,
+                                                        make_client: MakeClient) -> None:
+    bomb = " " * (64 * 1024 * 1024)  # 64 MiB of spaces: 64 KiB once gzipped twice
+    fake_api.inject(Fault("gzip", layers=2, body=bomb), project="proj_demo_gpu")
+    with pytest.raises(errors.InvalidResponse, match="once decompressed"):
+        make_client(fake_api.url, max_response_bytes=1024 * 1024, max_retries=0) \
+            .billing_usage("proj_demo_gpu")
+
+
+def test_real_socket_wrong_token_is_unauthorized(fake_api: FakeApi,
+                                                 make_client: MakeClient) -> None:
     with pytest.raises(errors.Unauthorized, match="invalid or missing API key"):
-        make_client(demo_api.url, token="wrong").billing_usage("proj_demo_web")
+        make_client(fake_api.url, token="wrong").billing_usage("proj_demo_web")
 
 
-def test_real_socket_unknown_project_is_not_found(demo_api: DemoApi) -> None:
+def test_real_socket_unknown_project_is_not_found(fake_api: FakeApi,
+                                                  make_client: MakeClient) -> None:
     with pytest.raises(errors.NotFound):
-        make_client(demo_api.url).billing_usage("proj_nope")
+        make_client(fake_api.url).billing_usage("proj_nope")
 
 
-def test_an_api_that_echoes_the_token_does_not_leak_it_into_errors() -> None:
-    echo = httpx.Response(401, json={"errors": [{"detail": f"key {TOKEN} is revoked"}]})
+@pytest.mark.parametrize("position", [0, 150, 190, 195, 199, 205, 400])
+def test_an_api_that_echoes_the_token_never_leaks_any_of_it(
+    client_for: ClientFor, position: int
+) -> None:
+    """Wherever the echo falls relative to the cut of the message, no part shows."""
+    detail = "x" * position + f"key {TOKEN} is revoked"
+    echo = httpx.Response(401, json={"errors": [{"detail": detail}]})
     with pytest.raises(errors.Unauthorized) as caught:
         client_for(Recorder(echo), token=TOKEN).billing_usage(PROJECT)
-    assert TOKEN not in str(caught.value)
-    assert "key <redacted> is revoked" in str(caught.value)
+    message = str(caught.value)
+    for size in range(6, len(TOKEN) + 1):
+        for start in range(len(TOKEN) - size + 1):
+            assert TOKEN[start:start + size] not in message
