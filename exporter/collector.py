@@ -1,31 +1,44 @@
-"""prometheus_client Collectors that render the store's view as metric families; pure.
+"""The metric table, and the prometheus_client Collectors that render it from the store.
 
-Every metric is a row in one of the spec tables below; `collect()` loops over them.
-Families are built fresh from one `StoreView` per scrape, so a product that disappears
-from the API disappears from /metrics by construction, with no purge code to get wrong.
+Every metric is one `Family` row below: its name, help, labels, the rows of a project
+(or of a team) it reads and how to get a value from a row. `collect()` loops over the
+table; so does the exposition module, which formats each project's lines once when its
+poll lands and is held byte-identical to these Collectors by the golden tests.
+
+Families are built fresh from one `StoreView`, so a product that disappears from the
+API disappears from /metrics by construction, with no purge code to get wrong.
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.errors import POLL_ERROR_REASONS
 from exporter.snapshot import (
+    BucketInfo,
     DiscountInfo,
+    ProductServer,
     ProductUsage,
     ProjectStatus,
-    ServerInfo,
+    ServerSpend,
+    ServerTag,
     StoreView,
+    TagSpend,
+    TeamStatus,
+    UnitDivisor,
     UsageSnapshot,
 )
 
 ViewSource = Callable[[], StoreView]
+R = TypeVar("R")
+In = TypeVar("In")
 
 _FROM_POLL = "From the last successful poll of the Latitude.sh API, not from this scrape."
 _MONEY = f"In main units of `currency` (the API's cents / 100). {_FROM_POLL}"
@@ -38,125 +51,278 @@ PRODUCT_MONEY = (*PROJECT_MONEY, *PRODUCT[2:])
 
 
 @dataclass(frozen=True, slots=True)
-class MetricSpec:
-    name: str
-    help: str
-    labels: tuple[str, ...]
-    type: str = "gauge"
+class Rows(Generic[In, R]):
+    """Which rows of one input (a project's status, a team's) a family reads, and
+    every label such a row can give; a family picks the labels it names."""
 
-
-T = TypeVar("T")
+    of: Callable[[In], Sequence[R]]
+    labels: Callable[[In, R], dict[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
-class _Spec(MetricSpec, Generic[T]):
-    value: Callable[[T], float | None] = lambda _: None
+class Family(Generic[In, R]):
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    rows: Rows[In, R]
+    value: Callable[[R], float | None]
+    type: str = "gauge"
+
+    @property
+    def family_name(self) -> str:
+        """The name prometheus_client's families take: counters without `_total`."""
+        return self.name.removesuffix("_total") if self.type == "counter" else self.name
 
 
-# One row per metric. Rows read a usage snapshot (project level), a product, a
-# discount, a server or a project's poll status; `labels` picks from the row's labels.
-USAGE_METRICS: tuple[_Spec[UsageSnapshot], ...] = (
-    _Spec("latitudesh_billing_price",
-          f"Usage price so far in the current billing period. {_MONEY}",
-          PROJECT_MONEY, value=lambda u: u.price),
-    _Spec("latitudesh_billing_amount",
-          f"Usage amount so far in the current billing period (the API's `amount`). {_MONEY}",
-          PROJECT_MONEY, value=lambda u: u.amount),
-    _Spec("latitudesh_billing_available_credit_balance",
-          f"Credit balance left; negative when overdrawn. {_MONEY}",
-          PROJECT_MONEY, value=lambda u: u.available_credit_balance),
-    _Spec("latitudesh_billing_threshold",
-          f"Charging threshold of the project; absent when it has none. {_MONEY}",
-          PROJECT_MONEY, value=lambda u: u.threshold),
-    _Spec("latitudesh_billing_period_start_timestamp_seconds",
-          f"Start of the current billing period, Unix time. {_FROM_POLL}",
-          PROJECT, value=lambda u: u.period_start),
-    _Spec("latitudesh_billing_period_end_timestamp_seconds",
-          f"End of the current billing period, Unix time. {_FROM_POLL}",
-          PROJECT, value=lambda u: u.period_end),
-    _Spec("latitudesh_billing_products_folded",
-          "Products folded into product_id=\"__other__\" by max_products_per_project.",
-          ("project_id",), value=lambda u: float(u.products_folded)),
-    _Spec("latitudesh_project_info",
-          "Project names and currency, for joining onto project_id. Always 1.",
-          (*PROJECT, "project_name", "currency"), value=lambda u: 1.0),
+def _usage(status: ProjectStatus) -> Sequence[UsageSnapshot]:
+    return (status.usage,) if status.usage is not None else ()
+
+
+def _project_labels(usage: UsageSnapshot) -> dict[str, str]:
+    return {"project_id": usage.project_id, "project_slug": usage.project_slug,
+            "currency": usage.currency}
+
+
+def _of_usage(rows: Callable[[UsageSnapshot], Sequence[R]]) -> Callable[[ProjectStatus],
+                                                                       Sequence[R]]:
+    return lambda status: rows(status.usage) if status.usage is not None else ()
+
+
+def _with_project(labels: Callable[[R], dict[str, str]]) -> Callable[[ProjectStatus, R],
+                                                                    dict[str, str]]:
+    def both(status: ProjectStatus, row: R) -> dict[str, str]:
+        assert status.usage is not None
+        return {**_project_labels(status.usage), **labels(row)}
+    return both
+
+
+USAGE: Rows[ProjectStatus, UsageSnapshot] = Rows(
+    of=_usage,
+    labels=lambda status, usage: {**_project_labels(usage), "project_name": usage.project_name,
+                                  "team": status.team},
+)
+PRODUCTS: Rows[ProjectStatus, ProductUsage] = Rows(
+    of=_of_usage(lambda usage: usage.products),
+    labels=_with_project(lambda p: {
+        "product_id": p.product_id, "product_name": p.name, "resource": p.resource,
+        "unit": p.unit, "usage_type": p.usage_type, "plan": p.plan, "hostname": p.hostname}),
+)
+DISCOUNTS: Rows[ProjectStatus, DiscountInfo] = Rows(
+    of=_of_usage(lambda usage: usage.discounts),
+    labels=_with_project(lambda d: {"product_id": d.product_id,
+                                    "description": d.description}),
+)
+PRODUCT_SERVERS: Rows[ProjectStatus, ProductServer] = Rows(
+    of=_of_usage(lambda usage: usage.product_servers),
+    labels=_with_project(lambda s: {"product_id": s.product_id, "server_id": s.server_id,
+                                    "hostname": s.hostname, "plan": s.plan}),
+)
+BUCKETS: Rows[ProjectStatus, BucketInfo] = Rows(
+    of=_of_usage(lambda usage: usage.buckets),
+    labels=_with_project(lambda b: {"product_id": b.product_id, "bucket_id": b.bucket_id,
+                                    "bucket_name": b.name, "location": b.location}),
+)
+DIVISORS: Rows[ProjectStatus, UnitDivisor] = Rows(
+    of=_of_usage(lambda usage: usage.divisors),
+    labels=_with_project(lambda d: {"product_id": d.product_id}),
+)
+SERVERS: Rows[ProjectStatus, ServerSpend] = Rows(
+    of=_of_usage(lambda usage: usage.servers),
+    labels=_with_project(lambda s: {"server_id": s.server_id, "hostname": s.hostname,
+                                    "plan": s.plan}),
+)
+SERVER_TAGS: Rows[ProjectStatus, ServerTag] = Rows(
+    of=_of_usage(lambda usage: usage.server_tags),
+    labels=_with_project(lambda t: {"server_id": t.server_id, "hostname": t.hostname,
+                                    "tag": t.tag}),
+)
+TAGS: Rows[ProjectStatus, TagSpend] = Rows(
+    of=_of_usage(lambda usage: usage.tags),
+    labels=_with_project(lambda t: {"tag": t.tag}),
+)
+STATUS: Rows[ProjectStatus, ProjectStatus] = Rows(
+    of=lambda status: (status,),
+    labels=lambda status, _: {"project_id": status.project_id},
+)
+POLL_ERRORS: Rows[ProjectStatus, tuple[str, int]] = Rows(
+    of=lambda status: tuple(zip(POLL_ERROR_REASONS, status.errors, strict=True)),
+    labels=lambda status, row: {"project_id": status.project_id, "reason": row[0]},
+)
+TEAM: Rows[TeamStatus, TeamStatus] = Rows(
+    of=lambda team: (team,),
+    labels=lambda team, _: {"team": team.name},
+)
+DISCOVERY_ERRORS: Rows[TeamStatus, tuple[str, int]] = Rows(
+    of=lambda team: tuple(zip(POLL_ERROR_REASONS, team.discovery_errors, strict=True)),
+    labels=lambda team, row: {"team": team.name, "reason": row[0]},
+)
+API_REQUESTS: Rows[TeamStatus, tuple[tuple[str, str], int]] = Rows(
+    of=lambda team: tuple(sorted(team.api_requests)),
+    labels=lambda team, row: {"team": team.name, "endpoint": row[0][0], "code": row[0][1]},
 )
 
-PRODUCT_METRICS: tuple[_Spec[ProductUsage], ...] = (
-    _Spec("latitudesh_billing_product_price",
-          f"A product's price so far in the current period. {_MONEY}",
-          PRODUCT_MONEY, value=lambda p: p.price),
-    _Spec("latitudesh_billing_product_amount",
-          f"A product's amount so far in the current period (the API's `amount`). {_MONEY}",
-          PRODUCT_MONEY, value=lambda p: p.amount),
-    _Spec("latitudesh_billing_product_price_without_discount",
-          f"A product's price before discounts (the API's `amount_without_discount`). {_MONEY}",
-          PRODUCT_MONEY, value=lambda p: p.price_without_discount),
-    _Spec("latitudesh_billing_product_unit_price",
-          f"Price of one `unit` of a product. {_MONEY}",
-          PRODUCT_MONEY, value=lambda p: p.unit_price),
-    _Spec("latitudesh_billing_product_quantity",
-          f"Units of a product used so far, in `unit` (hour, minute, quantity, GB). {_FROM_POLL}",
-          PRODUCT, value=lambda p: p.quantity),
+
+def _count(row: tuple[Any, int]) -> float:
+    return float(row[1])
+
+
+def _one(_: object) -> float:
+    return 1.0
+
+
+#: Every series of a project, in exposition order. The exposition renders these per
+#: project when its poll lands; `ProjectCollector` renders them for all at once.
+PROJECT_FAMILIES: tuple[Family[ProjectStatus, Any], ...] = (
+    Family("latitudesh_billing_price",
+           f"Usage price so far in the current billing period. {_MONEY}",
+           PROJECT_MONEY, USAGE, lambda u: u.price),
+    Family("latitudesh_billing_amount",
+           f"Usage amount so far in the current billing period (the API's `amount`). {_MONEY}",
+           PROJECT_MONEY, USAGE, lambda u: u.amount),
+    Family("latitudesh_billing_available_credit_balance",
+           f"Credit balance left; negative when overdrawn. {_MONEY}",
+           PROJECT_MONEY, USAGE, lambda u: u.available_credit_balance),
+    Family("latitudesh_billing_threshold",
+           f"Charging threshold of the project; absent when it has none. {_MONEY}",
+           PROJECT_MONEY, USAGE, lambda u: u.threshold),
+    Family("latitudesh_billing_period_start_timestamp_seconds",
+           f"Start of the current billing period, Unix time. {_FROM_POLL}",
+           PROJECT, USAGE, lambda u: u.period_start),
+    Family("latitudesh_billing_period_end_timestamp_seconds",
+           f"End of the current billing period, Unix time. {_FROM_POLL}",
+           PROJECT, USAGE, lambda u: u.period_end),
+    Family("latitudesh_billing_products_folded",
+           "Products folded into product_id=\"__other__\" by max_products_per_project.",
+           ("project_id",), USAGE, lambda u: float(u.products_folded)),
+    Family("latitudesh_billing_servers_folded",
+           "Servers folded into server_id=\"__other__\" by max_servers_per_project.",
+           ("project_id",), USAGE, lambda u: float(u.servers_folded)),
+    Family("latitudesh_billing_tags_folded",
+           "Server tags folded into tag=\"__other__\" by max_tags_per_server.",
+           ("project_id",), USAGE, lambda u: float(u.tags_folded)),
+    Family("latitudesh_project_info",
+           "Project names, currency and team, for joining onto project_id. Always 1.",
+           (*PROJECT, "project_name", "currency", "team"), USAGE, _one),
+    Family("latitudesh_billing_product_price",
+           f"A product's price so far in the current period. {_MONEY}",
+           PRODUCT_MONEY, PRODUCTS, lambda p: p.price),
+    Family("latitudesh_billing_product_amount",
+           f"A product's amount so far in the current period (the API's `amount`). {_MONEY}",
+           PRODUCT_MONEY, PRODUCTS, lambda p: p.amount),
+    Family("latitudesh_billing_product_price_without_discount",
+           "A product's price before discounts (the API's `amount_without_discount`). "
+           f"{_MONEY}",
+           PRODUCT_MONEY, PRODUCTS, lambda p: p.price_without_discount),
+    Family("latitudesh_billing_product_unit_price",
+           "Price of one `unit` of a product, or of `divisor` units where "
+           f"latitudesh_billing_product_unit_divisor gives one. {_MONEY}",
+           PRODUCT_MONEY, PRODUCTS, lambda p: p.unit_price),
+    Family("latitudesh_billing_product_quantity",
+           f"Units of a product used so far, in `unit` (hour, minute, quantity, GB). {_FROM_POLL}",
+           PRODUCT, PRODUCTS, lambda p: p.quantity),
+    Family("latitudesh_billing_product_discount_ratio",
+           f"A percent discount on a product as a ratio (5 % is 0.05). {_FROM_POLL}",
+           (*PROJECT, "product_id", "description"), DISCOUNTS, lambda d: d.ratio),
+    Family("latitudesh_billing_product_discount_amount",
+           f"A fixed-amount discount on a product. {_MONEY}",
+           (*PROJECT_MONEY, "product_id", "description"), DISCOUNTS, lambda d: d.amount),
+    Family("latitudesh_billing_product_server_info",
+           "Servers behind a product line. Always 1.",
+           (*PROJECT, "product_id", "server_id", "hostname", "plan"), PRODUCT_SERVERS, _one),
+    Family("latitudesh_billing_product_bucket_info",
+           "The storage bucket a product line bills for. Always 1.",
+           (*PROJECT, "product_id", "bucket_id", "bucket_name", "location"), BUCKETS, _one),
+    Family("latitudesh_billing_product_unit_divisor",
+           "The API's billing_unit_divisor: the product's unit_price is the price of this "
+           f"many units. {_FROM_POLL}",
+           (*PROJECT, "product_id"), DIVISORS, lambda d: d.divisor),
+    Family("latitudesh_billing_server_price",
+           "A server's share of the spend so far: each product line's price split evenly "
+           f"over the servers it lists. {_MONEY}",
+           (*PROJECT_MONEY, "server_id", "hostname", "plan"), SERVERS, lambda s: s.price),
+    Family("latitudesh_billing_server_tag_info",
+           "One series per tag of a server, for joins onto server_id. Always 1.",
+           (*PROJECT, "server_id", "hostname", "tag"), SERVER_TAGS, _one),
+    Family("latitudesh_billing_tag_price",
+           "Spend so far of the servers carrying a tag; a server counts under each of its "
+           "tags, so tags overlap and do not add up to the project. tag=\"__untagged__\": "
+           "servers without tags; tag=\"__unattributed__\": lines without servers. "
+           f"{_MONEY}",
+           (*PROJECT_MONEY, "tag"), TAGS, lambda t: t.price),
+    Family("latitudesh_up",
+           "1 if the last poll of the project succeeded, 0 if it failed.",
+           ("project_id",), STATUS, lambda s: 1.0 if s.up else 0.0),
+    Family("latitudesh_last_success_timestamp_seconds",
+           "Unix time of the project's last successful poll: how fresh its data is.",
+           ("project_id",), STATUS, lambda s: s.last_success),
+    Family("latitudesh_poll_duration_seconds",
+           "Wall time of the project's last poll, retries and budget waits included.",
+           ("project_id",), STATUS, lambda s: s.poll_duration),
+    Family("latitudesh_poll_errors_total",
+           "Failed polls of a project, by reason.",
+           ("project_id", "reason"), POLL_ERRORS, _count, type="counter"),
 )
 
-DISCOUNT_METRICS: tuple[_Spec[DiscountInfo], ...] = (
-    _Spec("latitudesh_billing_product_discount_ratio",
-          f"A percent discount on a product as a ratio (5 % is 0.05). {_FROM_POLL}",
-          (*PROJECT, "product_id", "description"), value=lambda d: d.ratio),
-    _Spec("latitudesh_billing_product_discount_amount",
-          f"A fixed-amount discount on a product. {_MONEY}",
-          (*PROJECT_MONEY, "product_id", "description"), value=lambda d: d.amount),
+#: The exporter's own series of each API key, rendered at every scrape (they are few).
+TEAM_FAMILIES: tuple[Family[TeamStatus, Any], ...] = (
+    Family("latitudesh_discovery_errors_total",
+           "Failed project discoveries (GET /projects), by reason.",
+           ("team", "reason"), DISCOVERY_ERRORS, _count, type="counter"),
+    Family("latitudesh_api_requests_total",
+           "HTTP requests sent to the Latitude.sh API, by endpoint and status code "
+           "(`timeout` or `network` when no complete answer came).",
+           ("team", "endpoint", "code"), API_REQUESTS, _count, type="counter"),
+    Family("latitudesh_discovery_last_success_timestamp_seconds",
+           "Unix time of the last successful project discovery (GET /projects).",
+           ("team",), TEAM, lambda t: t.discovery_success),
+    Family("latitudesh_poll_effective_interval_seconds",
+           "Seconds between two polls of each project: poll.interval_seconds, or longer "
+           "when the API request budget cannot fit every project into it.",
+           ("team",), TEAM, lambda t: t.effective_interval),
+    Family("latitudesh_refresh_duration_seconds",
+           "Wall time of the last full refresh of every project.",
+           ("team",), TEAM, lambda t: t.refresh_duration),
 )
 
-SERVER_METRICS: tuple[_Spec[ServerInfo], ...] = (
-    _Spec("latitudesh_billing_product_server_info",
-          "Servers behind a product line. Always 1.",
-          (*PROJECT, "product_id", "server_id", "hostname", "plan"), value=lambda s: 1.0),
-)
+BUILD_INFO = ("latitudesh_exporter_build_info",
+              "Version of the exporter and of Python. Always 1.")
+BUILD_LABELS = ("version", "python_version")
 
-STATUS_METRICS: tuple[_Spec[ProjectStatus], ...] = (
-    _Spec("latitudesh_up",
-          "1 if the last poll of the project succeeded, 0 if it failed.",
-          ("project_id",), value=lambda s: 1.0 if s.up else 0.0),
-    _Spec("latitudesh_last_success_timestamp_seconds",
-          "Unix time of the project's last successful poll: how fresh its data is.",
-          ("project_id",), value=lambda s: s.last_success),
-    _Spec("latitudesh_poll_duration_seconds",
-          "Wall time of the project's last poll, retries and budget waits included.",
-          ("project_id",), value=lambda s: s.poll_duration),
-)
 
-EXPORTER_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("latitudesh_poll_errors_total",
-               "Failed polls of a project, by reason.", ("project_id", "reason"), "counter"),
-    MetricSpec("latitudesh_discovery_errors_total",
-               "Failed project discoveries (GET /projects), by reason.", ("reason",), "counter"),
-    MetricSpec("latitudesh_api_requests_total",
-               "HTTP requests sent to the Latitude.sh API, by endpoint and status code "
-               "(`timeout` or `network` when no answer came).", ("endpoint", "code"), "counter"),
-    MetricSpec("latitudesh_poll_effective_interval_seconds",
-               "Seconds between two polls of each project: poll.interval_seconds, or longer "
-               "when the API request budget cannot fit every project into it.", ()),
-    MetricSpec("latitudesh_refresh_duration_seconds",
-               "Wall time of the last full refresh of every project.", ()),
-    MetricSpec("latitudesh_exporter_build_info",
-               "Version of the exporter and of Python. Always 1.",
-               ("version", "python_version")),
-)
+@dataclass(frozen=True, slots=True)
+class MetricDoc:
+    """What the README's metric table documents of each metric."""
 
-ALL_METRICS: tuple[MetricSpec, ...] = (
-    *USAGE_METRICS, *PRODUCT_METRICS, *DISCOUNT_METRICS, *SERVER_METRICS,
-    *STATUS_METRICS, *EXPORTER_METRICS,
+    name: str
+    type: str
+    labels: tuple[str, ...]
+
+
+ALL_METRICS: tuple[MetricDoc, ...] = (
+    *(MetricDoc(f.name, f.type, f.labels) for f in (*PROJECT_FAMILIES, *TEAM_FAMILIES)),
+    MetricDoc(BUILD_INFO[0], "gauge", BUILD_LABELS),
 )
 
 
-def _gauges(specs: tuple[_Spec[object], ...] | tuple[MetricSpec, ...]) -> list[GaugeMetricFamily]:
-    return [GaugeMetricFamily(s.name, s.help, labels=s.labels) for s in specs]
+def family_of(spec: Family[Any, Any]) -> GaugeMetricFamily | CounterMetricFamily:
+    kind = CounterMetricFamily if spec.type == "counter" else GaugeMetricFamily
+    return kind(spec.family_name, spec.help, labels=spec.labels)
 
 
-class BillingCollector(Collector):
-    """The money: one family per spec, rendered from the store's view.
+def _render(specs: Sequence[Family[In, Any]], inputs: Sequence[In]) -> Iterator[Metric]:
+    for spec in specs:
+        family = family_of(spec)
+        for item in inputs:
+            for row in spec.rows.of(item):
+                value = spec.value(row)
+                if value is not None:
+                    labels = spec.rows.labels(item, row)
+                    family.add_metric([labels[name] for name in spec.labels], value)
+        yield family
+
+
+class ProjectCollector(Collector):
+    """Every project's series, rendered from the store's view by prometheus_client.
 
     Exposition it produces (abridged)::
 
@@ -164,131 +330,27 @@ class BillingCollector(Collector):
         # TYPE latitudesh_billing_price gauge
         latitudesh_billing_price{currency="USD",project_id="proj_1",project_slug="web"} 123.45
         latitudesh_billing_product_price{...,product_id="si_1",unit="hour",...} 40.2
+        latitudesh_up{project_id="proj_1"} 1.0
 
-    Its output changes only when a poll brings new data, which is what lets the server
-    render it once per `data_version` instead of once per scrape.
+    The exposition module renders the same bytes a project at a time; this is the
+    reference it is held to, and what a library user would register.
     """
 
     def __init__(self, view: ViewSource) -> None:
         self._view = view
 
     def collect(self) -> Iterator[Metric]:
-        usages = [s.usage for s in self._view().projects if s.usage is not None]
-        yield from self._usage(usages)
-        yield from self._products(usages)
-        yield from self._discounts(usages)
-        yield from self._servers(usages)
-
-    @staticmethod
-    def _usage(usages: list[UsageSnapshot]) -> Iterator[Metric]:
-        for spec, family in zip(USAGE_METRICS, _gauges(USAGE_METRICS), strict=True):
-            for usage in usages:
-                value = spec.value(usage)
-                if value is not None:
-                    row = {"project_id": usage.project_id, "project_slug": usage.project_slug,
-                           "currency": usage.currency, "project_name": usage.project_name}
-                    family.add_metric([row[name] for name in spec.labels], value)
-            yield family
-
-    @staticmethod
-    def _products(usages: list[UsageSnapshot]) -> Iterator[Metric]:
-        families = _gauges(PRODUCT_METRICS)
-        priced = [("currency" in spec.labels) for spec in PRODUCT_METRICS]
-        for usage in usages:
-            project = (usage.project_id, usage.project_slug)
-            money = (*project, usage.currency)
-            for product in usage.products:
-                rest = product.identity
-                for spec, family, money_labels in zip(PRODUCT_METRICS, families, priced,
-                                                      strict=True):
-                    value = spec.value(product)
-                    if value is not None:
-                        family.add_metric((*money, *rest) if money_labels else (*project, *rest),
-                                          value)
-        yield from families
-
-    @staticmethod
-    def _discounts(usages: list[UsageSnapshot]) -> Iterator[Metric]:
-        families = _gauges(DISCOUNT_METRICS)
-        for usage in usages:
-            for product in usage.products:
-                for discount in product.discounts:
-                    row = {"project_id": usage.project_id, "project_slug": usage.project_slug,
-                           "currency": usage.currency, "product_id": product.product_id,
-                           "description": discount.description}
-                    for spec, family in zip(DISCOUNT_METRICS, families, strict=True):
-                        value = spec.value(discount)
-                        if value is not None:
-                            family.add_metric([row[name] for name in spec.labels], value)
-        yield from _unique_samples(families)
-
-    @staticmethod
-    def _servers(usages: list[UsageSnapshot]) -> Iterator[Metric]:
-        (spec,) = SERVER_METRICS
-        family = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
-        seen: set[tuple[str, ...]] = set()
-        for usage in usages:
-            for product in usage.products:
-                for server in product.servers:
-                    labels = (usage.project_id, usage.project_slug, product.product_id,
-                              server.server_id, server.hostname, server.plan)
-                    if labels not in seen:
-                        seen.add(labels)
-                        family.add_metric(labels, 1.0)
-        yield family
+        yield from _render(PROJECT_FAMILIES, self._view().projects)
 
 
-def _unique_samples(families: list[GaugeMetricFamily]) -> Iterator[Metric]:
-    """Two discounts with one description on one product would clash: add them up."""
-    for family in families:
-        merged: dict[tuple[str, ...], float] = {}
-        order: list[tuple[str, ...]] = []
-        for sample in family.samples:
-            key = tuple(sample.labels.values())
-            if key not in merged:
-                order.append(key)
-                merged[key] = 0.0
-            merged[key] += sample.value
-        if len(order) != len(family.samples):
-            family.samples = []
-            for key in order:
-                family.add_metric(list(key), merged[key])
-        yield family
-
-
-class ExporterCollector(Collector):
-    """The exporter's own health: small, and rendered fresh on every scrape."""
+class TeamCollector(Collector):
+    """Each API key's own figures and the build info: few series, fresh every scrape."""
 
     def __init__(self, view: ViewSource) -> None:
         self._view = view
 
     def collect(self) -> Iterator[Metric]:
-        view = self._view()
-        for spec, family in zip(STATUS_METRICS, _gauges(STATUS_METRICS), strict=True):
-            for status in view.projects:
-                value = spec.value(status)
-                if value is not None:
-                    family.add_metric([status.project_id], value)
-            yield family
-        errors, discovery, requests, interval_spec, refresh_spec, build = EXPORTER_METRICS
-        yield _counter(errors, view.poll_errors.items())
-        yield _counter(discovery, (((reason,), n) for reason, n in view.discovery_errors.items()))
-        yield _counter(requests, view.api_requests.items())
-        for gauge, value in ((interval_spec, view.effective_interval),
-                             (refresh_spec, view.last_refresh_duration)):
-            family = GaugeMetricFamily(gauge.name, gauge.help, labels=())
-            if value is not None:
-                family.add_metric([], value)
-            yield family
-        info = GaugeMetricFamily(build.name, build.help, labels=build.labels)
+        yield from _render(TEAM_FAMILIES, self._view().teams)
+        info = GaugeMetricFamily(*BUILD_INFO, labels=BUILD_LABELS)
         info.add_metric([__version__, platform.python_version()], 1.0)
         yield info
-
-
-def _counter(
-    spec: MetricSpec, items: Iterable[tuple[tuple[str, ...], int]]
-) -> CounterMetricFamily:
-    family = CounterMetricFamily(spec.name.removesuffix("_total"), spec.help, labels=spec.labels)
-    for labels, value in sorted(items):
-        family.add_metric(list(labels), value)
-    return family

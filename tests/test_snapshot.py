@@ -1,4 +1,5 @@
-"""Snapshots: cents to main units, labels from both metadata shapes, folding, the store."""
+"""Snapshots: cents to main units, labels from both metadata shapes, merging, folding,
+cost allocation, and the store (teams, projects, counters, listeners)."""
 
 from __future__ import annotations
 
@@ -6,23 +7,25 @@ from typing import Any
 
 import pytest
 
-from exporter.models import BillingUsageDocument, UsageAttributes
-from exporter.snapshot import OTHER_PRODUCT_ID, SnapshotStore, UsageSnapshot, build_usage
-from tests.conftest import load_fixture
-
-
-def attributes(payload: dict[str, Any], project: str) -> UsageAttributes:
-    usage = BillingUsageDocument.model_validate(payload).usage_for(project)
-    assert usage is not None
-    return usage
+from exporter.snapshot import (
+    OTHER,
+    UNATTRIBUTED,
+    UNTAGGED,
+    Limits,
+    ProjectStatus,
+    SnapshotStore,
+    UsageSnapshot,
+    label,
+)
+from tests.conftest import load_fixture, usage_of
 
 
 def new_usage(**kwargs: Any) -> UsageSnapshot:
-    kwargs.setdefault("currency", "USD")
-    kwargs.setdefault("max_products", 1000)
-    return build_usage("proj_r0MK4O4kDa95w",
-                       attributes(load_fixture("billing_usage_new.json"), "proj_r0MK4O4kDa95w"),
-                       **kwargs)
+    return usage_of(load_fixture("billing_usage_new.json"), "proj_r0MK4O4kDa95w", **kwargs)
+
+
+def answer(*products: dict[str, Any], **attributes: Any) -> dict[str, Any]:
+    return {"data": {"attributes": {"products": list(products), **attributes}}}
 
 
 def test_money_is_converted_from_cents() -> None:
@@ -46,12 +49,11 @@ def test_project_names_and_period() -> None:
 def test_several_servers_share_their_plan_and_leave_hostname_empty() -> None:
     metal = new_usage().products[0]
     assert (metal.plan, metal.hostname) == ("c2-small-x86", "")
-    assert [s.hostname for s in metal.servers] == ["web-01", "web-02"]
+    assert [s.hostname for s in metal.servers] == ["web-01", "db-01"]
 
 
 def test_old_metadata_gives_plan_and_hostname() -> None:
-    usage = build_usage("proj_old", attributes(load_fixture("billing_usage_old.json"),
-                                               "proj_old"), currency="BRL", max_products=10)
+    usage = usage_of(load_fixture("billing_usage_old.json"), "proj_old", currency="BRL")
     gpu, licence = usage.products
     assert (gpu.plan, gpu.hostname) == ("g3-h100-large", "trainer-01")
     assert (licence.plan, licence.hostname, licence.servers) == ("", "", ())
@@ -61,101 +63,218 @@ def test_old_metadata_gives_plan_and_hostname() -> None:
 
 
 def test_discounts_percent_as_ratio_and_amount_in_main_units() -> None:
-    metal, storage = new_usage().products
-    (percent,) = metal.discounts
-    assert (percent.ratio, percent.amount) == (0.05, None)
-    (amount,) = storage.discounts
-    assert (amount.ratio, amount.amount) == (None, 2.5)
+    percent, amount = new_usage().discounts
+    assert (percent.product_id, percent.ratio, percent.amount) == ("si_aslft06m", 0.05, None)
+    assert (amount.product_id, amount.ratio, amount.amount) == ("si_on0fybnq", None, 2.5)
 
 
 def test_an_inverted_period_is_dropped() -> None:
-    payload = {"data": {"attributes": {"period": {"start": "2026-12-01T00:00:00Z",
-                                                  "end": "2026-11-01T00:00:00Z"}}}}
-    usage = build_usage("p", attributes(payload, "p"), currency="USD", max_products=10)
+    payload = answer(period={"start": "2026-12-01T00:00:00Z", "end": "2026-11-01T00:00:00Z"})
+    usage = usage_of(payload, "p")
     assert (usage.period_start, usage.period_end) == (None, None)
 
 
-def test_a_period_in_the_past_is_kept_as_given() -> None:
-    payload = {"data": {"attributes": {"period": {"start": "2020-01-01T00:00:00Z",
-                                                  "end": "2020-02-01T00:00:00Z"}}}}
-    usage = build_usage("p", attributes(payload, "p"), currency="USD", max_products=10)
-    assert usage.period_end == 1_580_515_200.0
+@pytest.mark.parametrize("period", [None, {}, {"start": "2026-11-01T00:00:00Z"}, "garbage"])
+def test_a_missing_period_drops_only_the_period_metrics(period: object) -> None:
+    usage = usage_of(answer(price=100, period=period), "p")
+    assert usage.price == 1.0
+    assert usage.period_end is None
+    if isinstance(period, dict) and period:
+        assert usage.period_start == 1_793_491_200.0
 
 
 def test_products_beyond_the_limit_fold_into_other() -> None:
     products = [{"id": f"si_{i}", "name": f"p{i}", "unit": "hour", "price": i * 100,
-                 "amount": i * 100, "quantity": i} for i in range(1, 21)]
-    payload = {"data": {"attributes": {"products": products}}}
-    usage = build_usage("p", attributes(payload, "p"), currency="USD", max_products=5)
+                 "amount": i * 100, "quantity": i,
+                 "discounts": [{"description": "d", "type": "percent", "value": 5}]}
+                for i in range(1, 21)]
+    usage = usage_of(answer(*products), "p", limits=Limits(products=5))
     assert len(usage.products) == 6
     assert usage.products_folded == 15
     kept = [p.product_id for p in usage.products[:5]]
     assert kept == ["si_20", "si_19", "si_18", "si_17", "si_16"]  # the costliest stay
     other = usage.products[5]
-    assert other.product_id == OTHER_PRODUCT_ID
+    assert other.product_id == OTHER
     assert other.price == sum(range(1, 16))
     assert other.quantity is None
+    # rows of folded products would name ids that no product series carries
+    assert {d.product_id for d in usage.discounts} == set(kept)
 
 
 def test_duplicate_product_lines_are_added_up() -> None:
-    line = {"id": "si_1", "name": "x", "unit": "hour", "price": 100, "quantity": 2}
-    payload = {"data": {"attributes": {"products": [line, line]}}}
-    (product,) = build_usage("p", attributes(payload, "p"), currency="USD",
-                             max_products=10).products
+    line = {"id": "si_1", "name": "x", "unit": "hour", "price": 100, "quantity": 2,
+            "discounts": [{"description": "d", "type": "amount", "value": 50},
+                          {"description": "p", "type": "percent", "value": 5}]}
+    usage = usage_of(answer(line, line), "p")
+    (product,) = usage.products
     assert (product.price, product.quantity) == (2.0, 4)
+    amount, percent = usage.discounts
+    assert (amount.description, amount.amount) == ("d", 1.0)  # amounts add up
+    assert (percent.description, percent.ratio) == ("p", 0.05)  # a percent does not
+
+
+def test_label_values_are_bounded_and_shared() -> None:
+    long = "h" * 10_000
+    assert label(long) == "h" * 512
+    assert label("c2-" + "small") is label("c2-small")
+    assert label(None) == ""
+
+
+# --- cost allocation ---------------------------------------------------------------
+
+SHARED_LINE = {"id": "si_web", "name": "web", "price": 900, "metadata": {"servers": [
+    {"id": "sv_1", "hostname": "a", "plan": "c2", "tags": ["web", "prod"]},
+    {"id": "sv_2", "hostname": "b", "plan": "c2", "tags": ["db"]},
+    {"id": "sv_3", "hostname": "c", "plan": "c2", "tags": []},
+]}}
+
+
+def test_a_line_is_split_evenly_over_its_servers_and_summed_per_server() -> None:
+    second = {"id": "si_ip", "name": "ip", "price": 100, "metadata": {"servers": [
+        {"id": "sv_1", "hostname": "a", "plan": "c2", "tags": ["web"]}]}}
+    storage = {"id": "si_obj", "name": "obj", "price": 50,
+               "metadata": {"servers": [], "bucket": {"id": "b1", "name": "lake",
+                                                      "location": "SAO"}}}
+    usage = usage_of(answer(SHARED_LINE, second, storage), "p")
+    prices = {s.server_id: s.price for s in usage.servers}
+    assert prices == {"sv_1": 4.0, "sv_2": 3.0, "sv_3": 3.0}
+    tags = {t.tag: t.price for t in usage.tags}
+    assert tags == {"web": 4.0, "prod": 4.0, "db": 3.0, UNTAGGED: 3.0, UNATTRIBUTED: 0.5}
+    assert sum(prices.values()) + tags[UNATTRIBUTED] == pytest.approx(10.5)
+    assert {(t.server_id, t.tag) for t in usage.server_tags} == {
+        ("sv_1", "web"), ("sv_1", "prod"), ("sv_2", "db")}
+    (bucket,) = usage.buckets
+    assert (bucket.product_id, bucket.bucket_id, bucket.name, bucket.location) == (
+        "si_obj", "b1", "lake", "SAO")
+
+
+def test_old_shape_tags_are_the_one_servers_tags() -> None:
+    old = {"id": "si_1", "price": 200, "metadata": {"id": "sv_9", "hostname": "h",
+                                                    "plan": "p", "tags": ["ml"]}}
+    usage = usage_of(answer(old), "p")
+    (server,) = usage.servers
+    assert (server.server_id, server.price, server.tags) == ("sv_9", 2.0, ("ml",))
+
+
+def test_a_server_without_id_or_hostname_cannot_be_named_and_is_unattributed() -> None:
+    line = {"id": "si_1", "price": 400, "metadata": {"servers": [
+        {"id": "sv_1", "hostname": "a"}, {"plan": "mystery"}]}}
+    usage = usage_of(answer(line), "p")
+    assert [(s.server_id, s.price) for s in usage.servers] == [("sv_1", 2.0)]
+    assert {t.tag: t.price for t in usage.tags}[UNATTRIBUTED] == 2.0
+
+
+def test_servers_and_tags_beyond_the_limits_fold_and_are_counted() -> None:
+    servers = [{"id": f"sv_{i}", "hostname": f"h{i}", "tags": [f"t{i}", "all"]}
+               for i in range(10)]
+    lines = [{"id": f"si_{i}", "price": (i + 1) * 100, "metadata": {"servers": [servers[i]]}}
+             for i in range(10)]
+    many_tags = {"id": "si_tags", "price": 5000, "metadata": {"servers": [
+        {"id": "sv_tagged", "hostname": "x", "tags": [f"tag{i}" for i in range(30)]}]}}
+    usage = usage_of(answer(*lines, many_tags), "p",
+                     limits=Limits(servers=4, tags_per_server=3))
+    assert usage.servers_folded == 7
+    assert [s.server_id for s in usage.servers] == ["sv_tagged", "sv_9", "sv_8", "sv_7",
+                                                    OTHER]
+    assert usage.servers[-1].price == sum(range(1, 8))  # the seven cheapest, summed
+    assert usage.servers[0].tags == ("tag0", "tag1", "tag2", OTHER)
+    assert usage.tags_folded == 27
+    tags = {t.tag: t.price for t in usage.tags}
+    assert tags[OTHER] == 50 + sum(range(1, 8))
+    assert sum(s.price for s in usage.servers) + tags[UNATTRIBUTED] == pytest.approx(
+        sum(line["price"] for line in [*lines, many_tags]) / 100)
+
+
+def test_unit_divisor_is_kept_once_per_product() -> None:
+    calls = {"id": "si_calls", "unit": "quantity", "quantity": 40_000, "unit_price": 1,
+             "price": 40, "metadata": {"servers": [], "billing_unit_divisor": 1000}}
+    usage = usage_of(answer(calls, dict(calls, name="again")), "p")
+    (divisor,) = usage.divisors
+    assert (divisor.product_id, divisor.divisor) == ("si_calls", 1000.0)
+
+
+# --- the store ---------------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.changed: list[ProjectStatus] = []
+        self.orders: list[list[str]] = []
+
+    def project_changed(self, status: ProjectStatus) -> None:
+        self.changed.append(status)
+
+    def projects_changed(self, projects: Any) -> None:
+        self.orders.append([p.project_id for p in projects])
 
 
 def test_store_keeps_last_good_usage_through_a_failure() -> None:
     store = SnapshotStore()
-    store.set_projects(["proj_r0MK4O4kDa95w"])
+    store.add_team("t")
+    store.set_projects("t", [("proj_r0MK4O4kDa95w", "")])
     store.record_success(new_usage(), duration=0.5, now=1000.0)
-    version = store.view().data_version
     store.record_failure("proj_r0MK4O4kDa95w", "timeout", duration=15.0)
     (status,) = store.view().projects
     assert status.usage is not None and status.usage.price == 512.30
     assert (status.up, status.last_success, status.last_error) == (False, 1000.0, "timeout")
-    assert store.view().poll_errors[("proj_r0MK4O4kDa95w", "timeout")] == 1
-    assert store.view().data_version == version  # the billing part need not re-render
+    assert dict(zip(("timeout",), status.errors[5:6], strict=True)) == {"timeout": 1}
 
 
-def test_store_forgets_projects_that_are_gone() -> None:
+def test_store_forgets_projects_that_are_gone_and_tells_its_listeners() -> None:
+    recorder = Recorder()
     store = SnapshotStore()
-    store.set_projects(["a", "b"])
+    store.subscribe(recorder)
+    store.add_team("t")
+    store.set_projects("t", [("a", ""), ("b", "")])
     store.record_failure("a", "network", duration=1)
-    store.set_projects(["b", "c"])
-    view = store.view()
-    assert [p.project_id for p in view.projects] == ["b", "c"]
-    assert all(key[0] != "a" for key in view.poll_errors)
-    assert view.poll_errors[("c", "rate_limited")] == 0
+    store.set_projects("t", [("b", ""), ("c", "")])
+    assert [p.project_id for p in store.view().projects] == ["b", "c"]
+    assert recorder.orders[-1] == ["b", "c"]
+    assert [s.project_id for s in recorder.changed] == ["a"]
 
 
-def test_ready_once_every_project_was_polled() -> None:
+def test_a_project_belongs_to_one_team_only() -> None:
     store = SnapshotStore()
-    assert not store.view().ready  # no projects known yet
-    store.set_projects(["a", "b"])
-    store.record_failure("a", "network", duration=1)
+    store.add_team("one")
+    store.add_team("two")
+    assert store.set_projects("one", [("p", "")]) == ["p"]
+    assert store.set_projects("two", [("p", ""), ("q", "")]) == ["q"]
+    assert {p.project_id: p.team for p in store.view().projects} == {"p": "one", "q": "two"}
+
+
+def test_renaming_a_team_keeps_its_figures_and_projects() -> None:
+    store = SnapshotStore()
+    store.add_team("default")
+    store.set_projects("default", [("p", "")])
+    store.record_request("default", "/projects", "200")
+    store.rename_team("default", "acme")
+    (team,) = store.view().teams
+    assert team.name == "acme"
+    assert dict(team.api_requests)[("/projects", "200")] == 1
+    assert store.view().projects[0].team == "acme"
+
+
+def test_ready_once_every_team_attempted_a_refresh_even_a_failed_one() -> None:
+    store = SnapshotStore()
+    assert not store.view().ready  # no team yet
+    store.add_team("a")
+    store.add_team("b")
+    store.record_refresh("a", duration=None, effective_interval=300)
+    assert not store.view().ready  # started is not attempted
+    store.record_refresh("a", duration=1.0, effective_interval=300)
     assert not store.view().ready
-    store.record_failure("b", "network", duration=1)
-    assert store.view().ready
+    store.record_discovery_failure("b", "unauthorized")
+    store.record_refresh("b", duration=0.1, effective_interval=300)
+    assert store.view().ready  # no project known, but the first refresh was attempted
 
 
-@pytest.mark.parametrize("reason", ["timeout", "unauthorized"])
-def test_views_are_immutable_snapshots(reason: str) -> None:
+def test_views_are_immutable_snapshots() -> None:
     store = SnapshotStore()
-    store.set_projects(["a"])
+    store.add_team("t")
+    store.set_projects("t", [("a", "")])
     before = store.view()
-    store.record_failure("a", reason, duration=1)
-    assert before.poll_errors[("a", reason)] == 0
-    assert store.view().poll_errors[("a", reason)] == 1
-    with pytest.raises(TypeError):
-        before.poll_errors[("a", reason)] = 5  # type: ignore[index]
-
-
-@pytest.mark.parametrize("period", [None, {}, {"start": "2026-11-01T00:00:00Z"}, "garbage"])
-def test_a_missing_period_drops_only_the_period_metrics(period: object) -> None:
-    payload = {"data": {"attributes": {"price": 100, "period": period}}}
-    usage = build_usage("p", attributes(payload, "p"), currency="USD", max_products=10)
-    assert usage.price == 1.0
-    assert usage.period_end is None
-    if isinstance(period, dict) and period:
-        assert usage.period_start == 1_793_491_200.0
+    store.record_failure("a", "timeout", duration=1)
+    assert before.projects[0].errors == (0,) * len(before.projects[0].errors)
+    assert store.view().projects[0].errors != before.projects[0].errors
+    with pytest.raises(AttributeError):
+        before.projects[0].up = True  # type: ignore[misc]
