@@ -1,0 +1,151 @@
+"""The status page at `/`: what every project costs, at a glance, without Grafana.
+
+Per team and project: spend so far, the threshold as a bar with the share used, credit
+left, how far the billing period has gone, the spend projected to its end, the top
+products, and poll health with the last error. One self-contained HTML document (no
+script, no external asset: it must work on an air-gapped host and under a strict
+Content-Security-Policy) that reloads itself. Every string from the API is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from exporter.snapshot import ProjectStatus, StoreView, TeamStatus, UsageSnapshot
+
+#: Seconds between reloads of the page: polls land every few minutes at most.
+REFRESH_SECONDS = 30
+TOP_PRODUCTS = 5
+#: Below this share of the period gone, a projection would mostly be noise.
+MIN_ELAPSED = 0.05
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1f2328;background:#fff}
+h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.15em;margin:1.5em 0 .5em}
+.meta,.muted{color:#656d76}.grid{display:flex;flex-wrap:wrap;gap:1em}
+.card{border:1px solid #d0d7de;border-radius:8px;padding:1em;width:22em}
+.card h3{margin:0;font-size:1.05em}.slug{color:#656d76;font-size:.9em}
+.money{font-size:1.6em;font-weight:600;margin:.3em 0}
+dl{display:grid;grid-template-columns:auto 1fr;gap:.1em .8em;margin:.5em 0}
+dt{color:#656d76}dd{margin:0;text-align:right}
+.bar{background:#eaeef2;border-radius:4px;height:.7em;overflow:hidden;margin:.2em 0}
+.bar span{display:block;height:100%}.ok{background:#1a7f37}.warn{background:#bf8700}
+.over{background:#cf222e}.period{background:#8250df}
+table{width:100%;border-collapse:collapse;font-size:.9em}
+td{padding:.1em 0;border-top:1px solid #eaeef2}td.n{text-align:right}
+.up{color:#1a7f37}.down{color:#cf222e}.pending{color:#9a6700}
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def money(value: float | None, currency: str) -> str:
+    if value is None:
+        return "–"
+    sign = "-" if value < 0 else ""
+    return f"{sign}{abs(value):,.2f} {currency}".strip()
+
+
+def _share_class(share: float) -> str:
+    return "ok" if share < 0.8 else "warn" if share < 1.0 else "over"
+
+
+def _bar(share: float, kind: str, label: str) -> str:
+    width = max(0.0, min(share, 1.0)) * 100
+    return (f'<div class="bar" role="img" aria-label="{_e(label)}">'
+            f'<span class="{kind}" style="width:{width:.1f}%"></span></div>')
+
+
+def projected(usage: UsageSnapshot, now: float) -> float | None:
+    """Spend at the end of the period at the pace so far (as the recording rule does)."""
+    start, end, price = usage.period_start, usage.period_end, usage.price
+    if start is None or end is None or price is None or end <= start:
+        return None
+    elapsed = min(max((now - start) / (end - start), MIN_ELAPSED), 1.0)
+    return price / elapsed
+
+
+def _project(status: ProjectStatus, now: float) -> str:
+    usage = status.usage
+    health = "up" if status.up else ("down" if status.polled else "pending")
+    seen = (datetime.fromtimestamp(status.last_success, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            if status.last_success is not None else "never")
+    name = (usage.project_name if usage and usage.project_name else status.project_slug
+            or status.project_id)
+    parts = [f'<div class="card" data-project="{_e(status.project_id)}">',
+             f'<h3>{_e(name)}</h3><div class="slug">{_e(status.project_id)}</div>']
+    if usage is None:
+        parts.append('<p class="muted">no billing data yet</p>')
+    else:
+        currency = usage.currency
+        parts.append(f'<div class="money" data-field="spend">{_e(money(usage.price, currency))}'
+                     "</div>")
+        if usage.threshold:
+            share = (usage.price or 0.0) / usage.threshold
+            parts.append(_bar(share, _share_class(share), f"{share:.0%} of the threshold"))
+            parts.append(f'<div class="muted" data-field="threshold">{share:.0%} of the '
+                         f"{_e(money(usage.threshold, currency))} threshold</div>")
+        rows = [("credit left", money(usage.available_credit_balance, currency), "credit")]
+        projection = projected(usage, now)
+        if projection is not None:
+            rows.append(("projected at period end", money(projection, currency), "projected"))
+        parts.append("<dl>" + "".join(
+            f'<dt>{_e(label)}</dt><dd data-field="{field}">{_e(value)}</dd>'
+            for label, value, field in rows) + "</dl>")
+        if usage.period_start is not None and usage.period_end is not None and (
+                usage.period_end > usage.period_start):
+            gone = (now - usage.period_start) / (usage.period_end - usage.period_start)
+            end = datetime.fromtimestamp(usage.period_end, UTC).strftime("%Y-%m-%d")
+            parts.append(_bar(gone, "period", f"{gone:.0%} of the period gone"))
+            parts.append(f'<div class="muted" data-field="period">{min(max(gone, 0), 1):.0%}'
+                         f" of the period gone, ends {end}</div>")
+        top = sorted((p for p in usage.products if p.price), key=lambda p: -(p.price or 0))
+        if top:
+            parts.append("<table>" + "".join(
+                f'<tr><td>{_e(p.name or p.product_id)}'
+                f'{" · " + _e(p.hostname) if p.hostname else ""}</td>'
+                f'<td class="n">{_e(money(p.price, currency))}</td></tr>'
+                for p in top[:TOP_PRODUCTS]) + "</table>")
+    error = f" · last error: {_e(status.last_error)}" if status.last_error else ""
+    parts.append(f'<p class="muted" data-field="health"><span class="{health}">{health}'
+                 f"</span> · last success {seen}{error}</p></div>")
+    return "".join(parts)
+
+
+def _team(team: TeamStatus, projects: Iterable[ProjectStatus], now: float) -> str:
+    cards = [_project(p, now) for p in projects]
+    totals: dict[str, float] = {}
+    for p in projects:
+        if p.usage is not None and p.usage.price is not None:
+            totals[p.usage.currency] = totals.get(p.usage.currency, 0.0) + p.usage.price
+    total = ", ".join(money(v, k) for k, v in sorted(totals.items())) or "–"
+    return (f'<section data-team="{_e(team.name)}"><h2>{_e(team.name)} '
+            f'<span class="muted">· {len(cards)} projects · {_e(total)} so far</span></h2>'
+            f'<div class="grid">{"".join(cards) or "<p class=muted>no projects yet</p>"}'
+            "</div></section>")
+
+
+def render(view: StoreView, *, now: float, telemetry_path: str, version: str) -> bytes:
+    by_team: dict[str, list[ProjectStatus]] = {t.name: [] for t in view.teams}
+    for project in view.projects:
+        by_team.setdefault(project.team, []).append(project)
+    teams = {t.name: t for t in view.teams}
+    sections = "".join(_team(teams.get(name) or TeamStatus(name), projects, now)
+                       for name, projects in by_team.items())
+    path = _e(telemetry_path)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{REFRESH_SECONDS}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Latitude.sh billing · latitudesh-exporter</title><style>{_STYLE}</style></head>
+<body><h1>Latitude.sh billing</h1>
+<p class="meta">latitudesh-exporter {_e(version)} · figures from the last poll of each
+project · <a href="{path}">{path}</a> · <a href="/healthz">/healthz</a> ·
+<a href="/readyz">/readyz</a></p>
+{sections or '<p class="muted">no teams yet</p>'}
+</body></html>
+""".encode()

@@ -1,0 +1,290 @@
+"""The listening server over real sockets: formats, TLS and mutual TLS, client SANs,
+deadlines for slow clients, bounds on requests, and a thousand hostile connections that
+never keep Prometheus out."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import logging
+import resource
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from exporter.webconfig import WebSettings, load_web_config
+from tests.conftest import (
+    ExporterProcess,
+    golden_store,
+    http_get,
+    parse_samples,
+    reference_exposition,
+    sample,
+    serving,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def certs(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("tls")
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    client = ca.issue_cert("prometheus@example")
+    other = ca.issue_cert("grafana@example")
+    stranger = trustme.CA().issue_cert("mallory@example")
+    files = {"cert": tmp / "server.crt", "key": tmp / "server.key", "ca": tmp / "ca.crt",
+             "client": tmp / "client.pem", "other": tmp / "other.pem",
+             "stranger": tmp / "stranger.pem"}
+    server.cert_chain_pems[0].write_to_path(files["cert"])
+    server.private_key_pem.write_to_path(files["key"])
+    ca.cert_pem.write_to_path(files["ca"])
+    for name, issued in (("client", client), ("other", other), ("stranger", stranger)):
+        issued.private_key_and_cert_chain_pem.write_to_path(files[name])
+    return files
+
+
+def web_config(tmp_path: Path, certs: dict[str, Path], **tls: object) -> WebSettings:
+    import yaml
+
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"tls_server_config": {
+        "cert_file": str(certs["cert"]), "key_file": str(certs["key"]), **tls}}))
+    return load_web_config(path)
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    with serving(golden_store()) as server:
+        yield f"http://127.0.0.1:{server.port}"
+
+
+def test_metrics_as_text_openmetrics_and_gzip(url: str) -> None:
+    expected = reference_exposition(golden_store())
+    status, headers, body = http_get(url + "/metrics")
+    assert status == 200 and body == expected
+    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    status, headers, body = http_get(url + "/metrics", {"Accept-Encoding": "gzip"})
+    assert headers["Content-Encoding"] == "gzip" and gzip.decompress(body) == expected
+    status, headers, body = http_get(url + "/metrics", {
+        "Accept": "application/openmetrics-text; version=1.0.0"})
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+
+
+def test_head_has_headers_and_no_body(url: str) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=5)
+    connection.request("HEAD", "/metrics")
+    response = connection.getresponse()
+    assert response.status == 200
+    assert int(response.headers["Content-Length"]) == len(reference_exposition(golden_store()))
+    assert response.read() == b""
+    connection.close()
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(url: str) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=5)
+    for path in ("/healthz", "/metrics", "/readyz", "/nope"):
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        assert response.status in (200, 404, 503)  # not refreshed: not ready
+    connection.close()
+
+
+def test_request_heads_that_are_too_big_are_refused(url: str) -> None:
+    many = {f"X-H{i}": "v" for i in range(150)}
+    assert http_get(url + "/metrics", many)[0] == 431
+    assert http_get(url + "/metrics?" + "a" * 10_000)[0] == 414
+    assert http_get(url + "/metrics", {"X-Big": "v" * 70_000})[0] == 431
+
+
+def test_garbage_gets_400_and_the_server_goes_on(url: str) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 400")
+    assert http_get(url + "/healthz")[0] == 200
+
+
+def test_https_with_the_ca_and_plain_http_refused(tmp_path: Path,
+                                                  certs: dict[str, Path]) -> None:
+    web = web_config(tmp_path, certs)
+    with serving(golden_store(), web=web) as server:
+        client = ssl.create_default_context(cafile=str(certs["ca"]))
+        connection = http.client.HTTPSConnection("127.0.0.1", server.port, context=client,
+                                                 timeout=5)
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        assert response.status == 200
+        assert b"latitudesh_billing_price" in response.read()
+        connection.close()
+        with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+            http_get(f"http://127.0.0.1:{server.port}/metrics", timeout=3)
+
+
+def open_fds() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+def test_failed_handshakes_release_their_sockets_at_once(tmp_path: Path,
+                                                         certs: dict[str, Path]) -> None:
+    """Plain HTTP, port scanners and old clients on the TLS port must not hold a file
+    descriptor each: in a quiet daemon that would run out of them."""
+    with serving(golden_store(), web=web_config(tmp_path, certs)) as server:
+        baseline = open_fds()
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+                raw.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                while raw.recv(4096):  # the server hangs up
+                    pass
+        wait_for(lambda: open_fds() <= baseline, timeout=10,
+                 message="the server to close the sockets of failed handshakes")
+        assert server.connections == 0
+
+
+def test_min_version_refuses_older_clients(tmp_path: Path, certs: dict[str, Path]) -> None:
+    with serving(golden_store(), web=web_config(tmp_path, certs, min_version="TLS13")) as server:
+        old = ssl.create_default_context(cafile=str(certs["ca"]))
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(ssl.SSLError), socket.create_connection(
+                ("127.0.0.1", server.port), timeout=5) as raw:
+            old.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def mtls_get(port: int, certs: dict[str, Path], client_cert: Path | None) -> int:
+    client = ssl.create_default_context(cafile=str(certs["ca"]))
+    if client_cert is not None:
+        client.load_cert_chain(str(client_cert))
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=client, timeout=5)
+    try:
+        connection.request("GET", "/metrics")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_mutual_tls_requires_a_client_cert_from_the_ca(tmp_path: Path,
+                                                       certs: dict[str, Path]) -> None:
+    web = web_config(tmp_path, certs, client_ca_file=str(certs["ca"]),
+                     client_auth_type="RequireAndVerifyClientCert")
+    with serving(golden_store(), web=web) as server:
+        assert mtls_get(server.port, certs, certs["client"]) == 200
+        for bad in (None, certs["stranger"]):
+            with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+                mtls_get(server.port, certs, bad)
+
+
+def test_client_allowed_sans_keep_out_other_certificates_of_the_ca(
+    tmp_path: Path, certs: dict[str, Path]
+) -> None:
+    web = web_config(tmp_path, certs, client_ca_file=str(certs["ca"]),
+                     client_auth_type="RequireAndVerifyClientCert",
+                     client_allowed_sans=["prometheus@example"])
+    with serving(golden_store(), web=web) as server:
+        assert mtls_get(server.port, certs, certs["client"]) == 200
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+            mtls_get(server.port, certs, certs["other"])
+
+
+def test_a_reload_swaps_the_certificate_for_new_connections(
+    tmp_path: Path, certs: dict[str, Path], ca: trustme.CA
+) -> None:
+    with serving(golden_store(), web=WebSettings()) as server:
+        assert http_get(f"http://127.0.0.1:{server.port}/healthz")[0] == 200
+        server.reload(web_config(tmp_path, certs))
+        client = ssl.create_default_context(cafile=str(certs["ca"]))
+        connection = http.client.HTTPSConnection("127.0.0.1", server.port, context=client,
+                                                 timeout=5)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+        connection.close()
+
+
+def test_a_slowloris_client_does_not_stop_scrapes_and_is_cut_off() -> None:
+    with serving(golden_store(), header_timeout=1.0) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finishes the headers
+        for _ in range(3):
+            assert http_get(url + "/metrics", timeout=5)[0] == 200
+        slow.settimeout(5)
+
+        def cut_off() -> bool:
+            try:
+                return slow.recv(1024) == b""
+            except (ConnectionResetError, TimeoutError):
+                return True
+
+        assert wait_for(cut_off, timeout=10, message="the slow client to be cut off")
+        slow.close()
+
+
+def test_at_the_limit_the_longest_waiting_connection_makes_room(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="exporter.httpserver"), \
+            serving(golden_store(), max_connections=16, header_timeout=30.0) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                for _ in range(40)]
+        wait_for(lambda: server.connections == 16, message="the server to hold its limit")
+        for _ in range(5):  # newcomers still get in, however many idle ones wait
+            assert http_get(f"http://127.0.0.1:{server.port}/healthz", timeout=2)[0] == 200
+        for sock in idle:
+            sock.close()
+    refusals = [r for r in caplog.records if "connection limit" in r.getMessage()]
+    assert len(refusals) == 1  # counted, said at most once a minute
+
+
+def test_a_thousand_slow_connections_never_keep_a_scrape_out(tmp_path: Path) -> None:
+    """The daemon as it runs, with 500 idle connections and 500 slowloris ones that
+    send a byte every half second: every scrape still answers within a second."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    exporter = ExporterProcess(["--demo"], tmp=tmp_path)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+    try:
+        exporter.wait_ready()
+        for index in range(1000):
+            sock = socket.create_connection(("127.0.0.1", exporter.port), timeout=5)
+            if index % 2:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+            held.append(sock)
+
+        def trickle() -> None:
+            while not stop.wait(0.5):
+                for sock in held[1::2]:
+                    try:
+                        sock.send(b"X")
+                    except OSError:
+                        pass
+
+        threading.Thread(target=trickle, daemon=True).start()
+        worst = 0.0
+        for _ in range(10):
+            started = time.monotonic()
+            status, _, body = http_get(exporter.url + "/metrics", timeout=5)
+            worst = max(worst, time.monotonic() - started)
+            assert status == 200
+            assert sample(parse_samples(body.decode()), "latitudesh_up",
+                          project_id="proj_demo_web") == 1.0
+        assert worst < 1.0, f"slowest scrape {worst:.2f}s"
+        rss = int(Path(f"/proc/{exporter.proc.pid}/status").read_text()
+                  .split("VmRSS:")[1].split()[0]) / 1024
+        assert rss < 200, f"RSS {rss:.0f} MiB with 1,000 connections held"
+    finally:
+        stop.set()
+        for sock in held:
+            sock.close()
+        exporter.stop()
