@@ -1,56 +1,53 @@
-"""Command line: flags, logging, wiring the parts together, signals and exit codes.
+"""Command line: flags, wiring the parts together, signals and exit codes.
 
 The only module that knows every other one. Exit codes: 0 on a clean stop, 1 when
-`--once` saw a failed poll, 2 for a bad flag or config (one line on stderr, no traceback).
+`--once` saw a failed poll, 2 for a bad flag, config or rejected key (one line on
+stderr, no traceback), 130 when `--once` is interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import logging
 import os
 import platform
 import signal
-import ssl
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import NoReturn
 
+from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 from pydantic import SecretStr
 
-from exporter import __version__
+from exporter import __version__, errors
 from exporter.client import LatitudeClient
-from exporter.collector import BillingCollector, ExporterCollector
+from exporter.collector import TeamCollector
 from exporter.config import (
     DEFAULT_CONFIG_FILE,
     TOKEN_ENV,
     ConfigError,
     Settings,
+    TeamConfig,
     TokenSource,
-    WebConfig,
+    is_loopback,
     load_settings,
-    load_web_config,
+    resolve_teams,
 )
-from exporter.demo import DemoApi
+from exporter.demo import DEMO_TOKENS, DemoApi, default_accounts
+from exporter.exposition import Exposition
+from exporter.httpserver import HttpServer
+from exporter.logs import Redactor, setup_logging
 from exporter.poller import Poller, Target
 from exporter.ratelimit import RequestBudget
-from exporter.server import (
-    BasicAuth,
-    Exposition,
-    HttpServer,
-    MetricsApp,
-    ProjectRow,
-    tls_context,
-)
-from exporter.snapshot import SnapshotStore
+from exporter.snapshot import Limits, SnapshotStore
+from exporter.web import WebApp
+from exporter.webconfig import WebConfigError, WebSettings, load_web_config
 
 log = logging.getLogger("exporter")
 
@@ -60,7 +57,9 @@ DEMO_INTERVAL_SECONDS = 10.0
 #: The simulated API has no rate limit; a real key's budget would only slow start-up.
 DEMO_REQUESTS_PER_MINUTE = 600.0
 SHUTDOWN_SECONDS = 4.0
+EXIT_FAILED_POLL = 1
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,103 +90,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--once", action="store_true",
                         help="poll every project once, print the metrics and exit")
     parser.add_argument("--check-config", dest="check_config", action="store_true",
-                        help="validate the config and token, print a summary and exit")
+                        help="validate the config and web config, check each key with one "
+                             "request, print a summary and exit")
     parser.add_argument("--version", action="version",
                         version=f"latitudesh-exporter {__version__} "
                                 f"(python {platform.python_version()})")
     return parser
 
 
-# --- logging -----------------------------------------------------------------
+@dataclass(slots=True)
+class Setup:
+    """Everything the flags and files say, validated."""
 
-_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
-class Redactor:
-    """Replaces every secret it has seen with `<redacted>` in the final log text."""
-
-    def __init__(self) -> None:
-        self._secrets: set[str] = set()
-        self._sources: list[Callable[[], SecretStr]] = []
-
-    def watch(self, source: Callable[[], SecretStr]) -> None:
-        self._sources.append(source)
-
-    def __call__(self, text: str) -> str:
-        for source in self._sources:
-            with contextlib.suppress(ConfigError):
-                self._secrets.add(source().get_secret_value())
-        for secret in self._secrets:
-            if secret and secret in text:
-                text = text.replace(secret, "<redacted>")
-        return text
-
-
-class _StructuredFormatter(logging.Formatter):
-    def __init__(self, redact: Callable[[str], str], as_json: bool) -> None:
-        super().__init__()
-        self._redact = redact
-        self._json = as_json
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-                  .replace("+00:00", "Z"),
-            "level": record.levelname.lower().replace("warning", "warn"),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _RECORD_FIELDS and not key.startswith("_"):
-                fields[key] = value
-        if record.exc_info:
-            fields["exc"] = self.formatException(record.exc_info)
-        if self._json:
-            return self._redact(json.dumps(fields, default=str, ensure_ascii=False))
-        return self._redact(" ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items()))
-
-
-def _logfmt_value(value: Any) -> str:
-    text = str(value)
-    if text and not any(ch in text for ch in ' ="\\\n\t'):
-        return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped.replace(chr(9), chr(92) + "t")}"'
-
-
-def setup_logging(level: str, fmt: str, redact: Callable[[str], str],
-                  stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(_StructuredFormatter(redact, as_json=fmt == "json"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    numeric = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-               "error": logging.ERROR}[level]
-    root.setLevel(numeric)
-    # httpx logs every request and APScheduler 3.x every job run at INFO.
-    for chatty in ("httpx", "httpcore", "apscheduler"):
-        logging.getLogger(chatty).setLevel(numeric if level == "debug" else logging.WARNING)
-
-
-# --- wiring ------------------------------------------------------------------
+    settings: Settings
+    teams: list[TeamConfig]
+    listen: tuple[str, int]
+    web: WebSettings
+    base_url: str
+    demo: DemoApi | None = None
 
 
 @dataclass(slots=True)
 class App:
     """Everything `main` starts, so it can stop it in order."""
 
-    settings: Settings
     store: SnapshotStore
-    poller: Poller
-    client: LatitudeClient
     exposition: Exposition
+    pollers: list[Poller]
+    clients: list[LatitudeClient]
+    scheduler: BackgroundScheduler
     stop: threading.Event
     demo: DemoApi | None = None
     server: HttpServer | None = None
+    tokens: list[TokenSource] = field(default_factory=list)
 
     def close(self) -> bool:
-        idle = self.poller.stop(timeout=SHUTDOWN_SECONDS)
-        self.client.close()
+        self.stop.set()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        idle = all([poller.stop(timeout=SHUTDOWN_SECONDS) for poller in self.pollers])
+        for client in self.clients:
+            client.close()
         if self.server is not None:
             self.server.stop()
         if self.demo is not None:
@@ -197,68 +140,57 @@ class App:
 
 def parse_listen_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
         raise ConfigError(f"web.listen-address: {value!r} is not HOST:PORT")
     host = host.strip("[]") or "0.0.0.0"  # noqa: S104 (an exporter listens on all by default)
     return host, int(port)
 
 
-def build_app(
-    settings: Settings, token: Callable[[], SecretStr], *, demo: DemoApi | None = None
-) -> App:
+def build_app(setup: Setup) -> App:
     stop = threading.Event()
-    store = SnapshotStore()
-    api = settings.api
-    requests_per_minute = api.requests_per_minute
-    if demo and "requests_per_minute" not in api.model_fields_set:
-        requests_per_minute = DEMO_REQUESTS_PER_MINUTE
-    budget = RequestBudget(requests_per_minute, stop=stop)
-    client = LatitudeClient(
-        token=token, budget=budget, base_url=demo.url if demo else api.base_url,
-        timeout=api.timeout_seconds, max_retries=api.max_retries,
-        max_retry_wait=api.max_retry_wait_seconds, max_response_bytes=api.max_response_bytes,
-        on_request=store.record_request, stop=stop,
-        max_connections=settings.poll.concurrency,
-    )
-    targets = () if demo else tuple(
-        Target(p.id, plan=p.plan, products=tuple(p.products)) for p in settings.projects
-    )
-    interval = settings.poll.interval_seconds
-    if demo and "interval_seconds" not in settings.poll.model_fields_set:
-        interval = DEMO_INTERVAL_SECONDS
-    poller = Poller(
-        client, store, targets=targets, currency=settings.currency, interval=interval,
-        concurrency=settings.poll.concurrency, max_products=settings.max_products_per_project,
-        budget_seconds=budget.seconds_for,
-    )
-    exposition = build_exposition(store)
-    return App(settings, store, poller, client, exposition, stop, demo=demo)
-
-
-def build_exposition(store: SnapshotStore) -> Exposition:
-    """The three parts of /metrics, each on its own registry and cache key."""
     disable_created_metrics()  # type: ignore[no-untyped-call]
-    billing = CollectorRegistry(auto_describe=False)
-    billing.register(BillingCollector(store.view))
-    health = CollectorRegistry(auto_describe=False)
-    health.register(ExporterCollector(store.view))
-    process = CollectorRegistry(auto_describe=False)
-    ProcessCollector(registry=process)
-    return Exposition([
-        (billing, lambda: store.view().data_version),
-        (health, lambda: store.view().version),
-        (process, None),  # CPU and memory change all the time
-    ])
-
-
-def project_rows(store: SnapshotStore) -> Callable[[], list[ProjectRow]]:
-    def rows() -> list[ProjectRow]:
-        return [
-            ProjectRow(p.project_id, p.usage.project_slug if p.usage else "", p.up, p.polled,
-                       p.last_success, p.last_error)
-            for p in store.view().projects
-        ]
-    return rows
+    store = SnapshotStore()
+    tail = CollectorRegistry(auto_describe=False)
+    tail.register(TeamCollector(store.view))
+    ProcessCollector(registry=tail)
+    exposition = Exposition(tail)
+    store.subscribe(exposition)
+    settings = setup.settings
+    scheduler = BackgroundScheduler(timezone=UTC)
+    limits = Limits(products=settings.max_products_per_project,
+                    servers=settings.max_servers_per_project,
+                    tags_per_server=settings.max_tags_per_server)
+    interval = settings.poll.interval_seconds
+    if setup.demo and "interval_seconds" not in settings.poll.model_fields_set:
+        interval = DEMO_INTERVAL_SECONDS
+    pollers, clients = [], []
+    for team in setup.teams:
+        budget = RequestBudget(team.requests_per_minute, stop=stop)
+        api = settings.api
+        poller_box: list[Poller] = []
+        client = LatitudeClient(
+            token=team.token.get, budget=budget, base_url=setup.base_url,
+            timeout=api.timeout_seconds, max_retries=api.max_retries,
+            max_retry_wait=api.max_retry_wait_seconds,
+            max_response_bytes=api.max_response_bytes,
+            on_request=lambda endpoint, code, box=poller_box: box[0].record_request(
+                endpoint, code),
+            stop=stop, max_connections=settings.poll.concurrency,
+        )
+        poller = Poller(
+            client, store, team=team.name,
+            targets=[Target(p.id, plan=p.plan, products=tuple(p.products))
+                     for p in team.projects],
+            currency=team.currency, interval=interval,
+            concurrency=settings.poll.concurrency, limits=limits,
+            budget_seconds=budget.seconds_for, grace=api.timeout_seconds,
+            scheduler=scheduler,
+        )
+        poller_box.append(poller)
+        pollers.append(poller)
+        clients.append(client)
+    return App(store, exposition, pollers, clients, scheduler, stop, demo=setup.demo,
+               tokens=[team.token for team in setup.teams])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -266,129 +198,192 @@ def main(argv: Sequence[str] | None = None) -> int:
     redactor = Redactor()
     setup_logging(args.log_level, args.log_format, redactor)
     try:
-        settings, token, listen = _configure(args, redactor)
-    except ConfigError as exc:
+        setup = _configure(args, redactor)
+    except (ConfigError, WebConfigError) as exc:
         print(f"latitudesh-exporter: config error: {redactor(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
-        print(_summary(args, settings, token))
-        return 0
-
+        try:
+            return _check(args, setup, redactor)
+        finally:
+            if setup.demo is not None:
+                setup.demo.stop()
+    app = build_app(setup)
     if args.once:
-        demo = DemoApi().start() if args.demo else None
-        return _run_once(build_app(settings, token.get, demo=demo))
-    try:
-        web = load_web_config(args.web_config) if args.web_config else WebConfig()
-        ssl_context = _ssl_context(web)
-    except ConfigError as exc:
-        print(f"latitudesh-exporter: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    demo = DemoApi().start() if args.demo else None
-    app = build_app(settings, token.get, demo=demo)
-    return _serve(app, listen, args, web, ssl_context)
+        return _run_once(app)
+    return _serve(app, setup, args, redactor)
 
 
-def _ssl_context(web: WebConfig) -> ssl.SSLContext | None:
-    tls = web.tls_server_config
-    if tls is None:
-        return None
-    try:
-        return tls_context(
-            str(tls.cert_file), str(tls.key_file),
-            client_ca_file=str(tls.client_ca_file) if tls.client_ca_file else None,
-            client_auth_type=tls.client_auth_type, min_version=tls.min_version,
-            max_version=tls.max_version,
-        )
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"web.config.file: tls_server_config: {exc}") from None
-
-
-def _configure(
-    args: argparse.Namespace, redactor: Redactor
-) -> tuple[Settings, TokenSource, tuple[str, int]]:
+def _configure(args: argparse.Namespace, redactor: Redactor) -> Setup:
     explicit = args.config_file is not None
     settings = load_settings(args.config_file or DEFAULT_CONFIG_FILE, explicit=explicit)
     listen = parse_listen_address(args.listen)
     if not args.telemetry_path.startswith("/") or args.telemetry_path in ("/", "/healthz",
                                                                          "/readyz"):
         raise ConfigError("web.telemetry-path: must start with / and not be /, /healthz or /readyz")
+    web = load_web_config(args.web_config) if args.web_config else WebSettings()
+    demo = None
     if args.demo:
-        token = TokenSource(static=SecretStr("demo-token"))
+        demo = DemoApi(default_accounts()).start()
+        rate = (settings.api.requests_per_minute
+                if "requests_per_minute" in settings.api.model_fields_set
+                else DEMO_REQUESTS_PER_MINUTE)
+        teams = [TeamConfig(account.team.slug, TokenSource(static=SecretStr(token)), rate,
+                            None, ())
+                 for account, token in zip(demo.accounts, DEMO_TOKENS, strict=True)]
+        base_url = demo.url
     else:
-        token = TokenSource.from_environment(settings)
-        redactor.watch(token.get)
-        if (warning := token.permission_warning()) is not None:
-            log.warning("token file is readable by every user",
-                        extra={"path": str(warning.path), "mode": oct(warning.mode)})
-    return settings, token, listen
+        teams = resolve_teams(settings)
+        base_url = settings.api.base_url
+        for team in teams:
+            redactor.watch(team.token.current)
+            if (warning := team.token.permission_warning()) is not None:
+                log.warning("token file is readable by every user",
+                            extra={"path": str(warning.path), "mode": oct(warning.mode)})
+        if base_url.startswith("http://") and not is_loopback(base_url):
+            log.warning("api.base_url is plain http: the API token travels unencrypted",
+                        extra={"base_url": base_url})
+    for key in web.unapplied:
+        log.warning("web config key accepted but not applied", extra={"key": key})
+    return Setup(settings, teams, listen, web, base_url, demo)
 
 
-def _summary(args: argparse.Namespace, settings: Settings, token: TokenSource) -> str:
-    source = ("demo (built-in simulated API)" if args.demo else
-              f"api.token_file {token.path}" if token.path else f"{TOKEN_ENV} environment variable")
-    projects = (f"{len(settings.projects)} configured" if settings.projects
-                else "every project of the team (discovered via /projects)")
-    return "\n".join([
-        "config OK",
-        f"  config file:       {args.config_file or (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else 'none')}",  # noqa: E501
-        f"  api.base_url:      {settings.api.base_url}",
-        f"  token:             set, from {source}",
-        f"  projects:          {projects}",
-        f"  poll:              every {settings.poll.interval_seconds:g}s, "
-        f"{settings.poll.concurrency} at once",
-        f"  request budget:    {settings.api.requests_per_minute:g} requests/minute",
-        f"  currency:          {settings.currency or 'the team currency'}",
-        f"  listen address:    {args.listen}{args.telemetry_path}",
-    ])
+def _check(args: argparse.Namespace, setup: Setup, redactor: Redactor) -> int:
+    """`--check-config`: the config summary, then one request per key."""
+    settings = setup.settings
+    web = setup.web
+    print("config OK")
+    print(f"  config file:       {args.config_file or (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else 'none')}")  # noqa: E501
+    print(f"  web config:        {web.path or 'none'} (tls: {web.ssl_context is not None}, "
+          f"basic auth users: {len(web.users)})")
+    print(f"  api.base_url:      {setup.base_url}")
+    print(f"  poll:              every {settings.poll.interval_seconds:g}s, "
+          f"{settings.poll.concurrency} at once per team")
+    print(f"  listen address:    {args.listen}{args.telemetry_path}")
+    rejected = False
+    for team in setup.teams:
+        source = (f"file {team.token.path}" if team.token.path else
+                  "demo" if setup.demo else "environment")
+        projects = (f"{len(team.projects)} configured" if team.projects else "discovered")
+        with LatitudeClient(token=team.token.get, budget=RequestBudget(60),
+                            base_url=setup.base_url, timeout=settings.api.timeout_seconds,
+                            max_retries=1) as client:
+            try:
+                found = client.check_key()
+            except errors.LatitudeError as exc:
+                rejected = True
+                verdict = f"REJECTED ({exc.reason}: {redactor(str(exc))})"
+            else:
+                verdict = (f"accepted; sees {'at least one project' if found.sees_projects else 'no project'}"  # noqa: E501
+                           f"; currency {team.currency or found.currency or 'unknown'}"
+                           + (f"; team {found.team}" if found.team else ""))
+        print(f"  team {team.label}: key from {source}, {team.requests_per_minute:g} "
+              f"requests/minute, projects {projects}: {verdict}")
+    return EXIT_CONFIG if rejected else 0
 
 
 def _run_once(app: App) -> int:
-    ok = app.poller.refresh()
-    chunks, _ = app.exposition.render("", compress=False)
-    sys.stdout.write(b"".join(chunks).decode())
+    """Poll every team at once; print the exposition. Ctrl-C stops at once (130)."""
+    results: list[bool] = []
+    done = threading.Event()
+
+    def run() -> None:
+        outcomes: list[bool] = []
+        threads = [threading.Thread(target=lambda p=p: outcomes.append(p.refresh()),
+                                    daemon=True) for p in app.pollers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        results.extend(outcomes)
+        done.set()
+
+    threading.Thread(target=run, name="once", daemon=True).start()
+    try:
+        while not done.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        _exit_now(EXIT_INTERRUPTED)
+    body = app.exposition.render()
+    for chunk in body.chunks:
+        sys.stdout.buffer.write(chunk)
     sys.stdout.flush()
     app.close()
-    return 0 if ok else 1
+    return 0 if results and all(results) else EXIT_FAILED_POLL
 
 
-def _serve(app: App, listen: tuple[str, int], args: argparse.Namespace, web: WebConfig,
-           ssl_context: ssl.SSLContext | None) -> int:
-    host, port = listen
-    users = {name: hashed.get_secret_value().encode()
-             for name, hashed in web.basic_auth_users.items()}
-    wsgi = MetricsApp(app.exposition, ready=lambda: app.store.view().ready,
-                      projects=project_rows(app.store), telemetry_path=args.telemetry_path,
-                      auth=BasicAuth(users) if users else None,
-                      headers=list(web.http_server_config.headers.items()))
+def _exit_now(code: int) -> NoReturn:
+    """Exit without waiting for requests in flight (worker threads are joined at exit)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _serve(app: App, setup: Setup, args: argparse.Namespace, redactor: Redactor) -> int:
+    host, port = setup.listen
+    web_app = WebApp(app.exposition, app.store.view, telemetry_path=args.telemetry_path,
+                     web=setup.web)
     try:
-        app.server = HttpServer(wsgi, host, port, ssl_context=ssl_context)
+        app.server = HttpServer(web_app, host, port, web=setup.web)
     except OSError as exc:
         log.error("cannot listen", extra={"address": args.listen, "error": exc.strerror})
         app.close()
         return EXIT_CONFIG
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def on_stop(signum: int, frame: FrameType | None) -> None:
         del frame
         log.info("shutting down", extra={"signal": signal.Signals(signum).name})
         app.stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def on_reload(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        threading.Thread(target=_reload, args=(app, web_app, args), name="reload",
+                         daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_reload)
     app.server.start()
     log.info("listening", extra={"address": f"{host}:{app.server.port}",
                                  "telemetry_path": args.telemetry_path, "version": __version__,
-                                 "tls": ssl_context is not None, "basic_auth": bool(users),
-                                 "demo": bool(app.demo)})
+                                 "tls": setup.web.ssl_context is not None,
+                                 "basic_auth": bool(setup.web.users), "demo": bool(app.demo),
+                                 "teams": len(app.pollers)})
     if app.demo is not None:
         log.info("demo mode: polling the built-in simulated Latitude.sh API",
                  extra={"api": app.demo.url})
-    app.poller.start()
+    for poller in app.pollers:
+        poller.start()
+    app.scheduler.start()
     app.stop.wait()
     idle = app.close()
     log.info("stopped", extra={"clean": idle})
     if not idle:
-        # A request stuck in a socket read cannot be interrupted; don't let it hold
+        # A request stuck in a socket read ends at its deadline; don't let it hold
         # the exit past the orchestrator's grace period.
-        logging.shutdown()
-        os._exit(0)
+        _exit_now(0)
     return 0
+
+
+def _reload(app: App, web_app: WebApp, args: argparse.Namespace) -> None:
+    """SIGHUP: read the token files again and reload the web config; keep all data."""
+    for token in app.tokens:
+        token.reload()
+    if args.web_config is None:
+        log.info("reloaded", extra={"tokens": len(app.tokens), "web_config": False})
+        return
+    try:
+        web = load_web_config(args.web_config)
+    except WebConfigError as exc:
+        log.error("web config not reloaded: keeping the one in use", extra={"error": str(exc)})
+        return
+    web_app.configure(web)
+    if app.server is not None:
+        app.server.reload(web)
+    log.info("reloaded", extra={"tokens": len(app.tokens), "web_config": True,
+                                "tls": web.ssl_context is not None,
+                                "basic_auth_users": len(web.users)})
+
+

@@ -1,14 +1,18 @@
-"""Settings from the YAML file and `LATITUDESH_EXPORTER_*` env vars; the API token source.
+"""Settings from the YAML file and `LATITUDESH_EXPORTER_*` env vars; the API token sources.
 
 The models here are the schema, the validator and the reference documentation of the
 config file. Env beats YAML beats defaults, as pydantic-settings orders its sources.
-The token is deliberately not a setting: it comes from `LATITUDESH_AUTH_TOKEN` (the
-variable Latitude.sh's Terraform provider reads) or from `api.token_file`, never from
-the YAML, so a config file can be committed and shared without leaking it.
+The token is deliberately not a setting: it comes from an environment variable
+(`LATITUDESH_AUTH_TOKEN`, the one Latitude.sh's Terraform provider reads, or a team's
+`token_env`) or from a file, never from the YAML, so a config file can be committed and
+shared without leaking it. Every problem is one `ConfigError` line naming the field.
 """
 
 from __future__ import annotations
 
+import contextvars
+import ipaddress
+import json
 import os
 import re
 import stat
@@ -16,7 +20,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -34,12 +39,21 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from pydantic_settings.exceptions import SettingsError
+
+from exporter.errors import TokenUnavailable
 
 ENV_PREFIX = "LATITUDESH_EXPORTER_"
 TOKEN_ENV = "LATITUDESH_AUTH_TOKEN"  # noqa: S105 (a variable name, not a secret)
 DEFAULT_CONFIG_FILE = Path("config.yaml")
 _TOKEN_KEYS = frozenset({"token", "auth_token", "api_token", "api_key", TOKEN_ENV.lower()})
 _TOKEN_HINT = f"set the {TOKEN_ENV} environment variable or api.token_file"
+#: A config file holds a few dozen values; anything much larger is a mistake or an attack
+#: (YAML aliases can make a small file expand to billions of values).
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 32
+#: Longest token accepted: keys are ~40 characters; this bounds a file read by mistake.
+MAX_TOKEN_CHARS = 4096
 
 
 class ConfigError(Exception):
@@ -50,19 +64,58 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _refuse_inline_token(data: Any, hint: str) -> Any:
+    if isinstance(data, dict) and _TOKEN_KEYS & {str(k).lower() for k in data}:
+        raise ValueError(f"the API token is never read from the config file; {hint}")
+    return data
+
+
+def check_base_url(value: str) -> str:
+    """An http(s) URL with a host and a port in range, nothing that could carry secrets."""
+    if any(ch.isspace() for ch in value) or not value.isprintable():
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:  # a port out of range, brackets that don't close
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    if port == 0:
+        raise ValueError("port must be between 1 and 65535")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not hold credentials (the token is sent in a header)")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    return value.rstrip("/")
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ApiSettings(_Section):
     base_url: str = Field(
         "https://api.latitude.sh", description="Root of the Latitude.sh API."
     )
     timeout_seconds: float = Field(
-        15.0, gt=0, le=300, description="Timeout of one HTTP request (connect and read)."
+        15.0, gt=0, le=300,
+        description="Bound on one HTTP request, end to end: connect, headers and the whole body.",
     )
     max_retries: int = Field(
         3, ge=0, le=10,
         description="Retries of one request on 429, 5xx, timeouts and connection errors.",
     )
     requests_per_minute: float = Field(
-        50, gt=0,
+        50, gt=0, le=100_000,
         description=(
             "Request budget for the API key. Latitude.sh allows 60 GET/min per key; "
             "the default leaves headroom for other users of the same key."
@@ -73,30 +126,26 @@ class ApiSettings(_Section):
         description="Cap on the wait a 429 asks for; a longer wait fails the poll instead.",
     )
     max_response_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024,
-        description="Answers larger than this are refused as invalid_response.",
+        16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024,
+        description="Answers larger than this, decoded, are refused as invalid_response.",
     )
     token_file: Path | None = Field(
         None,
         description=(
             "File holding the API token (Docker/Kubernetes secret). Re-read when it "
-            f"changes. Used when {TOKEN_ENV} is not set."
+            f"changes and on SIGHUP. Used when {TOKEN_ENV} is not set."
         ),
     )
 
     @model_validator(mode="before")
     @classmethod
-    def _refuse_inline_token(cls, data: Any) -> Any:
-        if isinstance(data, dict) and _TOKEN_KEYS & {str(k).lower() for k in data}:
-            raise ValueError(f"the API token is never read from the config file; {_TOKEN_HINT}")
-        return data
+    def _no_inline_token(cls, data: Any) -> Any:
+        return _refuse_inline_token(data, _TOKEN_HINT)
 
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return check_base_url(value)
 
 
 class PollSettings(_Section):
@@ -104,15 +153,53 @@ class PollSettings(_Section):
         300, ge=1, le=86400,
         description="How often every project is polled. Usage changes slowly; don't hammer.",
     )
-    concurrency: int = Field(4, ge=1, le=64, description="Projects polled at once.")
+    concurrency: int = Field(4, ge=1, le=64, description="Projects polled at once, per team.")
 
 
 class ProjectSettings(_Section):
-    id: str = Field(min_length=1, description="Project id, e.g. proj_r0MK4O4kDa95w.")
-    plan: str | None = Field(None, description="Optional filter[plan].")
+    id: str = Field(min_length=1, max_length=128,
+                    description="Project id, e.g. proj_r0MK4O4kDa95w.")
+    plan: str | None = Field(None, max_length=128, description="Optional filter[plan].")
     products: list[str] = Field(
-        default_factory=list, description="Optional filter[products][] (product ids)."
+        default_factory=list, max_length=1000,
+        description="Optional filter[products][] (product ids).",
     )
+
+
+_CURRENCY = r"^[A-Z]{3}$"
+
+
+class TeamSettings(_Section):
+    """One API key: a team of Latitude.sh, polled in isolation from the others."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+                      description="The `team` label; unique.")
+    token_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding this team's key.",
+    )
+    token_file: Path | None = Field(None, description="File holding this team's key.")
+    requests_per_minute: float | None = Field(
+        None, gt=0, le=100_000,
+        description="This key's own budget (default: api.requests_per_minute).",
+    )
+    currency: str | None = Field(
+        None, pattern=_CURRENCY, description="ISO 4217 code; null takes the team's.",
+    )
+    projects: list[ProjectSettings] = Field(
+        default_factory=list, description="Projects to poll; empty discovers the team's.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_token(cls, data: Any) -> Any:
+        return _refuse_inline_token(data, "use token_env or token_file")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> TeamSettings:
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError("needs exactly one of token_env or token_file")
+        return self
 
 
 class Settings(BaseSettings):
@@ -124,11 +211,9 @@ class Settings(BaseSettings):
         extra="forbid",
         frozen=True,
     )
-    _yaml_file: ClassVar[Path | None] = None
-
     api: ApiSettings = Field(default_factory=ApiSettings)
     currency: str | None = Field(
-        None, pattern=r"^[A-Z]{3}$",
+        None, pattern=_CURRENCY,
         description="ISO 4217 code for the `currency` label; null takes the team's.",
     )
     poll: PollSettings = Field(default_factory=PollSettings)
@@ -136,20 +221,44 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Projects to poll; empty discovers every project of the team.",
     )
+    teams: list[TeamSettings] | None = Field(
+        None, min_length=1, max_length=100,
+        description="Several teams (one API key each); absent means one team as above.",
+    )
     max_products_per_project: int = Field(
-        1000, ge=1,
+        1000, ge=1, le=100_000,
         description="Cardinality guard: cheaper products beyond this fold into __other__.",
+    )
+    max_servers_per_project: int = Field(
+        1000, ge=1, le=100_000,
+        description="Cardinality guard: cheaper servers beyond this fold into __other__.",
+    )
+    max_tags_per_server: int = Field(
+        20, ge=1, le=1000,
+        description="Cardinality guard: a server's tags beyond this fold into __other__.",
     )
 
     @field_validator("projects")
     @classmethod
     def _unique_ids(cls, projects: list[ProjectSettings]) -> list[ProjectSettings]:
-        seen: set[str] = set()
-        for project in projects:
-            if project.id in seen:
-                raise ValueError(f"project id {project.id!r} is listed twice")
-            seen.add(project.id)
+        _no_duplicate_projects(projects, {})
         return projects
+
+    @model_validator(mode="after")
+    def _teams_are_consistent(self) -> Settings:
+        if self.teams is None:
+            return self
+        if self.projects:
+            raise ValueError("top-level projects cannot be used with teams: list them "
+                             "under each team's projects")
+        names: set[str] = set()
+        owners: dict[str, str] = {}
+        for team in self.teams:
+            if team.name in names:
+                raise ValueError(f"team name {team.name!r} is used twice")
+            names.add(team.name)
+            _no_duplicate_projects(team.projects, owners, team.name)
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -161,9 +270,25 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls._yaml_file is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls._yaml_file))
+        yaml_file = _YAML_FILE.get()
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
         return tuple(sources)
+
+
+def _no_duplicate_projects(
+    projects: list[ProjectSettings], owners: dict[str, str], team: str = ""
+) -> None:
+    for project in projects:
+        if project.id in owners:
+            where = f" (teams {owners[project.id]!r} and {team!r})" if team else ""
+            raise ValueError(f"project id {project.id!r} is listed twice{where}")
+        owners[project.id] = team
+
+
+#: The YAML file `Settings` reads, for the duration of one `load_settings` call.
+_YAML_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_file",
+                                                                       default=None)
 
 
 def load_settings(path: Path | None, *, explicit: bool = False) -> Settings:
@@ -178,30 +303,55 @@ def load_settings(path: Path | None, *, explicit: bool = False) -> Settings:
         path = None
     if path is not None:
         _check_yaml(path)
-    _check_env_names(os.environ)
-    bound: type[Settings] = type("Settings", (Settings,), {"_yaml_file": path})
+    _check_env(os.environ)
+    token = _YAML_FILE.set(path)
     try:
-        return bound()
+        return Settings()
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+    except SettingsError:
+        # _check_env has read every complex value already; this is a last resort.
+        raise ConfigError(f"{ENV_PREFIX}*: a value is not valid JSON") from None
+    finally:
+        _YAML_FILE.reset(token)
 
 
-def _check_env_names(environ: Mapping[str, str]) -> None:
-    """pydantic-settings ignores unknown prefixed variables; a typo there must not."""
-    for name in environ:
+def _is_complex(annotation: Any) -> bool:
+    """Whether pydantic-settings reads the field's env value as JSON."""
+    if get_origin(annotation) in (Union, type(int | None)):
+        return any(_is_complex(arg) for arg in get_args(annotation))
+    if get_origin(annotation) in (list, dict):
+        return True
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _check_env(environ: Mapping[str, str]) -> None:
+    """pydantic-settings ignores unknown prefixed variables and tracebacks on bad JSON;
+    both must be one line naming the variable."""
+    for name, value in environ.items():
         if not name.upper().startswith(ENV_PREFIX):
             continue
         field = name[len(ENV_PREFIX):].split("__", 1)[0].lower()
         if field not in Settings.model_fields:
             raise ConfigError(f"{name}: unknown setting (check the spelling against the README)")
+        if "__" in name or not _is_complex(Settings.model_fields[field].annotation):
+            continue
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):
+            raise ConfigError(f"{name}: not valid JSON") from None
+        _check_size(parsed, name)
 
 
 def _check_yaml(path: Path) -> None:
-    """pydantic-settings parses the file again; this turns YAML errors into one line."""
+    """pydantic-settings parses the file again; this turns YAML errors into one line and
+    refuses files too deep or too large for a config (before anything walks them)."""
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config.file: {path}: cannot read: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config.file: {path}: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -209,83 +359,40 @@ def _check_yaml(path: Path) -> None:
         raise ConfigError(f"config.file: {path}:{where}: {problem}") from None
     if content is not None and not isinstance(content, dict):
         raise ConfigError(f"config.file: {path}: the top level must be a mapping")
+    _check_size(content, f"config.file: {path}")
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def _check_size(content: Any, where: str) -> None:
+    """Depth and expanded size, each shared (aliased) node counted once per use."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any, depth: int) -> int:
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+        if not isinstance(node, dict | list):
+            return 1
+        known = sizes.get(id(node))
+        if known is None:
+            children = node.values() if isinstance(node, dict) else node
+            known = 1 + sum(size(child, depth + 1) for child in children)
+            if known > MAX_CONFIG_VALUES:
+                raise ConfigError(f"{where}: more than {MAX_CONFIG_VALUES} values")
+            sizes[id(node)] = known
+        return known
+
+    size(content, 0)
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     """All problems on one line, each naming its field as a dotted path."""
     parts = []
-    for error in exc.errors(include_url=False):
+    for error in exc.errors(include_url=False, include_input=False):
         field = ".".join(str(p) for p in error["loc"]) or "config"
-        message = error["msg"].removeprefix("Value error, ")
+        message = " ".join(error["msg"].removeprefix("Value error, ").split())
         if error["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling against config.example.yaml)"
-        parts.append(f"{field}: {message}")
+            message = "unknown field (check the spelling against the documentation)"
+        parts.append(f"{prefix}{field}: {message}")
     return "; ".join(parts)
-
-
-TlsVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
-ClientAuth = Literal["NoClientCert", "RequestClientCert", "RequireAnyClientCert",
-                     "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
-
-
-class TlsServerConfig(_Section):
-    """`tls_server_config` of the Prometheus exporter-toolkit web-config.yml format."""
-
-    cert_file: Path
-    key_file: Path
-    client_auth_type: ClientAuth = "NoClientCert"
-    client_ca_file: Path | None = None
-    min_version: TlsVersion = "TLS12"
-    max_version: TlsVersion | None = None
-
-    @field_validator("cert_file", "key_file", "client_ca_file")
-    @classmethod
-    def _readable(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError(f"{path}: no such file")
-        return path
-
-    @model_validator(mode="after")
-    def _ca_when_verifying(self) -> TlsServerConfig:
-        if "Verify" in self.client_auth_type and self.client_ca_file is None:
-            raise ValueError(f"client_auth_type {self.client_auth_type} needs client_ca_file")
-        return self
-
-
-class HttpServerConfig(_Section):
-    headers: dict[str, str] = Field(default_factory=dict)
-    #: Accepted for compatibility with exporter-toolkit files; this server speaks HTTP/1.1.
-    http2: bool = True
-
-
-class WebConfig(_Section):
-    """The `--web.config.file`: TLS and basic auth, as Prometheus exporters configure them."""
-
-    tls_server_config: TlsServerConfig | None = None
-    http_server_config: HttpServerConfig = Field(default_factory=HttpServerConfig)
-    basic_auth_users: dict[str, SecretStr] = Field(default_factory=dict)
-
-    @field_validator("basic_auth_users")
-    @classmethod
-    def _bcrypt_hashes(cls, users: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for name, hashed in users.items():
-            if not hashed.get_secret_value().startswith(("$2a$", "$2b$", "$2y$")):
-                raise ValueError(f"user {name!r}: the password must be a bcrypt hash "
-                                 "(htpasswd -nBC 10 \"\" | tr -d ':\\n')")
-        return users
-
-
-def load_web_config(path: Path) -> WebConfig:
-    if not path.is_file():
-        raise ConfigError(f"web.config.file: {path}: no such file")
-    try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"web.config.file: {path}: {' '.join(str(exc).split())}") from None
-    try:
-        return WebConfig.model_validate(content)
-    except ValidationError as exc:
-        raise ConfigError(f"web.config.file: {format_validation_error(exc)}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,32 +402,32 @@ class TokenFileWarning:
 
 
 class TokenSource:
-    """Hands the client the current token, re-reading `token_file` when it changes.
+    """Hands the client the current token, re-reading a token file when it changes.
 
     Re-reading lets an operator rotate a Kubernetes/Docker secret without a restart;
-    the mtime+size check keeps it to one stat() per request.
+    the mtime+size check keeps it to one stat() per request. At run time a token that
+    cannot be read raises `TokenUnavailable` (counted, retried: a secret being rotated
+    can vanish for a moment); at start-up it is a `ConfigError`.
     """
 
-    def __init__(self, *, static: SecretStr | None = None, path: Path | None = None) -> None:
+    def __init__(self, *, static: SecretStr | None = None, path: Path | None = None,
+                 field: str = "api.token_file") -> None:
         if static is None and path is None:
             raise ConfigError(f"no API token: {_TOKEN_HINT}")
         self._static = static
         self._path = path
+        self._field = field
         self._lock = threading.Lock()
-        self._stamp: tuple[float, int] | None = None
+        self._stamp: tuple[float, int, int] | None = None
         self._cached: SecretStr | None = None
         if path is not None:
-            self.get()
+            try:
+                self.get()
+            except TokenUnavailable as exc:
+                raise ConfigError(str(exc)) from None
 
-    @classmethod
-    def from_environment(
-        cls, settings: Settings, environ: Mapping[str, str] | None = None
-    ) -> TokenSource:
-        environ = os.environ if environ is None else environ
-        raw = environ.get(TOKEN_ENV)
-        if raw is not None and raw.strip():
-            return cls(static=SecretStr(clean_token(raw, TOKEN_ENV)))
-        return cls(path=settings.api.token_file)
+    def __repr__(self) -> str:
+        return f"TokenSource(path={self._path!r})" if self._path else "TokenSource(static)"
 
     @property
     def path(self) -> Path | None:
@@ -333,17 +440,40 @@ class TokenSource:
         try:
             info = self._path.stat()
         except OSError as exc:
-            raise ConfigError(f"api.token_file: {self._path}: {exc.strerror}") from None
-        stamp = (info.st_mtime, info.st_size)
+            raise TokenUnavailable(f"{self._field}: {self._path}: {exc.strerror}") from None
+        stamp = (info.st_mtime, info.st_size, info.st_ino)
         with self._lock:
             if stamp != self._stamp or self._cached is None:
-                try:
-                    raw = self._path.read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise ConfigError(f"api.token_file: {self._path}: cannot read: {exc}") from None
-                self._cached = SecretStr(clean_token(raw, "api.token_file"))
+                self._cached = SecretStr(self._read())
                 self._stamp = stamp
             return self._cached
+
+    def _read(self) -> str:
+        assert self._path is not None
+        try:
+            with self._path.open("rb") as handle:
+                raw = handle.read(MAX_TOKEN_CHARS + 1)
+        except OSError as exc:
+            raise TokenUnavailable(f"{self._field}: {self._path}: cannot read: "
+                                   f"{exc.strerror}") from None
+        try:
+            return clean_token(raw.decode("utf-8"), self._field)
+        except UnicodeDecodeError:
+            raise TokenUnavailable(f"{self._field}: the API token is not text") from None
+        except ConfigError as exc:
+            raise TokenUnavailable(str(exc)) from None
+
+    def current(self) -> str | None:
+        """The last token read, without touching the file: for the log redactor."""
+        if self._static is not None:
+            return self._static.get_secret_value()
+        with self._lock:
+            return self._cached.get_secret_value() if self._cached else None
+
+    def reload(self) -> None:
+        """Forget the cached token: the next request reads the file again (SIGHUP)."""
+        with self._lock:
+            self._stamp = None
 
     def permission_warning(self) -> TokenFileWarning | None:
         """Set when the token file can be read by every user of the machine."""
@@ -359,10 +489,60 @@ class TokenSource:
 
 
 def clean_token(raw: str, field: str) -> str:
-    """Strip whitespace and a pasted `Bearer ` prefix: the API wants the raw token."""
+    """Strip whitespace and a pasted `Bearer ` prefix: the API wants the raw token,
+    which goes into an HTTP header, so it must be printable ASCII without spaces."""
+    if len(raw) > MAX_TOKEN_CHARS:
+        raise ConfigError(f"{field}: the API token is longer than {MAX_TOKEN_CHARS} characters")
     token = re.sub(r"(?i)^\s*bearer(\s+|$)", "", raw).strip()
     if not token:
         raise ConfigError(f"{field}: the API token is empty; {_TOKEN_HINT}")
+    if not token.isascii():
+        raise ConfigError(f"{field}: the API token holds non-ASCII characters")
     if any(ch.isspace() for ch in token) or not token.isprintable():
         raise ConfigError(f"{field}: the API token contains whitespace or control characters")
     return token
+
+
+@dataclass(frozen=True, slots=True)
+class TeamConfig:
+    """One API key and what to poll with it, resolved from the settings and env."""
+
+    #: The `team` label; None takes the team's slug from /projects ("default" without).
+    name: str | None
+    token: TokenSource
+    requests_per_minute: float
+    currency: str | None
+    projects: tuple[ProjectSettings, ...]
+
+    @property
+    def label(self) -> str:
+        return self.name or "default"
+
+
+def resolve_teams(settings: Settings, environ: Mapping[str, str] | None = None) -> list[TeamConfig]:
+    """Every team with its token source; a missing token is a ConfigError naming it."""
+    environ = os.environ if environ is None else environ
+    if settings.teams is None:
+        raw = environ.get(TOKEN_ENV)
+        if raw is not None and raw.strip():
+            token = TokenSource(static=SecretStr(clean_token(raw, TOKEN_ENV)))
+        else:
+            token = TokenSource(path=settings.api.token_file)
+        return [TeamConfig(None, token, settings.api.requests_per_minute, settings.currency,
+                           tuple(settings.projects))]
+    teams = []
+    for index, team in enumerate(settings.teams):
+        field = f"teams.{index}"
+        if team.token_env is not None:
+            raw = environ.get(team.token_env)
+            if raw is None or not raw.strip():
+                raise ConfigError(f"{field}.token_env: {team.token_env} is not set")
+            token = TokenSource(static=SecretStr(clean_token(raw, f"{field}.token_env")))
+        else:
+            token = TokenSource(path=team.token_file, field=f"{field}.token_file")
+        teams.append(TeamConfig(
+            team.name, token,
+            team.requests_per_minute or settings.api.requests_per_minute,
+            team.currency, tuple(team.projects),
+        ))
+    return teams

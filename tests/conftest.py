@@ -1,35 +1,57 @@
-"""Shared helpers: the fake API over real sockets, polling with deadlines, scraping."""
+"""Shared helpers: the fake API over real sockets, polling with deadlines, scraping,
+the exporter as a real process, and hostile inputs run under a memory limit."""
 
 from __future__ import annotations
 
-import gc
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from exporter.client import LatitudeClient
-from exporter.demo import DemoAccount, DemoApi
+from exporter.exposition import Exposition
+from exporter.httpserver import HttpServer
+from exporter.web import WebApp
+from exporter.webconfig import WebSettings
+from exporter.collector import ProjectCollector, TeamCollector
+from exporter.demo import DemoAccount
+from exporter.models import BillingUsageDocument, parse_document
 from exporter.ratelimit import RequestBudget
+from exporter.snapshot import Limits, SnapshotStore, build_usage
+from tests.fakeapi import FakeApi
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+GOLDEN = Path(__file__).resolve().parent / "golden"
 TOKEN = "lat_test_0123456789abcdef"
 #: A fixed instant, so the simulated account's figures are exact.
 FIXED_NOW = 1_795_000_000.0
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Property tests assert properties; CI runs enough examples to mean something, and a
+# local run stays quick. Derandomized: the same examples each run, no flaky surprises.
+settings.register_profile("default", max_examples=40, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow,
+                                                 HealthCheck.data_too_large,
+                                                 HealthCheck.filter_too_much])
+settings.load_profile("default")
 
 
 def load_fixture(name: str) -> Any:
@@ -70,40 +92,100 @@ def frozen_account(**kwargs: Any) -> DemoAccount:
 
 
 @pytest.fixture
-def demo_api() -> Iterator[DemoApi]:
-    with DemoApi(frozen_account(), token=TOKEN) as api:
+def fake_api() -> Iterator[FakeApi]:
+    with FakeApi(frozen_account(token=TOKEN)) as api:
         yield api
 
 
-_OPEN_CLIENTS: list[LatitudeClient] = []
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., LatitudeClient]]:
+    """Clients with fast backoff, closed after the test."""
+    made: list[LatitudeClient] = []
+
+    def make(url: str, *, token: str = TOKEN, budget: RequestBudget | None = None,
+             **kwargs: Any) -> LatitudeClient:
+        kwargs.setdefault("backoff_base", 0.001)
+        kwargs.setdefault("timeout", 5.0)
+        client = LatitudeClient(token=lambda: SecretStr(token),
+                                budget=budget or RequestBudget(1e6), base_url=url, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
 
 
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _OPEN_CLIENTS:
-        _OPEN_CLIENTS.pop().close()
+def usage_of(payload: dict[str, Any] | bytes, project: str, *, currency: str = "USD",
+             limits: Limits = Limits()) -> Any:  # noqa: B008 (frozen)
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    attributes = parse_document(BillingUsageDocument, body).usage_for(project)
+    assert attributes is not None
+    return build_usage(project, attributes, currency=currency, limits=limits)
 
 
-@pytest.fixture(autouse=True)
-def _collect_garbage_after_each_test() -> Iterator[None]:
-    """A socket or file left open in a reference cycle warns only when the collector
-    runs, which is whenever it happens to: collecting after every test puts the
-    ResourceWarning (an error here) on the test that leaked, or close behind it when
-    something (a timer thread, say) keeps the object reachable a while longer."""
-    yield
-    gc.collect()
+def store_with(*payloads: tuple[str, dict[str, Any], str], team: str = "default",
+               limits: Limits = Limits()) -> SnapshotStore:  # noqa: B008 (frozen)
+    """A store holding one successful poll of each (project id, answer, currency)."""
+    store = SnapshotStore()
+    store.add_team(team)
+    store.set_projects(team, ((pid, "") for pid, _, _ in payloads))
+    for pid, payload, currency in payloads:
+        store.record_success(usage_of(payload, pid, currency=currency, limits=limits),
+                             duration=0.25, now=1_795_000_000.0)
+    return store
 
 
-def make_client(url: str, *, token: str = TOKEN, budget: RequestBudget | None = None,
-                **kwargs: Any) -> LatitudeClient:
-    """A client with fast backoff, closed after the test."""
-    kwargs.setdefault("backoff_base", 0.001)
-    kwargs.setdefault("timeout", 5.0)
-    client = LatitudeClient(token=lambda: SecretStr(token),
-                            budget=budget or RequestBudget(1e6), base_url=url, **kwargs)
-    _OPEN_CLIENTS.append(client)
-    return client
+def reference_exposition(store: SnapshotStore) -> bytes:
+    """What prometheus_client renders for the store: the exposition's reference."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProjectCollector(store.view))
+    registry.register(TeamCollector(store.view))
+    return generate_latest(registry)
+
+
+NEW = "proj_r0MK4O4kDa95w"
+TRICKY = {"data": {"attributes": {
+    "project": {"id": "proj_tricky", "slug": 'quote"slash\\', "name": "Café Ωmega\nline two"},
+    "price": 150, "products": [
+        {"id": "si_x", "name": 'GPU "big" \\ box', "resource": "bare_metal", "unit": "hour",
+         "usage_type": "metered", "price": 150, "quantity": 1.5,
+         "metadata": {"id": "sv_1", "hostname": "hôte-01", "plan": "plan\\with\\slashes",
+                      "tags": ['a "tag"']}},
+    ],
+}}}
+
+
+def golden_store() -> SnapshotStore:
+    """Both answer shapes and every escaping case, as the golden file shows them."""
+    return store_with(
+        (NEW, load_fixture("billing_usage_new.json"), "USD"),
+        ("proj_old", load_fixture("billing_usage_old.json"), "BRL"),
+        ("proj_tricky", TRICKY, "EUR"),
+    )
+
+
+
+def exposition_of(store: SnapshotStore) -> Exposition:
+    """The exposition as the CLI wires it (without process metrics: deterministic)."""
+    tail = CollectorRegistry(auto_describe=False)
+    tail.register(TeamCollector(store.view))
+    exposition = Exposition(tail)
+    store.subscribe(exposition)
+    return exposition
+
+
+@contextmanager
+def serving(store: SnapshotStore, *, web: WebSettings = WebSettings(),  # noqa: B008
+            telemetry_path: str = "/metrics", **server: Any) -> Iterator[HttpServer]:
+    """The HTTP side exactly as the CLI wires it, on a free local port."""
+    app = WebApp(exposition_of(store), store.view, telemetry_path=telemetry_path, web=web)
+    http = HttpServer(app, "127.0.0.1", 0, web=web, **server)
+    http.start()
+    try:
+        yield http
+    finally:
+        http.stop()
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -135,14 +217,53 @@ def http_get(url: str, headers: dict[str, str] | None = None,
         return exc.code, dict(exc.headers), exc.read()
 
 
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_bounded(code: str, *, memory_mib: int = 600, timeout: float = 60.0,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run Python `code` in a child limited to `memory_mib` of address space, so that a
+    blow-up fails the test (MemoryError, non-zero exit) instead of the machine."""
+    limit = memory_mib * 1024 * 1024
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+        timeout=timeout, cwd=ROOT, preexec_fn=limit_memory,  # noqa: PLW1509
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, check=False,
+    )
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`latitudesh-exporter ARGS` to its end, without the caller's exporter settings."""
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("LATITUDESH_EXPORTER_", "LATITUDESH_AUTH"))}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
+                          text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout,
+                          check=False)
+
+
+def api_env(api: FakeApi, **extra: str) -> dict[str, str]:
+    """An exporter's environment for the fake API: its token, fast, few retries."""
+    return {"LATITUDESH_AUTH_TOKEN": TOKEN, "LATITUDESH_EXPORTER_API__BASE_URL": api.url,
+            "LATITUDESH_EXPORTER_API__REQUESTS_PER_MINUTE": "6000",
+            "LATITUDESH_EXPORTER_API__MAX_RETRIES": "1", **extra}
+
+
 class ExporterProcess:
-    """`latitudesh-exporter` as a real process, its stderr kept for assertions."""
+    """`latitudesh-exporter` as a real process, its output kept for assertions."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, tmp: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"exporter-{self.port}.log"
+        folder = tmp or Path(os.environ.get("TMPDIR", "/tmp"))
+        self.log_path = folder / f"exporter-{self.port}-{os.getpid()}.log"
         full_env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("LATITUDESH_EXPORTER_", "LATITUDESH_AUTH"))}
         full_env.update(env or {})

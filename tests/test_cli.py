@@ -3,121 +3,149 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+import bcrypt
 import pytest
+import trustme
+import yaml
 
 from exporter import __version__
-from exporter.demo import DemoApi, Fault
 from tests.conftest import (
-    ROOT,
     TOKEN,
     ExporterProcess,
+    api_env,
+    http_get,
     parse_samples,
     require_binary,
+    run_cli,
     sample,
     wait_for,
 )
-
-
-def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("LATITUDESH_EXPORTER_", "LATITUDESH_AUTH"))}
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout,
-                          check=False)
+from tests.fakeapi import FakeApi, Fault
 
 
 def test_version() -> None:
-    result = run("--version")
+    result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.startswith(f"latitudesh-exporter {__version__}")
 
 
 def test_bad_flag_exits_2_with_one_line() -> None:
-    result = run("--no-such-flag")
+    result = run_cli("--no-such-flag")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "--no-such-flag" in result.stderr
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "env", "message"),
     [
-        (["--web.listen-address", "nonsense"], "web.listen-address: 'nonsense' is not HOST:PORT"),
-        (["--web.telemetry-path", "metrics"], "web.telemetry-path: must start with /"),
-        (["--config.file", "/nonexistent.yaml"], "config.file: /nonexistent.yaml: no such file"),
+        (["--web.listen-address", "nonsense"], {},
+         "web.listen-address: 'nonsense' is not HOST:PORT"),
+        (["--web.listen-address", ":99999"], {}, "web.listen-address: ':99999' is not"),
+        (["--web.telemetry-path", "metrics"], {}, "web.telemetry-path: must start with /"),
+        (["--config.file", "/nonexistent.yaml"], {},
+         "config.file: /nonexistent.yaml: no such file"),
+        (["--web.config.file", "/nonexistent.yml"], {},
+         "web.config.file: /nonexistent.yml: no such file"),
+        ([], {"LATITUDESH_EXPORTER_TEAMS": "[{"}, "LATITUDESH_EXPORTER_TEAMS: not valid JSON"),
+        ([], {"LATITUDESH_EXPORTER_API__BASE_URL": "https://api:70000"},
+         "api.base_url: is not a valid URL"),
+        ([], {"LATITUDESH_AUTH_TOKEN": "клю"}, "the API token holds non-ASCII characters"),
     ],
 )
-def test_bad_settings_exit_2_with_one_line(args: list[str], message: str) -> None:
-    result = run(*args, env={"LATITUDESH_AUTH_TOKEN": TOKEN})
+def test_bad_settings_exit_2_with_one_line(args: list[str], env: dict[str, str],
+                                           message: str) -> None:
+    result = run_cli(*args, env={"LATITUDESH_AUTH_TOKEN": TOKEN, **env})
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_bad_config_file_names_the_field(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("poll:\n  interval_seconds: -5\n")
-    result = run("--config.file", str(config), env={"LATITUDESH_AUTH_TOKEN": TOKEN})
+    result = run_cli("--config.file", str(config), env={"LATITUDESH_AUTH_TOKEN": TOKEN})
     assert result.returncode == 2
     assert result.stderr.strip() == ("latitudesh-exporter: config error: poll.interval_seconds: "
                                      "Input should be greater than or equal to 1")
 
 
 def test_missing_token_says_how_to_set_it(tmp_path: Path) -> None:
-    result = run(cwd=tmp_path)
+    result = run_cli(cwd=tmp_path)
     assert result.returncode == 2
     assert "set the LATITUDESH_AUTH_TOKEN environment variable or api.token_file" in \
         result.stderr
 
 
-def test_check_config_summarises_without_the_secret(tmp_path: Path) -> None:
-    result = run("--check-config", env={"LATITUDESH_AUTH_TOKEN": TOKEN}, cwd=tmp_path)
+def test_check_config_checks_the_key_with_one_request(fake_api: FakeApi,
+                                                     tmp_path: Path) -> None:
+    result = run_cli("--check-config", env=api_env(fake_api), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("config OK")
-    assert "LATITUDESH_AUTH_TOKEN environment variable" in result.stdout
-    assert "every project of the team" in result.stdout
+    assert "team default: key from environment" in result.stdout
+    assert "accepted; sees at least one project; currency USD; team demo-us" in result.stdout
     assert TOKEN not in result.stdout + result.stderr
+    assert fake_api.request_count() == 1
+    (request,) = fake_api.requests
+    assert request.path == "/projects"
 
 
-def test_demo_once_prints_valid_metrics() -> None:
-    result = run("--demo", "--once")
+def test_check_config_with_a_rejected_key_exits_2(fake_api: FakeApi, tmp_path: Path) -> None:
+    result = run_cli("--check-config", env={**api_env(fake_api),
+                                            "LATITUDESH_AUTH_TOKEN": "wrong-key-123"},
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert "REJECTED (unauthorized" in result.stdout
+    assert "wrong-key-123" not in result.stdout + result.stderr
+
+
+def test_check_config_loads_the_web_config(fake_api: FakeApi, tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"bob": "$2b$10$" + "x" * 53}}))
+    result = run_cli("--check-config", "--web.config.file", str(web), env=api_env(fake_api),
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"web.config.file: {web}: basic_auth_users: user 'bob'" in result.stderr
+    good = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"bob": good}}))
+    result = run_cli("--check-config", "--web.config.file", str(web), env=api_env(fake_api),
+                     cwd=tmp_path)
+    assert result.returncode == 0
+    assert "basic auth users: 1" in result.stdout
+
+
+def test_plain_http_to_another_host_is_warned_about(fake_api: FakeApi, tmp_path: Path) -> None:
+    env = {**api_env(fake_api), "LATITUDESH_EXPORTER_API__BASE_URL": "http://api.example:9"}
+    result = run_cli("--check-config", env=env, cwd=tmp_path, timeout=60)
+    assert "api.base_url is plain http: the API token travels unencrypted" in result.stderr
+    quiet = run_cli("--check-config", env=api_env(fake_api), cwd=tmp_path)
+    assert "plain http" not in quiet.stderr
+
+
+def test_demo_once_prints_valid_metrics_for_both_teams() -> None:
+    result = run_cli("--demo", "--once")
     assert result.returncode == 0, result.stderr
     samples = parse_samples(result.stdout)
-    for project in ("proj_demo_web", "proj_demo_gpu", "proj_demo_data", "proj_demo_dev"):
+    for project in ("proj_demo_web", "proj_demo_gpu", "proj_demo_data", "proj_demo_dev",
+                    "proj_demo_loja"):
         assert sample(samples, "latitudesh_up", project_id=project) == 1.0
+    assert sample(samples, "latitudesh_project_info", project_id="proj_demo_loja",
+                  team="demo-br", currency="BRL") == 1.0
     promtool = require_binary("promtool")
     check = subprocess.run([promtool, "check", "metrics"], input=result.stdout.encode(),
                            capture_output=True, check=False)
     assert check.returncode == 0, check.stderr
 
 
-@pytest.fixture
-def api() -> Iterator[DemoApi]:
-    from tests.conftest import frozen_account
-
-    with DemoApi(frozen_account(), token=TOKEN) as demo:
-        yield demo
-
-
-def real_env(api: DemoApi, **extra: str) -> dict[str, str]:
-    return {"LATITUDESH_AUTH_TOKEN": TOKEN, "LATITUDESH_EXPORTER_API__BASE_URL": api.url,
-            "LATITUDESH_EXPORTER_API__REQUESTS_PER_MINUTE": "6000",
-            "LATITUDESH_EXPORTER_API__MAX_RETRIES": "1", **extra}
-
-
-def test_once_exits_1_when_a_project_fails(api: DemoApi, tmp_path: Path) -> None:
-    api.inject(Fault("status", status=403), project="proj_demo_dev", times=None)
-    result = run("--once", env=real_env(api), cwd=tmp_path)
+def test_once_exits_1_when_a_project_fails(fake_api: FakeApi, tmp_path: Path) -> None:
+    fake_api.inject(Fault("status", status=403), project="proj_demo_dev", times=None)
+    result = run_cli("--once", env=api_env(fake_api), cwd=tmp_path)
     assert result.returncode == 1
     samples = parse_samples(result.stdout)
     assert sample(samples, "latitudesh_up", project_id="proj_demo_dev") == 0.0
@@ -126,10 +154,39 @@ def test_once_exits_1_when_a_project_fails(api: DemoApi, tmp_path: Path) -> None
                   reason="forbidden") == 1.0
 
 
-def test_daemon_serves_exact_figures_from_the_api(api: DemoApi, tmp_path: Path) -> None:
-    """The issue's end-to-end: fake API over sockets → daemon → /metrics → parser."""
-    expected = api.account.usage(api.account.projects["proj_demo_gpu"])["data"]["attributes"]
-    exporter = ExporterProcess([], env=real_env(api), cwd=tmp_path)
+def test_once_never_crashes_on_unencodable_names(fake_api: FakeApi, tmp_path: Path) -> None:
+    body = ('{"data": {"attributes": {"project": {"id": "proj_demo_web", "name": "x\\ud800"},'
+            ' "price": 5, "products": [{"id": "s\\udfff", "name": "\\u0007", "price": 5}]}}}')
+    fake_api.inject(Fault("body", body=body), project="proj_demo_web", times=None)
+    result = run_cli("--once", env=api_env(fake_api), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "\ufffd" in result.stdout
+    assert sample(parse_samples(result.stdout), "latitudesh_up", project_id="proj_demo_web") \
+        == 1.0
+
+
+def test_ctrl_c_during_once_exits_130_at_once_without_a_traceback(
+    fake_api: FakeApi, tmp_path: Path
+) -> None:
+    fake_api.inject(Fault("delay", delay=30), times=None)
+    env = api_env(fake_api, LATITUDESH_EXPORTER_API__TIMEOUT_SECONDS="60")
+    process = ExporterProcess(["--once"], env=env, cwd=tmp_path, tmp=tmp_path)
+    wait_for(lambda: fake_api.arrivals > 0, timeout=20, message="a request in flight")
+    started = time.monotonic()
+    process.proc.send_signal(signal.SIGINT)
+    assert process.proc.wait(timeout=10) == 130
+    assert time.monotonic() - started < 3.0
+    output = process.output()
+    process.stop()
+    assert "Traceback" not in output
+    assert 'msg=interrupted' in output
+
+
+def test_daemon_serves_exact_figures_from_the_api(fake_api: FakeApi, tmp_path: Path) -> None:
+    """Fake API over sockets → daemon → /metrics → parser."""
+    account = fake_api.account
+    expected = account.usage(account.projects["proj_demo_gpu"])["data"]["attributes"]
+    exporter = ExporterProcess([], env=api_env(fake_api), cwd=tmp_path, tmp=tmp_path)
     try:
         exporter.wait_ready()
         samples = exporter.scrape()
@@ -146,16 +203,16 @@ def test_daemon_serves_exact_figures_from_the_api(api: DemoApi, tmp_path: Path) 
                       project_id="proj_demo_gpu", product_id="si_gpu") == 50.0
         assert sample(samples, "latitudesh_billing_threshold",
                       project_id="proj_demo_data") is None
-        assert sample(samples, "latitudesh_api_requests_total", endpoint="/billing/usage",
-                      code="200") == 4.0
+        assert sample(samples, "latitudesh_api_requests_total", team="demo-us",
+                      endpoint="/billing/usage", code="200") == 4.0
         assert sample(samples, "latitudesh_last_success_timestamp_seconds",
                       project_id="proj_demo_gpu") == pytest.approx(time.time(), abs=60)
     finally:
         assert exporter.stop() == 0
 
 
-def test_sigterm_stops_promptly_and_cleanly() -> None:
-    exporter = ExporterProcess(["--demo"])
+def test_sigterm_stops_promptly_and_cleanly(tmp_path: Path) -> None:
+    exporter = ExporterProcess(["--demo"], tmp=tmp_path)
     exporter.wait_ready()
     started = time.monotonic()
     exporter.proc.send_signal(signal.SIGTERM)
@@ -165,17 +222,15 @@ def test_sigterm_stops_promptly_and_cleanly() -> None:
     exporter.stop()
 
 
-def test_sigterm_during_a_slow_poll_still_exits_within_5_seconds(api: DemoApi,
+def test_sigterm_during_a_slow_poll_still_exits_within_5_seconds(fake_api: FakeApi,
                                                                   tmp_path: Path) -> None:
-    env = real_env(api, LATITUDESH_EXPORTER_API__TIMEOUT_SECONDS="60",
-                   LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="1")
-    exporter = ExporterProcess([], env=env, cwd=tmp_path)
+    env = api_env(fake_api, LATITUDESH_EXPORTER_API__TIMEOUT_SECONDS="60",
+                  LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="1")
+    exporter = ExporterProcess([], env=env, cwd=tmp_path, tmp=tmp_path)
     exporter.wait_ready()
-    api.inject(Fault("delay", delay=30), times=None)
-    answered = len(api.requests)
-    arrived = api.arrivals
-    wait_for(lambda: api.arrivals > arrived, timeout=20, message="a slow request in flight")
-    assert len(api.requests) <= answered + 1  # the new one is stuck in the delay
+    fake_api.inject(Fault("delay", delay=30), times=None)
+    arrived = fake_api.arrivals
+    wait_for(lambda: fake_api.arrivals > arrived, timeout=20, message="a slow request in flight")
     started = time.monotonic()
     exporter.proc.send_signal(signal.SIGTERM)
     assert exporter.proc.wait(timeout=10) == 0
@@ -183,8 +238,44 @@ def test_sigterm_during_a_slow_poll_still_exits_within_5_seconds(api: DemoApi,
     exporter.stop()
 
 
-def test_json_logs_are_one_object_per_line() -> None:
-    exporter = ExporterProcess(["--demo", "--log.format", "json"])
+def test_sighup_rereads_the_token_file_and_web_config_keeping_data(
+    fake_api: FakeApi, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    web = tmp_path / "web.yml"
+    web.write_text("{}\n")
+    env = api_env(fake_api, LATITUDESH_EXPORTER_API__TOKEN_FILE=str(token_file))
+    del env["LATITUDESH_AUTH_TOKEN"]
+    exporter = ExporterProcess(["--web.config.file", str(web)], env=env, cwd=tmp_path,
+                               tmp=tmp_path)
+    try:
+        exporter.wait_ready()
+        before = exporter.scrape()
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1")
+        cert.cert_chain_pems[0].write_to_path(tmp_path / "tls.crt")
+        cert.private_key_pem.write_to_path(tmp_path / "tls.key")
+        web.write_text(yaml.safe_dump({"tls_server_config": {
+            "cert_file": str(tmp_path / "tls.crt"), "key_file": str(tmp_path / "tls.key")}}))
+        exporter.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "msg=reloaded" in exporter.output(), message="the reload")
+        assert exporter.proc.poll() is None  # SIGHUP no longer kills the process
+        with pytest.raises(OSError):  # new connections now need TLS
+            http_get(exporter.url + "/healthz", timeout=3)
+        web.write_text("tls_server_config: {cert_file: /nope}\n")  # a broken reload...
+        exporter.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "web config not reloaded" in exporter.output(), message="refusal")
+        assert exporter.proc.poll() is None  # ...keeps the one in use
+        assert sample(before, "latitudesh_up", project_id="proj_demo_web") == 1.0
+    finally:
+        assert exporter.stop() == 0
+    assert TOKEN not in exporter.output()
+
+
+def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
+    exporter = ExporterProcess(["--demo", "--log.format", "json"], tmp=tmp_path)
     exporter.wait_ready()
     exporter.stop()
     lines = [line for line in exporter.output().splitlines() if line.strip()]
@@ -193,23 +284,23 @@ def test_json_logs_are_one_object_per_line() -> None:
     assert all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
 
 
-def test_logfmt_logs_quote_values_with_spaces() -> None:
-    exporter = ExporterProcess(["--demo"])
+def test_logfmt_logs_quote_values_with_spaces(tmp_path: Path) -> None:
+    exporter = ExporterProcess(["--demo"], tmp=tmp_path)
     exporter.wait_ready()
     exporter.stop()
     listening = next(line for line in exporter.output().splitlines() if "listening" in line)
-    assert "level=info" in listening and 'msg=listening' in listening
+    assert "level=info" in listening and "msg=listening" in listening
     assert "address=127.0.0.1:" in listening
 
 
-def test_daemon_polls_again_on_schedule(api: DemoApi, tmp_path: Path) -> None:
-    env = real_env(api, LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="1")
-    exporter = ExporterProcess([], env=env, cwd=tmp_path)
+def test_daemon_polls_again_on_schedule(fake_api: FakeApi, tmp_path: Path) -> None:
+    env = api_env(fake_api, LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="1")
+    exporter = ExporterProcess([], env=env, cwd=tmp_path, tmp=tmp_path)
     try:
         exporter.wait_ready()
-        wait_for(lambda: api.request_count("/billing/usage", "proj_demo_web") >= 3, timeout=20,
-                 message="three polls of one project")
-        api.inject(Fault("status", status=500), project="proj_demo_web", times=None)
+        wait_for(lambda: fake_api.request_count("/billing/usage", "proj_demo_web") >= 3,
+                 timeout=20, message="three polls of one project")
+        fake_api.inject(Fault("status", status=500), project="proj_demo_web", times=None)
         wait_for(lambda: sample(exporter.scrape(), "latitudesh_up",
                                 project_id="proj_demo_web") == 0.0,
                  timeout=20, message="up to drop to 0")

@@ -1,123 +1,92 @@
-"""The simulated API speaks the real API's language: its answers validate against the spec."""
+"""The simulated API speaks the real API's language: its answers validate against the
+spec (the repository's own copy), in both shapes, and its figures follow the clock."""
 
 from __future__ import annotations
 
 import copy
 import json
-import re
-from functools import cache
-from typing import Any
 
-import jsonschema
 import pytest
-import yaml
 
-from exporter.demo import DemoAccount, DemoApi, Fault
-from tests.conftest import SHARED, TOKEN, http_get, load_fixture
+from exporter.demo import DEMO_TOKENS, DemoAccount, DemoApi, default_accounts
+from tests.conftest import TOKEN, http_get, load_fixture
+from tests.spec import billing_validator, copy as spec_copy, errors_of, projects_validator
 
-SPEC = SHARED / "latitude" / "latitudesh-openapi.2026-07-16.json"
-SEED = SHARED / "seeds" / "billing-usage-endpoint.md"
-
-
-def to_json_schema(node: Any, *, strict: bool) -> Any:
-    """OpenAPI 3.0 schema → JSON Schema: `nullable` becomes a null type; with `strict`,
-    objects with declared properties refuse undeclared ones (the demo must not invent)."""
-    if isinstance(node, list):
-        return [to_json_schema(item, strict=strict) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: to_json_schema(v, strict=strict) for k, v in node.items()
-           if k not in ("nullable", "example", "x-speakeasy-unknown-values")}
-    if node.get("nullable"):
-        if "type" in out:
-            out["type"] = [out["type"], "null"]
-        if "enum" in out:
-            out["enum"] = [*out["enum"], None]
-    if strict and out.get("type") == "object" and "properties" in out:
-        out.setdefault("additionalProperties", False)
-    return out
-
-
-@cache
-def spec() -> dict[str, Any]:
-    return json.loads(SPEC.read_text())
-
-
-def newest_validator(schema_name: str, *, strict: bool = True) -> jsonschema.Draft7Validator:
-    root = {"$ref": f"#/components/schemas/{schema_name}",
-            "components": to_json_schema(spec()["components"], strict=strict)}
-    return jsonschema.Draft7Validator(root, format_checker=jsonschema.FormatChecker())
-
-
-@cache
-def seed_schema() -> dict[str, Any]:
-    text = SEED.read_text()
-    block = re.search(r"````yaml[^\n]*\n(.*?)````", text, re.DOTALL)
-    assert block is not None
-    document = yaml.safe_load(block.group(1))
-    return to_json_schema(document["components"]["schemas"]["billing_usage"], strict=False)
-
-
-def seed_validator() -> jsonschema.Draft7Validator:
-    return jsonschema.Draft7Validator(seed_schema(), format_checker=jsonschema.FormatChecker())
-
-
-def errors_of(validator: jsonschema.Draft7Validator, document: Any) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in validator.iter_errors(document)]
+ACCOUNTS = default_accounts()
+PROJECTS = [(account, project_id) for account in ACCOUNTS for project_id in account.projects]
 
 
 def test_the_schemas_really_differ() -> None:
-    newest = spec()["components"]["schemas"]["billing_usage"]
+    newest = spec_copy()["billing_usage"]["newest"]
     product = newest["properties"]["data"]["properties"]["attributes"]["properties"][
         "products"]["items"]["properties"]
     assert "GB" in product["unit"]["enum"] and "servers" in product["metadata"]["properties"]
-    old_product = seed_schema()["properties"]["data"]["properties"]["attributes"][
-        "properties"]["products"]["items"]["properties"]
-    assert "GB" not in old_product["unit"]["enum"] and "hostname" in old_product["metadata"][
-        "properties"]
+    seed = spec_copy()["billing_usage"]["seed"]
+    old_product = seed["properties"]["data"]["properties"]["attributes"]["properties"][
+        "products"]["items"]["properties"]
+    assert "GB" not in old_product["unit"]["enum"]
+    assert "hostname" in old_product["metadata"]["properties"]
 
 
-@pytest.mark.parametrize("project", ["proj_demo_web", "proj_demo_gpu", "proj_demo_data",
-                                     "proj_demo_dev"])
-def test_demo_usage_validates_strictly_against_the_newest_spec(project: str) -> None:
-    account = DemoAccount()
+@pytest.mark.parametrize(("account", "project"), PROJECTS,
+                         ids=[p for _, p in PROJECTS])
+def test_demo_usage_validates_strictly_against_the_newest_spec(account: DemoAccount,
+                                                               project: str) -> None:
     document = account.usage(account.projects[project])
-    assert errors_of(newest_validator("billing_usage"), document) == []
+    assert errors_of(billing_validator("newest"), document) == []
 
 
-@pytest.mark.parametrize("project", ["proj_demo_web", "proj_demo_gpu", "proj_demo_data",
-                                     "proj_demo_dev"])
-def test_demo_old_shape_validates_against_the_seed_schema(project: str) -> None:
-    account = DemoAccount(shape="old")
-    document = account.usage(account.projects[project])
-    assert errors_of(seed_validator(), document) == []
+@pytest.mark.parametrize(("account", "project"), PROJECTS,
+                         ids=[p for _, p in PROJECTS])
+def test_demo_old_shape_validates_against_the_seed_schema(account: DemoAccount,
+                                                          project: str) -> None:
+    document = account.usage(account.projects[project], "old")
+    assert errors_of(billing_validator("seed", strict=False), document) == []
     attributes = document["data"]["attributes"]
     assert "amount" not in attributes
     assert all("servers" not in p["metadata"] for p in attributes["products"])
 
 
 def test_fixtures_validate_against_their_schemas() -> None:
-    assert errors_of(newest_validator("billing_usage"),
-                     load_fixture("billing_usage_new.json")) == []
-    assert errors_of(seed_validator(), load_fixture("billing_usage_old.json")) == []
+    assert errors_of(billing_validator("newest"), load_fixture("billing_usage_new.json")) == []
+    assert errors_of(billing_validator("seed", strict=False),
+                     load_fixture("billing_usage_old.json")) == []
+    assert errors_of(projects_validator(), load_fixture("projects_page.json")) == []
 
 
 def test_the_validator_catches_a_wrong_answer() -> None:
-    document = DemoAccount().usage(DemoAccount().projects["proj_demo_web"])
-    broken = copy.deepcopy(document)
+    account = ACCOUNTS[0]
+    broken = copy.deepcopy(account.usage(account.projects["proj_demo_web"]))
     broken["data"]["attributes"]["products"][0]["unit"] = "petaflop"
     broken["data"]["attributes"]["invented"] = 1
-    assert len(errors_of(newest_validator("billing_usage"), broken)) == 2
+    assert len(errors_of(billing_validator("newest"), broken)) == 2
 
 
-def test_demo_projects_validate_against_the_spec() -> None:
-    schema = spec()["paths"]["/projects"]["get"]["responses"]["200"]["content"][
-        "application/vnd.api+json"]["schema"]
-    root = {**to_json_schema(schema, strict=False),
-            "components": to_json_schema(spec()["components"], strict=False)}
-    validator = jsonschema.Draft7Validator(root)
-    assert errors_of(validator, {"data": DemoAccount().project_resources(), "meta": {}}) == []
+@pytest.mark.parametrize("account", ACCOUNTS, ids=[a.team.slug for a in ACCOUNTS])
+def test_demo_projects_validate_against_the_spec(account: DemoAccount) -> None:
+    page = {"data": account.project_resources(), "meta": {}}
+    assert errors_of(projects_validator(), page) == []
+
+
+def test_two_teams_in_two_currencies_behind_two_keys() -> None:
+    us, br = ACCOUNTS
+    assert (us.team.slug, us.currency, us.token) == ("demo-us", "USD", DEMO_TOKENS[0])
+    assert (br.team.slug, br.currency, br.token) == ("demo-br", "BRL", DEMO_TOKENS[1])
+    assert not set(us.projects) & set(br.projects)
+
+
+def test_the_demo_has_something_for_every_showback_panel() -> None:
+    us = ACCOUNTS[0]
+    servers = [s for p in us.projects.values() for product in p.products
+               for s in product.servers]
+    assert any(not s.tags for s in servers)  # one untagged
+    tags = [tag for s in servers for tag in s.tags]
+    assert len(tags) > len(set(tags))  # overlapping
+    locations = {product.bucket.location for p in us.projects.values()
+                 for product in p.products if product.bucket}
+    assert len(locations) == 2
+    assert any(product.billing_unit_divisor for p in us.projects.values()
+               for product in p.products)
 
 
 def test_usage_grows_with_time_and_rolls_over_at_period_end() -> None:
@@ -146,25 +115,26 @@ def test_a_product_running_all_the_time_uses_the_elapsed_time_in_its_unit() -> N
     assert products["si_bm_web"]["quantity"] == pytest.approx(2 * hours, abs=0.01)  # 2 servers
 
 
-def test_demo_api_serves_and_checks_the_token() -> None:
-    with DemoApi(token=TOKEN) as api:
-        status, headers, body = http_get(api.url + "/billing/usage?filter[project]=proj_demo_gpu",
-                                         {"Authorization": TOKEN})
+def test_divided_units_price_as_quantity_over_divisor_times_unit_price() -> None:
+    account = DemoAccount(clock=lambda: 1_000_000.0)
+    products = {p["id"]: p for p in account.usage(account.projects["proj_demo_data"])
+                ["data"]["attributes"]["products"]}
+    calls = products["si_api_calls"]
+    divisor = calls["metadata"]["billing_unit_divisor"]
+    assert divisor == 1000
+    assert calls["quantity"] / divisor * calls["unit_price"] == pytest.approx(calls["price"],
+                                                                              abs=1)
+
+
+def test_demo_api_serves_each_key_its_own_team() -> None:
+    with DemoApi(default_accounts() + [DemoAccount(token=TOKEN)]) as api:
+        url = api.url + "/billing/usage?filter[project]=proj_demo_loja"
+        status, headers, body = http_get(url, {"Authorization": DEMO_TOKENS[1]})
         assert status == 200 and headers["Content-Type"] == "application/vnd.api+json"
-        assert json.loads(body)["data"]["attributes"]["project"]["slug"] == "ml-training"
-        assert http_get(api.url + "/billing/usage?filter[project]=proj_demo_gpu")[0] == 401
-
-
-def test_faults_can_be_injected_over_http() -> None:
-    with DemoApi() as api:
-        from urllib.request import Request, urlopen
-
-        request = Request(api.url + "/__demo__/faults", method="POST",
-                          data=json.dumps({"project": "proj_demo_web", "times": 1,
-                                           "fault": {"kind": "status", "status": 503}}).encode())
-        with urlopen(request, timeout=5) as response:
-            assert response.status == 200
-        url = api.url + "/billing/usage?filter[project]=proj_demo_web"
-        assert http_get(url)[0] == 503
-        assert http_get(url)[0] == 200
-        assert Fault.from_json({"kind": "reset", "bogus": 1}) == Fault("reset")
+        assert json.loads(body)["data"]["attributes"]["project"]["slug"] == "loja-online"
+        assert http_get(url, {"Authorization": DEMO_TOKENS[0]})[0] == 404
+        assert http_get(url)[0] == 401
+        status, _, body = http_get(api.url + "/projects?page[size]=10",
+                                   {"Authorization": DEMO_TOKENS[1]})
+        (project,) = json.loads(body)["data"]
+        assert project["attributes"]["team"]["currency"]["code"] == "BRL"

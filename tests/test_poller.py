@@ -1,20 +1,27 @@
-"""The poller against the simulated API over real sockets: isolation, counters, budget."""
+"""The poller against the fake API over real sockets: isolation, counters, truthful
+health whatever goes wrong, bounded refreshes, true intervals."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
 
-from exporter.demo import DemoApi, Fault
+from exporter import errors
+from exporter.client import LatitudeClient
 from exporter.poller import Poller, Target
 from exporter.ratelimit import RequestBudget
-from exporter.snapshot import SnapshotStore
-from tests.conftest import FIXED_NOW, make_client, wait_for
+from exporter.snapshot import ProjectStatus, SnapshotStore, StoreView, TeamStatus
+from tests.conftest import FIXED_NOW, wait_for
+from tests.fakeapi import FakeApi, Fault
 
 DEMO_IDS = ["proj_demo_web", "proj_demo_gpu", "proj_demo_data", "proj_demo_dev"]
+MakeClient = Callable[..., LatitudeClient]
 
 
 @pytest.fixture
@@ -23,15 +30,21 @@ def store() -> SnapshotStore:
 
 
 @pytest.fixture
-def make_poller(demo_api: DemoApi, store: SnapshotStore) -> Iterator[Callable[..., Poller]]:
-    """Pollers of four threads over the demo API, stopped after the test."""
+def make_poller(fake_api: FakeApi, store: SnapshotStore,
+                make_client: MakeClient) -> Iterator[Callable[..., Poller]]:
+    """Pollers of four threads over the fake API, stopped after the test."""
     made: list[Poller] = []
 
-    def make(*, unauthorized_backoff: float) -> Poller:
-        client = make_client(demo_api.url, on_request=store.record_request, max_retries=1,
+    def make(*, unauthorized_backoff: float = 0, **kwargs: Any) -> Poller:
+        box: list[Poller] = []
+        client = make_client(fake_api.url, max_retries=1,
+                             on_request=lambda e, c: box[0].record_request(e, c),
                              unauthorized_backoff=unauthorized_backoff)
-        made.append(Poller(client, store, concurrency=4, now=lambda: FIXED_NOW))
-        return made[-1]
+        kwargs.setdefault("concurrency", 4)
+        poller = Poller(client, store, now=lambda: FIXED_NOW, **kwargs)
+        box.append(poller)
+        made.append(poller)
+        return poller
 
     yield make
     for poller in made:
@@ -42,39 +55,56 @@ def make_poller(demo_api: DemoApi, store: SnapshotStore) -> Iterator[Callable[..
 def poller(make_poller: Callable[..., Poller]) -> Poller:
     # The per-token 401 back-off is switched off here: with it, whether the other projects
     # of a refresh are refused too depends on thread timing (see the test that covers it).
-    return make_poller(unauthorized_backoff=0)
+    return make_poller()
 
 
-def status(store: SnapshotStore, project: str):  # type: ignore[no-untyped-def]
+def status(store: SnapshotStore, project: str) -> ProjectStatus:
     return next(p for p in store.view().projects if p.project_id == project)
 
 
-def test_discovers_every_project_and_the_team_currency(poller: Poller,
-                                                       store: SnapshotStore) -> None:
+def team(view: StoreView) -> TeamStatus:
+    (only,) = view.teams
+    return only
+
+
+def errors_of(store: SnapshotStore, project: str) -> dict[str, int]:
+    return {reason: n for reason, n in zip(errors.POLL_ERROR_REASONS,
+                                           status(store, project).errors, strict=True) if n}
+
+
+def requests(view: StoreView) -> dict[tuple[str, str], int]:
+    return dict(team(view).api_requests)
+
+
+def test_discovers_every_project_the_currency_and_the_team_name(poller: Poller,
+                                                                store: SnapshotStore) -> None:
     assert poller.refresh()
     view = store.view()
     assert [p.project_id for p in view.projects] == DEMO_IDS
     assert all(p.up and p.usage is not None for p in view.projects)
     assert {p.usage.currency for p in view.projects if p.usage} == {"USD"}
-    assert view.api_requests[("/projects", "200")] == 1
-    assert view.api_requests[("/billing/usage", "200")] == 4
+    assert team(view).name == "demo-us" == poller.team  # the team's slug, learned
+    assert {p.team for p in view.projects} == {"demo-us"}
+    assert requests(view)[("/projects", "200")] == 1
+    assert requests(view)[("/billing/usage", "200")] == 4
+    assert team(view).discovery_success == FIXED_NOW
     assert view.ready
 
 
 def test_one_failing_project_never_affects_the_others(poller: Poller, store: SnapshotStore,
-                                                      demo_api: DemoApi) -> None:
+                                                      fake_api: FakeApi) -> None:
     assert poller.refresh()
     before = status(store, "proj_demo_web").usage
-    demo_api.inject(Fault("status", status=500), project="proj_demo_gpu", times=None)
+    fake_api.inject(Fault("status", status=500), project="proj_demo_gpu", times=None)
     assert not poller.refresh()
     gpu = status(store, "proj_demo_gpu")
     assert (gpu.up, gpu.last_error) == (False, "server_error")
     assert gpu.usage is not None  # last good values are kept
-    assert store.view().poll_errors[("proj_demo_gpu", "server_error")] == 1
-    assert store.view().api_requests[("/billing/usage", "500")] == 2  # one retry
+    assert errors_of(store, "proj_demo_gpu") == {"server_error": 1}
+    assert requests(store.view())[("/billing/usage", "500")] == 2  # one retry
     web = status(store, "proj_demo_web")
     assert web.up and web.usage == before
-    demo_api.clear_faults()
+    fake_api.clear_faults()
     assert poller.refresh()
     assert status(store, "proj_demo_gpu").up
 
@@ -86,26 +116,117 @@ def test_one_failing_project_never_affects_the_others(poller: Poller, store: Sna
         (Fault("status", status=403), "forbidden"),
         (Fault("status", status=404), "not_found"),
         (Fault("rate_limited", retry_after=0.01, where="both"), "rate_limited"),
+        (Fault("rate_limited", header="Fri, 31 Dec 99999 23:59:59 GMT"), "rate_limited"),
+        (Fault("rate_limited", retry_after="1" + "0" * 400), "rate_limited"),
         (Fault("status", status=502), "server_error"),
         (Fault("reset"), "network"),
         (Fault("not_json"), "invalid_response"),
         (Fault("wrong_project"), "invalid_response"),
         (Fault("empty_data"), "invalid_response"),
+        (Fault("body", body="[" * 100_000 + "]" * 100_000), "invalid_response"),
+        (Fault("tiny", products=10_001), "invalid_response"),
     ],
 )
-def test_each_error_kind_is_counted_under_its_reason(
-    poller: Poller, store: SnapshotStore, demo_api: DemoApi, fault: Fault, reason: str
+def test_each_error_kind_is_counted_once_under_its_reason(
+    poller: Poller, store: SnapshotStore, fake_api: FakeApi, fault: Fault, reason: str
 ) -> None:
-    demo_api.inject(fault, project="proj_demo_data", times=None)
+    fake_api.inject(fault, project="proj_demo_data", times=None)
     assert not poller.refresh()
-    assert store.view().poll_errors[("proj_demo_data", reason)] == 1
-    assert sum(n for (pid, _), n in store.view().poll_errors.items()
-               if pid == "proj_demo_data") == 1
+    assert errors_of(store, "proj_demo_data") == {reason: 1}
     assert all(p.up for p in store.view().projects if p.project_id != "proj_demo_data")
 
 
+class Exploding:
+    """A source that fails in ways no `LatitudeError` describes."""
+
+    def __init__(self, inner: Any, boom: BaseException, *, discovery: bool = False) -> None:
+        self.inner = inner
+        self.boom = boom
+        self.discovery = discovery
+
+    def billing_usage(self, project_id: str, **kwargs: Any) -> Any:
+        if project_id == "proj_demo_data" and not self.discovery:
+            raise self.boom
+        return self.inner.billing_usage(project_id, **kwargs)
+
+    def projects(self) -> Any:
+        if self.discovery:
+            raise self.boom
+        return self.inner.projects()
+
+
+@pytest.mark.parametrize("boom", [RecursionError("deep"), OverflowError("big"),
+                                  UnicodeEncodeError("ascii", "é", 0, 1, "no"),
+                                  KeyError("x"), MemoryError()])
+def test_any_exception_in_a_poll_ends_counted_with_up_zero_and_data_kept(
+    make_poller: Callable[..., Poller], store: SnapshotStore, boom: BaseException,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    poller = make_poller()
+    assert poller.refresh()
+    poller._source = Exploding(poller._source, boom)
+    with caplog.at_level(logging.WARNING, logger="exporter.poller"):
+        assert not poller.refresh()
+    data = status(store, "proj_demo_data")
+    assert (data.up, data.last_error) == (False, "invalid_response")
+    assert data.usage is not None
+    assert errors_of(store, "proj_demo_data") == {"invalid_response": 1}
+    assert status(store, "proj_demo_web").up
+    (line,) = [r for r in caplog.records if r.getMessage() == "poll failed"]
+    assert type(boom).__name__ in line.error  # type: ignore[attr-defined]
+    assert not line.exc_info  # a traceback only at debug level
+
+
+@pytest.mark.parametrize("boom", [RecursionError("deep"), OverflowError("big"),
+                                  errors.TokenUnavailable("api.token_file: gone")])
+def test_any_exception_in_discovery_is_counted_and_polls_go_on(
+    make_poller: Callable[..., Poller], store: SnapshotStore, boom: BaseException,
+) -> None:
+    poller = make_poller()
+    assert poller.refresh()
+    poller._source = Exploding(poller._source, boom, discovery=True)
+    assert not poller.refresh()  # discovery failed: the refresh is not a success
+    view = store.view()
+    reason = boom.reason if isinstance(boom, errors.LatitudeError) else "invalid_response"
+    assert dict(zip(errors.POLL_ERROR_REASONS, team(view).discovery_errors,
+                    strict=True))[reason] == 1
+    assert all(p.up and p.last_success == FIXED_NOW for p in view.projects)
+    assert requests(view)[("/billing/usage", "200")] == 8  # known projects polled again
+
+
+@pytest.mark.parametrize("body", ["{}", '{"data": null}', '{"data": {"id": "x"}}'])
+def test_a_projects_answer_without_a_list_never_blanks_the_team(
+    poller: Poller, store: SnapshotStore, fake_api: FakeApi, body: str
+) -> None:
+    assert poller.refresh()
+    fake_api.inject(Fault("body", body=body), project="/projects", times=None)
+    assert not poller.refresh()
+    assert [p.project_id for p in store.view().projects] == DEMO_IDS
+    assert team(store.view()).discovery_errors[errors.POLL_ERROR_REASONS.index(
+        "invalid_response")] == 1
+
+
+def test_a_well_formed_empty_list_empties_the_team(poller: Poller, store: SnapshotStore,
+                                                   fake_api: FakeApi) -> None:
+    assert poller.refresh()
+    fake_api.inject(Fault("body", body='{"data": [], "meta": {}}'), project="/projects")
+    poller.refresh()
+    assert store.view().projects == ()
+
+
+def test_a_truncated_projects_answer_is_a_discovery_failure_counted_once(
+    poller: Poller, store: SnapshotStore, fake_api: FakeApi
+) -> None:
+    fake_api.inject(Fault("truncated"), project="/projects", times=None)
+    assert not poller.refresh()
+    view = store.view()
+    assert requests(view).get(("/projects", "200"), 0) == 0
+    assert requests(view)[("/projects", "network")] == 2  # the request and its retry
+    assert team(view).discovery_success is None
+
+
 def test_a_401_stops_the_shared_token_for_the_rest_of_the_refresh(
-    make_poller: Callable[..., Poller], demo_api: DemoApi, store: SnapshotStore
+    make_poller: Callable[..., Poller], fake_api: FakeApi, store: SnapshotStore
 ) -> None:
     """The token is the account's, so a 401 for one project is a 401 for every project.
 
@@ -114,34 +235,34 @@ def test_a_401_stops_the_shared_token_for_the_rest_of_the_refresh(
     timing, so the test asserts what holds in every interleaving.
     """
     poller = make_poller(unauthorized_backoff=300)
-    demo_api.inject(Fault("status", status=401), project="proj_demo_data", times=None)
+    fake_api.inject(Fault("status", status=401), project="proj_demo_data", times=None)
     assert not poller.refresh()
     up = {p.project_id for p in store.view().projects if p.up}
     assert "proj_demo_data" not in up
-    assert demo_api.request_count("/billing/usage") == len(up) + 1
-    errors = {key: n for key, n in store.view().poll_errors.items() if n}
-    assert {pid for pid, _ in errors} == set(DEMO_IDS) - up
-    assert all(reason == "unauthorized" for _, reason in errors)
+    assert fake_api.request_count("/billing/usage") == len(up) + 1
+    failed = {p.project_id for p in store.view().projects if any(p.errors)}
+    assert failed == set(DEMO_IDS) - up
+    assert all(p.last_error == "unauthorized" for p in store.view().projects if not p.up)
 
-    sent = demo_api.request_count()
+    sent = fake_api.request_count()
     assert not poller.refresh()  # the back-off holds: no request goes out at all
-    assert demo_api.request_count() == sent
+    assert fake_api.request_count() == sent
     assert not any(p.up for p in store.view().projects)
 
 
 @pytest.mark.parametrize("fault", [Fault("data_list"), Fault("strings"), Fault("drift"),
-                                   Fault("old_shape")])
+                                   Fault("old_shape"), Fault("gzip", layers=2)])
 def test_tolerated_drift_still_succeeds(poller: Poller, store: SnapshotStore,
-                                        demo_api: DemoApi, fault: Fault) -> None:
-    demo_api.inject(fault, project="proj_demo_web", times=None)
+                                        fake_api: FakeApi, fault: Fault) -> None:
+    fake_api.inject(fault, project="proj_demo_web", times=None)
     assert poller.refresh()
     usage = status(store, "proj_demo_web").usage
     assert usage is not None and usage.price is not None and usage.products
 
 
-def test_a_failed_poll_logs_one_line_with_a_hint(poller: Poller, demo_api: DemoApi,
+def test_a_failed_poll_logs_one_line_with_a_hint(poller: Poller, fake_api: FakeApi,
                                                  caplog: pytest.LogCaptureFixture) -> None:
-    demo_api.inject(Fault("status", status=404), project="proj_demo_dev", times=None)
+    fake_api.inject(Fault("status", status=404), project="proj_demo_dev", times=None)
     with caplog.at_level(logging.WARNING, logger="exporter.poller"):
         poller.refresh()
     (record,) = [r for r in caplog.records if r.name == "exporter.poller"]
@@ -150,93 +271,102 @@ def test_a_failed_poll_logs_one_line_with_a_hint(poller: Poller, demo_api: DemoA
     assert "unknown project id" in record.hint  # type: ignore[attr-defined]
 
 
-def test_configured_projects_are_polled_with_their_filters(demo_api: DemoApi,
-                                                           store: SnapshotStore) -> None:
-    client = make_client(demo_api.url)
-    poller = Poller(client, store, targets=[Target("proj_demo_gpu", plan="g3-h100-large",
-                                                   products=("si_gpu",))], currency="EUR")
+def test_configured_projects_are_polled_with_their_filters(
+    make_poller: Callable[..., Poller], store: SnapshotStore, fake_api: FakeApi
+) -> None:
+    poller = make_poller(team="acme", currency="EUR",
+                         targets=[Target("proj_demo_gpu", plan="g3-h100-large",
+                                         products=("si_gpu",))])
     assert poller.refresh()
-    assert demo_api.request_count("/projects") == 0  # currency given: no discovery needed
+    assert fake_api.request_count("/projects") == 0  # named, currency given: no discovery
     (only,) = store.view().projects
     assert only.usage is not None and only.usage.currency == "EUR"
-    poller.stop()
-
-
-def test_discovery_failure_keeps_known_projects(poller: Poller, store: SnapshotStore,
-                                                demo_api: DemoApi) -> None:
-    assert poller.refresh()
-    demo_api.inject(Fault("status", status=503), project="/projects", times=None)
-    poller.refresh()
-    assert [p.project_id for p in store.view().projects] == DEMO_IDS
-    assert store.view().discovery_errors["server_error"] == 1
-    assert all(p.up for p in store.view().projects)
+    assert only.team == "acme"
 
 
 def test_discovered_projects_that_disappear_are_dropped(poller: Poller, store: SnapshotStore,
-                                                        demo_api: DemoApi) -> None:
+                                                        fake_api: FakeApi) -> None:
     assert poller.refresh()
-    del demo_api.account.projects["proj_demo_dev"]
+    del fake_api.account.projects["proj_demo_dev"]
     assert poller.refresh()
     assert "proj_demo_dev" not in [p.project_id for p in store.view().projects]
 
 
-def test_budget_stretches_the_interval_and_says_so_once(
-    demo_api: DemoApi, store: SnapshotStore, caplog: pytest.LogCaptureFixture
+def test_the_effective_interval_counts_every_page_of_projects(
+    make_poller: Callable[..., Poller],
 ) -> None:
     budget = RequestBudget(50)
-    client = make_client(demo_api.url, budget=RequestBudget(1e6))
-    targets = [Target(f"proj_{i}") for i in range(300)]
-    poller = Poller(client, store, targets=targets, currency="USD", interval=300,
-                    budget_seconds=budget.seconds_for)
-    assert poller.effective_interval() == pytest.approx(360.0)  # 300 requests at 50/min
+    poller = make_poller(targets=[Target(f"proj_{i}") for i in range(250)], interval=60,
+                         budget_seconds=budget.seconds_for)
+    # configured projects, no currency: 250 polls and 3 pages of /projects at 1.2 s
+    assert poller.effective_interval() == pytest.approx(253 * 1.2)
+    named = make_poller(targets=[Target(f"proj_{i}") for i in range(300)], interval=300,
+                        team="t", currency="USD", budget_seconds=budget.seconds_for)
+    assert named.effective_interval() == pytest.approx(360.0)  # no discovery at all
+
+
+def test_the_budget_stretch_is_said_once(make_poller: Callable[..., Poller],
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    poller = make_poller(targets=[Target(f"proj_{i}") for i in range(300)], interval=300,
+                         team="t", currency="USD", budget_seconds=RequestBudget(50).seconds_for)
     with caplog.at_level(logging.WARNING, logger="exporter.poller"):
         for _ in range(2):
             poller._note_stretch(poller.effective_interval())
-    stretch = [r for r in caplog.records if "stretches" in r.getMessage()]
-    assert len(stretch) == 1
-    poller.stop()
+    assert len([r for r in caplog.records if "stretches" in r.getMessage()]) == 1
 
 
-def test_slow_api_does_not_stack_refreshes(demo_api: DemoApi, store: SnapshotStore) -> None:
-    """With the API slower than the interval, runs are skipped, never run side by side."""
-    demo_api.inject(Fault("delay", delay=1.5), times=None)
-    client = make_client(demo_api.url, timeout=5)
-    poller = Poller(client, store, targets=[Target("proj_demo_web")], currency="USD",
-                    interval=1)
-    running = []
-    peak = [0]
-    lock = threading.Lock()
-    original = poller.refresh
+def test_refreshes_start_one_effective_interval_apart_and_none_is_skipped(
+    fake_api: FakeApi, store: SnapshotStore, make_client: MakeClient
+) -> None:
+    """Measured at the API: a refresh opens with GET /projects, so the time between two
+    of them is the real refresh period. It must match the exported interval."""
+    budget = RequestBudget(600)  # 0.1 s a request: 4 polls + 1 page = 0.5 s
+    client = make_client(fake_api.url, budget=budget)
+    scheduler = BackgroundScheduler()
+    poller = Poller(client, store, interval=0.1, budget_seconds=budget.seconds_for,
+                    scheduler=scheduler, concurrency=2)
+    scheduler.start()
+    try:
+        poller.start()
+        wait_for(lambda: len(fake_api.times("/projects")) >= 6, timeout=20,
+                 message="six refreshes")
+    finally:
+        poller.stop()
+        scheduler.shutdown(wait=False)
+    starts = fake_api.times("/projects")[:6]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    exported = team(store.view()).effective_interval
+    assert exported == pytest.approx(0.5)
+    assert sum(gaps) / len(gaps) == pytest.approx(exported, rel=0.05)
+    assert max(gaps) < exported * 1.5  # never a skipped run (that would double a gap)
 
-    def tracked() -> bool:
-        with lock:
-            running.append(1)
-            peak[0] = max(peak[0], len(running))
-        try:
-            return original()
-        finally:
-            with lock:
-                running.pop()
 
-    poller.refresh = tracked  # type: ignore[method-assign]
-    poller.start()
-    wait_for(lambda: demo_api.request_count("/billing/usage") >= 3, timeout=20,
-             message="three polls")
-    assert poller.stop(timeout=5)
-    assert peak[0] == 1
+def test_a_stuck_project_does_not_hold_the_refresh_or_the_others(
+    make_poller: Callable[..., Poller], store: SnapshotStore, fake_api: FakeApi
+) -> None:
+    poller = make_poller(interval=0.5, grace=0.5)
+    assert poller.refresh()
+    fake_api.inject(Fault("delay", delay=4.0), project="proj_demo_gpu", times=None)
+    started = time.monotonic()
+    assert not poller.refresh()
+    assert time.monotonic() - started < 2.5  # interval + grace, not the 4 s answer
+    assert all(status(store, p).last_success == FIXED_NOW for p in DEMO_IDS)
+    before = fake_api.request_count("/billing/usage", "proj_demo_gpu")
+    poller.refresh()  # the stuck poll is still running: it is not asked for twice
+    assert fake_api.request_count("/billing/usage", "proj_demo_gpu") == before
 
 
 def test_stop_during_a_refresh_with_queued_polls_returns_promptly(
-    demo_api: DemoApi, store: SnapshotStore
+    fake_api: FakeApi, store: SnapshotStore, make_client: MakeClient
 ) -> None:
     stop = threading.Event()
     budget = RequestBudget(30, stop=stop)  # one request every 2 s: most polls queue up
-    client = make_client(demo_api.url, budget=budget, stop=stop)
+    client = make_client(fake_api.url, budget=budget, stop=stop)
     poller = Poller(client, store, targets=[Target(pid) for pid in DEMO_IDS],
-                    currency="USD", concurrency=2)
+                    team="t", currency="USD", concurrency=2)
     refreshing = threading.Thread(target=poller.refresh, daemon=True)
     refreshing.start()
-    wait_for(lambda: demo_api.request_count("/billing/usage") >= 1, message="a first poll")
+    wait_for(lambda: fake_api.request_count("/billing/usage") >= 1, message="a first poll")
     stop.set()
     assert poller.stop(timeout=10)  # idle: the refresh noticed the cancelled polls
     refreshing.join(timeout=10)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 import threading
 
 import pytest
 
-from benchmarks.workloads import busiest_window
+from benchmarks.measure import busiest_window
 from exporter.errors import Cancelled
 from exporter.ratelimit import RequestBudget
-from tests.conftest import make_client
+from exporter.client import LatitudeClient
+from tests.fakeapi import FakeApi
 
 
 class FakeClock:
@@ -96,11 +98,13 @@ class RecordingBudget(RequestBudget):
         return granted
 
 
-def test_concurrent_polls_over_real_sockets_stay_within_the_budget(demo_api) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_polls_over_real_sockets_stay_within_the_budget(
+    fake_api: FakeApi, make_client: Callable[..., LatitudeClient]
+) -> None:
     # The real budget is per 60 s; the same limiter on a 1 s window keeps the test short.
     budget = RecordingBudget(20, window=1.0)
-    client = make_client(demo_api.url, budget=budget)
-    projects = list(demo_api.account.projects)
+    client = make_client(fake_api.url, budget=budget)
+    projects = list(fake_api.account.projects)
 
     def worker(n: int) -> None:
         for i in range(8):
@@ -111,6 +115,6 @@ def test_concurrent_polls_over_real_sockets_stay_within_the_budget(demo_api) -> 
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
-    assert demo_api.request_count("/billing/usage") == 48
+    assert fake_api.request_count("/billing/usage") == 48
     assert len(budget.sent) == 48
     assert busiest_window(budget.sent, 1.0) <= 20

@@ -1,0 +1,337 @@
+"""The tests' fake Latitude.sh API: the demo's simulated accounts, plus scripted faults.
+
+`FakeApi` is the demo API over real sockets with a request log and faults injected per
+project (or for any request): status codes with JSON:API error bodies, 429 waits in the
+body and/or `Retry-After`, slow and trickling answers, connection resets, truncated,
+non-JSON and hostile bodies (compression bombs, millions of tiny products, endless
+pages, deep nesting, unencodable strings), schema drift and both response shapes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from exporter.demo import Answer, DemoAccount, DemoApi, DemoHandler, error_body
+
+TITLES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+          500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One scripted misbehaviour.
+
+    kind: `status` (answer `status` with a JSON:API error body, or `body` if given),
+    `rate_limited` (429; `retry_after` in the body and/or header as `where` says:
+    body, header, both, neither; `header` overrides the header text), `reset` (close
+    without answering), `delay` (answer normally after `delay` seconds), `trickle`
+    (send the answer one byte every `delay` seconds), `truncated`, `not_json`,
+    `empty_data`, `data_list`, `wrong_project`, `strings` (numbers as strings),
+    `drift` (unknown enum values and fields), `huge` (`products` extra products),
+    `tiny` (`products` empty objects as products), `old_shape`, `new_shape`,
+    `gzip` (`layers` gzip layers of the answer, or of `body`), `body` (answer 200
+    with `body` as it is), `pages` (/projects: full pages of new ids forever, or of
+    the same ids when `same`).
+    """
+
+    kind: str
+    status: int = 500
+    body: str | None = None
+    retry_after: float | str | None = None
+    where: str = "body"
+    header: str | None = None
+    delay: float = 0.0
+    products: int = 0
+    layers: int = 1
+    same: bool = False
+
+
+@dataclass(slots=True)
+class _Scripted:
+    fault: Fault
+    remaining: int | None  # None: until cleared
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    at: float
+    path: str
+    project: str | None
+    status: int
+    key: str | None
+
+
+class FaultyHandler(DemoHandler):
+    server: Any
+
+    @property
+    def fake(self) -> FakeApi:
+        api = self.server.api
+        assert isinstance(api, FakeApi)
+        return api
+
+    def do_GET(self) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        fake = self.fake
+        with fake.lock:
+            fake.arrivals += 1
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        project = query.get("filter[project]", [""])[0] or None
+        key = self.headers.get("Authorization")
+        fault = fake.next_fault(project if url.path == "/billing/usage" else "/projects",
+                                key)
+        if fault is not None and self._misbehave(fault, url.path, project, query):
+            return
+        answer = self.answer(url.path, query)
+        if fault is not None and answer.status == 200:
+            answer = _distort(answer, fault, self.fake, url.path, project, query)
+        if fault is not None and fault.kind == "gzip":
+            self._send_gzip(answer, fault, url.path, project)
+            return
+        fake.record(url.path, project, answer.status, key)
+        self.send(answer)
+
+    def _send_gzip(self, answer: Answer, fault: Fault, path: str, project: str | None) -> None:
+        data = (fault.body or answer.body).encode()
+        for _ in range(fault.layers):
+            data = gzip.compress(data, 9)
+        self.fake.record(path, project, answer.status, self.headers.get("Authorization"))
+        self.send_response(answer.status)
+        self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Encoding", ", ".join(["gzip"] * fault.layers))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _misbehave(self, fault: Fault, path: str, project: str | None,
+                   query: dict[str, list[str]]) -> bool:
+        """Act out a fault that replaces the answer; False for those that alter it."""
+        key = self.headers.get("Authorization")
+        if fault.kind == "delay" and fault.delay:
+            time.sleep(fault.delay)
+            return False
+        if fault.kind == "status":
+            body = fault.body or error_body(fault.status, TITLES.get(fault.status, "Error"),
+                                            "injected fault")
+            self.fake.record(path, project, fault.status, key)
+            self.send(Answer(fault.status, body))
+        elif fault.kind == "rate_limited":
+            meta = ({"retry_after": fault.retry_after}
+                    if fault.where in ("body", "both") and fault.retry_after is not None else {})
+            headers = {}
+            if fault.header is not None:
+                headers["Retry-After"] = fault.header
+            elif fault.where in ("header", "both") and fault.retry_after is not None:
+                headers["Retry-After"] = str(fault.retry_after)
+            self.fake.record(path, project, 429, key)
+            self.send(Answer(429, error_body(429, "Too Many Requests", "rate limit exceeded",
+                                             meta), headers))
+        elif fault.kind == "reset":
+            self.fake.record(path, project, 0, key)
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.close_connection = True
+            self.connection.close()
+        elif fault.kind == "truncated":
+            self.fake.record(path, project, 200, key)
+            partial = b'{"data": {"id": "", "type": "billing_usage", "attributes": {"pri'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/vnd.api+json")
+            self.send_header("Content-Length", str(len(partial) + 100))
+            self.end_headers()
+            self.wfile.write(partial)
+            self.close_connection = True
+        elif fault.kind == "trickle":
+            answer = self.answer(path, query)
+            data = answer.body.encode()
+            self.fake.record(path, project, answer.status, key)
+            self.send_response(answer.status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for index in range(len(data)):
+                    self.wfile.write(data[index:index + 1])
+                    self.wfile.flush()
+                    if self.fake.stopping.wait(fault.delay):
+                        break
+            except OSError:
+                pass
+            self.close_connection = True
+        elif fault.kind == "not_json":
+            self.fake.record(path, project, 200, key)
+            self.send(Answer(200, "<html><body>502 Bad Gateway</body></html>",
+                             content_type="text/html"))
+        elif fault.kind == "body":
+            self.fake.record(path, project, fault.status if fault.status != 500 else 200, key)
+            self.send(Answer(fault.status if fault.status != 500 else 200, fault.body or ""))
+        else:
+            return False
+        return True
+
+
+def _distort(answer: Answer, fault: Fault, fake: FakeApi, path: str, project: str | None,
+             query: dict[str, list[str]]) -> Answer:
+    if fault.kind == "pages" and path == "/projects":
+        number = int((query.get("page[number]") or ["1"])[0])
+        size = int((query.get("page[size]") or ["100"])[0])
+        offset = 0 if fault.same else (number - 1) * size
+        return Answer(200, json.dumps({"data": [
+            {"id": f"proj_page_{offset + i:06d}", "attributes": {"slug": f"p{offset + i}"}}
+            for i in range(size)]}))
+    if path != "/billing/usage":
+        return answer
+    document = json.loads(answer.body)
+    if fault.kind in ("old_shape", "new_shape"):
+        account = fake.account
+        demo_project = account.projects.get(project or "")
+        assert demo_project is not None
+        document = account.usage(demo_project, fault.kind.removesuffix("_shape"))
+        return Answer(200, json.dumps(document))
+    attributes = document["data"]["attributes"]
+    if fault.kind == "empty_data":
+        document = {"data": {}, "meta": {}}
+    elif fault.kind == "data_list":
+        document = {"data": [document["data"]], "meta": {}}
+    elif fault.kind == "wrong_project":
+        attributes["project"] = {"id": "proj_someone_else", "slug": "other", "name": "Other"}
+    elif fault.kind == "strings":
+        attributes["price"] = str(attributes["price"])
+        attributes["available_credit_balance"] = str(attributes["available_credit_balance"])
+        for product in attributes["products"]:
+            product["quantity"] = str(product["quantity"])
+            product["unit_price"] = str(product["unit_price"])
+    elif fault.kind == "drift":
+        attributes["brand_new_field"] = {"nested": [1, 2, 3]}
+        for product in attributes["products"]:
+            product["unit"] = "petaflop"
+            product["usage_type"] = "prepaid"
+            product["discounts"].append({"description": "Legacy", "type": "fixed", "value": 7})
+            product["surprise"] = True
+    elif fault.kind == "huge":
+        start = attributes["period"]["start"]
+        attributes["products"].extend(
+            {"id": f"si_huge_{i:06d}", "resource": "bare_metal", "name": f"item {i}",
+             "unit": "hour", "usage_type": "metered", "unit_price": 1, "quantity": i % 97,
+             "price": float(i % 97), "amount": float(i % 97), "amount_without_discount": i % 97,
+             "start": start, "end": None, "discounts": [],
+             "metadata": {"servers": [{"id": f"sv_{i}", "hostname": f"host-{i}",
+                                       "plan": "c2-small-x86", "tags": []}]}}
+            for i in range(fault.products)
+        )
+    elif fault.kind == "tiny":
+        body = answer.body
+        marker = '"products": ['
+        cut = body.index(marker) + len(marker)
+        return Answer(200, body[:cut] + "{}," * fault.products + body[cut:])
+    return Answer(200, json.dumps(document))
+
+
+class FakeApi(DemoApi):
+    """The demo API with a request log and scripted faults."""
+
+    def __init__(self, accounts: Sequence[DemoAccount] | DemoAccount | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(accounts, handler=FaultyHandler, **kwargs)
+        self.lock = threading.Lock()
+        self._faults: dict[str, deque[_Scripted]] = {}
+        #: The latest requests; bounded so that a long run can't leak.
+        self.requests: deque[RequestRecord] = deque(maxlen=200_000)
+        #: Requests received, counted before any fault delays or drops them.
+        self.arrivals = 0
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        super().stop()
+
+    def inject(self, fault: Fault, *, project: str | None = None, times: int | None = 1,
+               key: str | None = None) -> None:
+        """Script `fault` for the next `times` requests of `project` (None: any request;
+        "/projects" for discovery), optionally only for requests with API key `key`."""
+        with self.lock:
+            self._faults.setdefault(f"{key or ''}|{project or '*'}", deque()).append(
+                _Scripted(fault, times))
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self._faults.clear()
+
+    def next_fault(self, project: str | None, key: str | None) -> Fault | None:
+        with self.lock:
+            for name in (f"{key or ''}|{project}", f"{key or ''}|*", f"|{project}", "|*"):
+                queue = self._faults.get(name)
+                if not queue:
+                    continue
+                scripted = queue[0]
+                if scripted.remaining is not None:
+                    scripted.remaining -= 1
+                    if scripted.remaining <= 0:
+                        queue.popleft()
+                return scripted.fault
+        return None
+
+    def record(self, path: str, project: str | None, status: int, key: str | None) -> None:
+        with self.lock:
+            self.requests.append(RequestRecord(time.monotonic(), path, project, status, key))
+
+    def request_count(self, path: str | None = None, project: str | None = None,
+                      key: str | None = None) -> int:
+        with self.lock:
+            return sum(1 for r in self.requests
+                       if (path is None or r.path == path)
+                       and (project is None or r.project == project)
+                       and (key is None or r.key == key))
+
+    def times(self, path: str | None = None, key: str | None = None) -> list[float]:
+        with self.lock:
+            return [r.at for r in self.requests
+                    if (path is None or r.path == path) and (key is None or r.key == key)]
+
+
+JSONAPI_ERROR = json.dumps({"errors": [{"status": "422", "code": "invalid_filter",
+                                        "title": "Unprocessable", "detail": "bad filter"}]})
+
+#: Each fault and the reason a poll hit by it must be counted under (None: it succeeds).
+CHAOS: list[tuple[Fault, str | None]] = [
+    (Fault("status", status=401), "unauthorized"),
+    (Fault("status", status=403), "forbidden"),
+    (Fault("status", status=404), "not_found"),
+    (Fault("rate_limited", retry_after=0.01, where="body"), "rate_limited"),
+    (Fault("rate_limited", retry_after=0.01, where="header"), "rate_limited"),
+    (Fault("rate_limited", retry_after=0.01, where="both"), "rate_limited"),
+    (Fault("rate_limited", where="neither"), "rate_limited"),
+    (Fault("rate_limited", retry_after=86_400, where="both"), "rate_limited"),  # capped
+    (Fault("rate_limited", header="Fri, 31 Dec 99999 23:59:59 GMT"), "rate_limited"),
+    (Fault("status", status=500), "server_error"),
+    (Fault("status", status=502, body="<html>bad gateway</html>"), "server_error"),
+    (Fault("status", status=503), "server_error"),
+    (Fault("reset"), "network"),
+    (Fault("delay", delay=2.5), "timeout"),
+    (Fault("trickle", delay=0.2), "timeout"),
+    (Fault("truncated"), "network"),
+    (Fault("not_json"), "invalid_response"),
+    (Fault("status", status=422, body=JSONAPI_ERROR), "invalid_response"),
+    (Fault("status", status=200, body=JSONAPI_ERROR), "invalid_response"),
+    (Fault("empty_data"), "invalid_response"),
+    (Fault("wrong_project"), "invalid_response"),
+    (Fault("huge", products=40_000), "invalid_response"),  # over the size cap
+    (Fault("tiny", products=10_001), "invalid_response"),  # over the products cap
+    (Fault("body", body="[" * 100_000 + "]" * 100_000), "invalid_response"),
+    (Fault("gzip", layers=3), "invalid_response"),
+    (Fault("data_list"), None),
+    (Fault("strings"), None),
+    (Fault("drift"), None),
+    (Fault("old_shape"), None),
+    (Fault("gzip", layers=2), None),
+    (Fault("huge", products=9_000), None),  # folded by the cardinality guard
+]
