@@ -1,8 +1,7 @@
-"""Rules, configs and dashboard: promtool's checks and unit tests, and their structure."""
+"""Rules and configs: promtool's checks and unit tests, and their structure."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from pathlib import Path
@@ -14,7 +13,6 @@ import yaml
 from tests.conftest import ROOT, require_binary
 
 PROMETHEUS = ROOT / "prometheus"
-DASHBOARD = ROOT / "grafana" / "dashboards" / "latitudesh-billing.json"
 README = (ROOT / "README.md").read_text()
 
 
@@ -74,7 +72,7 @@ def test_every_alert_and_recording_rule_is_unit_tested() -> None:
 @pytest.mark.parametrize("rule", alerts(), ids=lambda r: r["alert"])
 def test_alerts_carry_for_severity_and_annotations(rule: dict[str, Any]) -> None:
     assert "for" in rule
-    assert rule["labels"]["severity"] in ("warning", "critical")
+    assert rule["labels"]["severity"] in ("info", "warning", "critical")
     annotations = rule["annotations"]
     assert {"summary", "description", "runbook_url"} <= annotations.keys()
     anchor = annotations["runbook_url"].split("#", 1)[1]
@@ -89,51 +87,13 @@ def test_multi_line_expressions_keep_their_line_breaks() -> None:
     assert not re.search(r"expr:\s*>", text)
 
 
-def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+@pytest.mark.parametrize("rule", alerts(), ids=lambda r: r["alert"])
+def test_per_key_alerts_carry_the_team(rule: dict[str, Any]) -> None:
+    if rule["alert"] in ("LatitudeshTokenUnauthorized", "LatitudeshDiscoveryFailing"):
+        assert "by (team)" in rule["expr"] or "team, reason" in rule["expr"]
+        assert "$labels.team" in rule["annotations"]["summary"]
 
 
-def panels() -> list[dict[str, Any]]:
-    return [p for p in dashboard()["panels"] if p["type"] != "row"]
-
-
-def test_dashboard_has_the_datasource_project_and_currency_variables() -> None:
-    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
-    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
-    assert variables["project"]["multi"] is True
-    assert "latitudesh_project_info" in variables["project"]["definition"]
-    assert "currency" in variables["currency"]["definition"]
-
-
-@pytest.mark.parametrize("panel", panels(), ids=lambda p: p["title"])
-def test_every_panel_has_a_description_and_uses_the_variable_datasource(
-        panel: dict[str, Any]) -> None:
-    assert len(panel["description"]) > 20
-    assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}"
-    assert panel["targets"] and all(t["expr"].strip() for t in panel["targets"])
-
-
-def test_money_panels_name_the_currency() -> None:
-    for panel in panels():
-        exprs = " ".join(t["expr"] for t in panel["targets"])
-        if "billing_price" in exprs or "credit" in exprs:
-            assert "($currency)" in panel["title"] or "ratio" in exprs, panel["title"]
-
-
-def test_dashboard_covers_the_required_panels() -> None:
-    exprs = " ".join(t["expr"] for p in panels() for t in p["targets"])
-    for needle in ("latitudesh_billing_price", "projected_end_of_period",
-                   "latitudesh_billing_threshold", "available_credit_balance",
-                   "topk(", "sum_by_plan", "sum_by_resource", "product_quantity",
-                   "latitudesh_up", "last_success_timestamp", "poll_errors_total",
-                   "api_requests_total"):
-        assert needle in exprs, needle
-
-
-def test_provisioning_points_at_the_dashboard() -> None:
-    provider = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/latitudesh.yml")
-                              .read_text())
-    assert provider["providers"][0]["type"] == "file"
-    datasource = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yml")
-                                .read_text())
-    assert datasource["datasources"][0]["type"] == "prometheus"
+def test_the_prometheusrule_manifest_holds_exactly_these_rules() -> None:
+    manifest = yaml.safe_load((ROOT / "deploy/kubernetes/prometheusrule.yaml").read_text())
+    assert manifest["spec"] == yaml.safe_load((PROMETHEUS / "rules.yml").read_text())
