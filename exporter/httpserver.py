@@ -46,6 +46,15 @@ MAX_TARGET_BYTES = 8 * 1024
 REFUSAL_LOG_SECONDS = 60.0
 #: Bytes of a streamed body produced per hop to the worker pool.
 STREAM_BATCH = 1 << 20
+#: What ends a connection without a word: clients hang up, stall, speak TLS badly.
+_ROUTINE = (
+    TimeoutError,
+    OSError,
+    ssl.SSLError,
+    h11.ProtocolError,
+    ConnectionError,
+    asyncio.IncompleteReadError,
+)
 
 
 @dataclass(eq=False, slots=True)
@@ -92,7 +101,10 @@ class HttpServer:
         self._max_connections = max(16, min(max_connections, limit - 64))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="http")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio only turns Nagle off on sockets that say they're TCP,
+        # and with Nagle on, every keep-alive answer in two segments waits 40 ms for the
+        # client's delayed ACK (Prometheus keeps its connection alive).
+        self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
@@ -143,8 +155,7 @@ class HttpServer:
 
     async def _main(self) -> None:
         self._stopping = asyncio.Event()
-        server = await asyncio.start_server(self._accept, sock=self._socket,
-                                            limit=MAX_HEAD_BYTES)
+        server = await asyncio.start_server(self._accept, sock=self._socket, limit=MAX_HEAD_BYTES)
         self._started.set()
         await self._stopping.wait()
         server.close()
@@ -165,8 +176,7 @@ class HttpServer:
         self._connections[connection] = None
         try:
             await self._serve(connection, reader, writer)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError, h11.ProtocolError,
-                ConnectionError, asyncio.IncompleteReadError):
+        except _ROUTINE:
             pass  # routine for a server on a network: clients hang up, stall, speak TLS badly
         except asyncio.CancelledError:
             pass  # the server is stopping: end quietly (asyncio would log a cancelled task)
@@ -190,19 +200,20 @@ class HttpServer:
         self._refused += 1
         now = time.monotonic()
         if now - self._refusal_logged >= REFUSAL_LOG_SECONDS:
-            log.warning("connection limit reached: idle connections closed or new ones "
-                        "refused", extra={"count": self._refused,
-                                          "limit": self._max_connections})
+            log.warning(
+                "connection limit reached: idle connections closed or new ones refused",
+                extra={"count": self._refused, "limit": self._max_connections},
+            )
             self._refused = 0
             self._refusal_logged = now
 
-    async def _serve(self, connection: _Connection, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, connection: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         web = self._web
         deadline = time.monotonic() + self._header_timeout
         if web.ssl_context is not None:
-            await writer.start_tls(web.ssl_context,
-                                   ssl_handshake_timeout=self._header_timeout)
+            await writer.start_tls(web.ssl_context, ssl_handshake_timeout=self._header_timeout)
             ssl_object = writer.get_extra_info("ssl_object")
             if not web.client_allowed(ssl_object.getpeercert() if ssl_object else None):
                 log.debug("client certificate not among client_allowed_sans")
@@ -212,8 +223,7 @@ class HttpServer:
         while True:
             connection.waiting = True
             connection.since = time.monotonic()
-            request = await self._read_request(peer, reader, writer,
-                                               deadline if first else None)
+            request = await self._read_request(peer, reader, writer, deadline if first else None)
             first = False
             if request is None:
                 return
@@ -224,9 +234,13 @@ class HttpServer:
                 return
             peer.start_next_cycle()
 
-    async def _read_request(self, peer: h11.Connection, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter,
-                            deadline: float | None) -> Request | None:
+    async def _read_request(
+        self,
+        peer: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        deadline: float | None,
+    ) -> Request | None:
         """The next request, or None when the client is gone, too slow or malformed
         (answered with 4xx first where HTTP allows)."""
         request: h11.Request | None = None
@@ -244,59 +258,55 @@ class HttpServer:
                     deadline = time.monotonic() + self._header_timeout
                 else:
                     assert deadline is not None
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return None
-                    data = await asyncio.wait_for(reader.read(65536), left)
+                    data = await asyncio.wait_for(
+                        reader.read(65536), max(deadline - time.monotonic(), 0)
+                    )
                 peer.receive_data(data)
                 continue
-            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                return None
             if isinstance(event, h11.Request):
                 request = event
-                if len(event.target) > MAX_TARGET_BYTES:
-                    await self._refuse(peer, writer, 414)
-                    return None
-                size = sum(len(k) + len(v) for k, v in event.headers)
-                if len(event.headers) > MAX_HEADERS or size > MAX_HEAD_BYTES:
-                    await self._refuse(peer, writer, 431)
-                    return None
             elif isinstance(event, h11.Data):
                 body += len(event.data)
-                if body > MAX_HEAD_BYTES:
-                    await self._refuse(peer, writer, 413)
-                    return None
             elif isinstance(event, h11.EndOfMessage) and request is not None:
-                target = urlsplit(request.target.decode("latin-1"))
-                return Request(
-                    method=request.method.decode("latin-1"),
-                    path=unquote(target.path, errors="replace") or "/",
-                    headers={k.decode("latin-1").lower(): v.decode("latin-1")
-                             for k, v in request.headers},
-                )
+                return _request(request)
+            else:
+                return None  # the client hung up, or h11 paused on a pipelined request
+            refusal = _too_big(request, body) if request is not None else None
+            if refusal is not None:
+                await self._refuse(peer, writer, refusal)
+                return None
 
-    async def _refuse(self, peer: h11.Connection, writer: asyncio.StreamWriter,
-                      status: int) -> None:
+    async def _refuse(
+        self, peer: h11.Connection, writer: asyncio.StreamWriter, status: int
+    ) -> None:
         if peer.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        message = {413: b"request body too large\n", 414: b"request target too long\n",
-                   431: b"request headers too large\n"}.get(status, b"bad request\n")
+        message = {
+            413: b"request body too large\n",
+            414: b"request target too long\n",
+            431: b"request headers too large\n",
+        }.get(status, b"bad request\n")
         response = reply(status, message, headers=[("Connection", "close")])
         with contextlib.suppress(h11.LocalProtocolError):
             await self._send(peer, writer, response, head=False)
 
-    async def _send(self, peer: h11.Connection, writer: asyncio.StreamWriter,
-                    response: Response, *, head: bool) -> None:
+    async def _send(
+        self, peer: h11.Connection, writer: asyncio.StreamWriter, response: Response, *, head: bool
+    ) -> None:
         headers = [*response.headers, ("Content-Length", str(response.length))]
         status = response.status
-        reason = {413: "Content Too Large", 414: "URI Too Long",
-                  431: "Request Header Fields Too Large", 400: "Bad Request"}.get(
-            status, response.reason)
-        writer.write(peer.send(h11.Response(status_code=status, headers=headers,
-                                            reason=reason.encode())))
+        reason = {
+            413: "Content Too Large",
+            414: "URI Too Long",
+            431: "Request Header Fields Too Large",
+            400: "Bad Request",
+        }.get(status, response.reason)
+        writer.write(
+            peer.send(h11.Response(status_code=status, headers=headers, reason=reason.encode()))
+        )
         if not head:
             async for chunk in self._chunks(response.body):
-                writer.write(peer.send(h11.Data(data=chunk)))
+                writer.writelines(peer.send_with_data_passthrough(h11.Data(data=chunk)) or ())
                 await asyncio.wait_for(writer.drain(), self._write_timeout)
         writer.write(peer.send(h11.EndOfMessage()))
         await asyncio.wait_for(writer.drain(), self._write_timeout)
@@ -314,6 +324,27 @@ class HttpServer:
                 return
             for chunk in batch:
                 yield chunk
+
+
+def _too_big(request: h11.Request, body: int) -> int | None:
+    """The status refusing a request head or body over the bounds, or None."""
+    if len(request.target) > MAX_TARGET_BYTES:
+        return 414
+    size = sum(len(k) + len(v) for k, v in request.headers)
+    if len(request.headers) > MAX_HEADERS or size > MAX_HEAD_BYTES:
+        return 431
+    if body > MAX_HEAD_BYTES:
+        return 413
+    return None
+
+
+def _request(request: h11.Request) -> Request:
+    target = urlsplit(request.target.decode("latin-1"))
+    return Request(
+        method=request.method.decode("latin-1"),
+        path=unquote(target.path, errors="replace") or "/",
+        headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers},
+    )
 
 
 def _take(source: Iterator[bytes]) -> list[bytes]:

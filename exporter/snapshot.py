@@ -94,8 +94,15 @@ class ProductUsage:
     @property
     def identity(self) -> tuple[str, ...]:
         """The label values that make this product line's series unique."""
-        return (self.product_id, self.name, self.resource, self.unit, self.usage_type,
-                self.plan, self.hostname)
+        return (
+            self.product_id,
+            self.name,
+            self.resource,
+            self.unit,
+            self.usage_type,
+            self.plan,
+            self.hostname,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,14 +180,34 @@ class UsageSnapshot:
     products: tuple[ProductUsage, ...]
     products_folded: int = 0
     discounts: tuple[DiscountInfo, ...] = ()
-    product_servers: tuple[ProductServer, ...] = ()
     buckets: tuple[BucketInfo, ...] = ()
     divisors: tuple[UnitDivisor, ...] = ()
     servers: tuple[ServerSpend, ...] = ()
     servers_folded: int = 0
-    server_tags: tuple[ServerTag, ...] = ()
     tags_folded: int = 0
     tags: tuple[TagSpend, ...] = ()
+
+    # The two row kinds below are derived when read (once per poll, by the exposition)
+    # rather than stored: at a large account they were a quarter of the store.
+
+    @property
+    def product_servers(self) -> tuple[ProductServer, ...]:
+        """Each server behind each product line (`..._product_server_info`)."""
+        return _unique(
+            ProductServer(p.product_id, s.server_id, s.hostname, s.plan)
+            for p in self.products
+            for s in p.servers
+        )
+
+    @property
+    def server_tags(self) -> tuple[ServerTag, ...]:
+        """Each tag of each named server (`latitudesh_billing_server_tag_info`)."""
+        return tuple(
+            ServerTag(s.server_id, s.hostname, tag)
+            for s in self.servers
+            if s.server_id != OTHER
+            for tag in s.tags
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,28 +350,42 @@ class SnapshotStore:
             previous = self._projects.get(usage.project_id)
             if previous is None:
                 return  # dropped from discovery while its poll ran
-            self._update(replace(
-                previous, usage=usage, up=True, polled=True,
-                last_success=now, poll_duration=duration, last_error=None,
-            ))
+            self._update(
+                replace(
+                    previous,
+                    usage=usage,
+                    up=True,
+                    polled=True,
+                    last_success=now,
+                    poll_duration=duration,
+                    last_error=None,
+                )
+            )
 
     def record_failure(self, project_id: str, reason: str, *, duration: float) -> None:
         with self._lock:
             previous = self._projects.get(project_id)
             if previous is None:
                 return
-            self._update(replace(
-                previous, up=False, polled=True, poll_duration=duration, last_error=reason,
-                errors=_bump(previous.errors, reason),
-            ))
+            self._update(
+                replace(
+                    previous,
+                    up=False,
+                    polled=True,
+                    poll_duration=duration,
+                    last_error=reason,
+                    errors=_bump(previous.errors, reason),
+                )
+            )
 
     # --- the exporter's own figures ---------------------------------------------
 
     def record_discovery_failure(self, team: str, reason: str) -> None:
         with self._lock:
             owner = self._teams[team]
-            owner.status = replace(owner.status,
-                                   discovery_errors=_bump(owner.status.discovery_errors, reason))
+            owner.status = replace(
+                owner.status, discovery_errors=_bump(owner.status.discovery_errors, reason)
+            )
             self._changed()
 
     def record_discovery_success(self, team: str, now: float) -> None:
@@ -364,15 +405,21 @@ class SnapshotStore:
             self._changed()
 
     def record_refresh(
-        self, team: str, *, duration: float | None, effective_interval: float,
+        self,
+        team: str,
+        *,
+        duration: float | None,
+        effective_interval: float,
         currency: str | None = None,
     ) -> None:
         """A refresh of `team` ended (`duration`) or starts (`duration` None)."""
         with self._lock:
             owner = self._teams[team]
             owner.status = replace(
-                owner.status, effective_interval=effective_interval,
-                refresh_duration=duration if duration is not None
+                owner.status,
+                effective_interval=effective_interval,
+                refresh_duration=duration
+                if duration is not None
                 else owner.status.refresh_duration,
                 refreshed=owner.status.refreshed or duration is not None,
                 currency=currency if currency is not None else owner.status.currency,
@@ -397,8 +444,9 @@ class SnapshotStore:
 
     def _reorder(self) -> None:
         """Projects in team order, each team's in the order it listed them."""
-        self._projects = {pid: self._projects[pid]
-                          for team in self._teams.values() for pid in team.project_ids}
+        self._projects = {
+            pid: self._projects[pid] for team in self._teams.values() for pid in team.project_ids
+        }
         self._changed()
         ordered = tuple(self._projects.values())
         for listener in self._listeners:
@@ -411,7 +459,7 @@ class SnapshotStore:
 
 def _bump(counts: tuple[int, ...], reason: str) -> tuple[int, ...]:
     index = POLL_ERROR_REASONS.index(reason)
-    return (*counts[:index], counts[index] + 1, *counts[index + 1:])
+    return (*counts[:index], counts[index] + 1, *counts[index + 1 :])
 
 
 # --- building a snapshot from one answer -----------------------------------------
@@ -431,7 +479,7 @@ def build_usage(
     attributes: UsageAttributes,
     *,
     currency: str,
-    limits: Limits = Limits(),  # noqa: B008 (frozen, so sharing the default is safe)
+    limits: Limits = Limits(),
     slug: str | None = None,
     name: str | None = None,
 ) -> UsageSnapshot:
@@ -461,23 +509,18 @@ def build_usage(
         products=products,
         products_folded=folded,
         discounts=_discounts(merged, kept),
-        product_servers=_unique(
-            ProductServer(line.usage.product_id, s.server_id, s.hostname, s.plan)
-            for line in merged if line.usage.product_id in kept for s in line.usage.servers
-        ),
         buckets=_unique(
             BucketInfo(line.usage.product_id, *line.bucket)
-            for line in merged if line.bucket is not None and line.usage.product_id in kept
+            for line in merged
+            if line.bucket is not None and line.usage.product_id in kept
         ),
         divisors=_first_per_product(
             UnitDivisor(line.usage.product_id, line.divisor)
-            for line in merged if line.divisor is not None and line.usage.product_id in kept
+            for line in merged
+            if line.divisor is not None and line.usage.product_id in kept
         ),
         servers=allocation.servers,
         servers_folded=allocation.servers_folded,
-        server_tags=tuple(ServerTag(s.server_id, s.hostname, tag)
-                          for s in allocation.servers if s.server_id != OTHER
-                          for tag in s.tags),
         tags_folded=allocation.tags_folded,
         tags=allocation.tags,
     )
@@ -496,11 +539,17 @@ class _ProductLine:
     def read(cls, product: Product) -> _ProductLine:
         metadata = product.metadata
         servers = metadata.all_servers() if metadata else []
-        infos = tuple(dict.fromkeys(
-            ServerInfo(label(s.id), label(s.hostname), label(s.plan),
-                       tuple(dict.fromkeys(label(t) for t in s.tags if t)))
-            for s in servers
-        ))
+        infos = tuple(
+            dict.fromkeys(
+                ServerInfo(
+                    label(s.id),
+                    label(s.hostname),
+                    label(s.plan),
+                    tuple(dict.fromkeys(label(t) for t in s.tags if t)),
+                )
+                for s in servers
+            )
+        )
         plans = {info.plan for info in infos}
         bucket = metadata.bucket if metadata else None
         divisor = metadata.billing_unit_divisor if metadata else None
@@ -520,10 +569,12 @@ class _ProductLine:
                 quantity=product.quantity,
                 servers=infos,
             ),
-            discounts=tuple((label(d.description), (d.type or "").lower(), d.value)
-                            for d in product.discounts),
+            discounts=tuple(
+                (label(d.description), (d.type or "").lower(), d.value) for d in product.discounts
+            ),
             bucket=(label(bucket.id), label(bucket.name), label(bucket.location))
-            if bucket is not None and (bucket.id or bucket.name) else None,
+            if bucket is not None and (bucket.id or bucket.name)
+            else None,
             divisor=divisor if divisor is not None and divisor > 0 else None,
         )
 
@@ -555,17 +606,20 @@ def _merge_duplicates(lines: Iterable[_ProductLine]) -> list[_ProductLine]:
     return list(merged.values())
 
 
-def _fold_cheapest(
-    lines: list[_ProductLine], limit: int
-) -> tuple[tuple[ProductUsage, ...], int]:
+def _fold_cheapest(lines: list[_ProductLine], limit: int) -> tuple[tuple[ProductUsage, ...], int]:
     products = [line.usage for line in lines]
     if len(products) <= limit:
         return tuple(products), 0
     ranked = sorted(products, key=lambda p: p.price or 0.0, reverse=True)
     kept, rest = ranked[:limit], ranked[limit:]
     other = ProductUsage(
-        product_id=OTHER, name="other", resource="", unit="", usage_type="",
-        plan="", hostname="",
+        product_id=OTHER,
+        name="other",
+        resource="",
+        unit="",
+        usage_type="",
+        plan="",
+        hostname="",
         price=_sum(p.price for p in rest),
         amount=_sum(p.amount for p in rest),
         price_without_discount=_sum(p.price_without_discount for p in rest),
@@ -588,11 +642,13 @@ def _discounts(lines: list[_ProductLine], kept: set[str]) -> tuple[DiscountInfo,
             amount = _money(value) if not percent else None
             seen = rows.get((product_id, description))
             if seen is not None:
-                ratio = max(r for r in (seen.ratio, ratio) if r is not None) if (
-                    seen.ratio is not None or ratio is not None) else None
+                ratio = (
+                    max(r for r in (seen.ratio, ratio) if r is not None)
+                    if (seen.ratio is not None or ratio is not None)
+                    else None
+                )
                 amount = _add(seen.amount, amount)
-            rows[(product_id, description)] = DiscountInfo(product_id, description, ratio,
-                                                           amount)
+            rows[(product_id, description)] = DiscountInfo(product_id, description, ratio, amount)
     return tuple(rows.values())
 
 
@@ -619,6 +675,40 @@ def _allocate(lines: list[_ProductLine], limits: Limits) -> _Allocation:
     unattributed. Allocation reads the lines as the API gave them, before products
     fold, so folding never moves money between servers.
     """
+    ranked, unattributed = _shares(lines)
+    folded: list[_Share] = []
+    if len(ranked) > limits.servers:
+        ranked.sort(key=lambda share: share.price, reverse=True)
+        ranked, folded = ranked[: limits.servers], ranked[limits.servers :]
+    servers: list[ServerSpend] = []
+    tags_folded = 0
+    for share in ranked:
+        # One line's server keeps its own tuple of tags (no copy per server in the store).
+        tags = share.server.tags if len(share.tags) == len(share.server.tags) else tuple(share.tags)
+        if len(tags) > limits.tags_per_server:
+            tags_folded += len(tags) - limits.tags_per_server
+            tags = (*tags[: limits.tags_per_server], OTHER)
+        info = share.server
+        servers.append(
+            ServerSpend(info.server_id, info.hostname, info.plan, _round(share.price), tags)
+        )
+    if folded:
+        servers.append(ServerSpend(OTHER, "", "", _round(sum(s.price for s in folded)), (OTHER,)))
+    by_tag: dict[str, float] = {UNATTRIBUTED: unattributed, UNTAGGED: 0.0}
+    for server in servers:
+        for tag in server.tags or (UNTAGGED,):
+            by_tag[tag] = by_tag.get(tag, 0.0) + server.price
+    return _Allocation(
+        servers=tuple(servers),
+        servers_folded=len(folded),
+        tags_folded=tags_folded,
+        tags=tuple(TagSpend(tag, _round(price)) for tag, price in sorted(by_tag.items())),
+    )
+
+
+def _shares(lines: list[_ProductLine]) -> tuple[list[_Share], float]:
+    """Each named server's summed share, in order of appearance, and what no server
+    can be given."""
     shares: dict[str, _Share] = {}
     unattributed = 0.0
     for line in lines:
@@ -641,32 +731,7 @@ def _allocate(lines: list[_ProductLine], limits: Limits) -> _Allocation:
             else:
                 share.price += each
                 share.tags.update(dict.fromkeys(server.tags))
-    ranked = list(shares.values())
-    folded: list[_Share] = []
-    if len(ranked) > limits.servers:
-        ranked.sort(key=lambda share: share.price, reverse=True)
-        ranked, folded = ranked[: limits.servers], ranked[limits.servers:]
-    servers: list[ServerSpend] = []
-    tags_folded = 0
-    for share in ranked:
-        tags = tuple(share.tags)
-        if len(tags) > limits.tags_per_server:
-            tags_folded += len(tags) - limits.tags_per_server
-            tags = (*tags[: limits.tags_per_server], OTHER)
-        info = share.server
-        servers.append(ServerSpend(info.server_id, info.hostname, info.plan,
-                                   _round(share.price), tags))
-    if folded:
-        servers.append(ServerSpend(OTHER, "", "", _round(sum(s.price for s in folded)),
-                                   (OTHER,)))
-    by_tag: dict[str, float] = {UNATTRIBUTED: unattributed, UNTAGGED: 0.0}
-    for server in servers:
-        for tag in server.tags or (UNTAGGED,):
-            by_tag[tag] = by_tag.get(tag, 0.0) + server.price
-    return _Allocation(
-        servers=tuple(servers), servers_folded=len(folded), tags_folded=tags_folded,
-        tags=tuple(TagSpend(tag, _round(price)) for tag, price in sorted(by_tag.items())),
-    )
+    return list(shares.values()), unattributed
 
 
 def _round(money: float) -> float:
