@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import certifi
 import httpcore
 import httpx
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
 from exporter import __version__, errors
 from exporter.models import (
@@ -67,13 +67,19 @@ USER_AGENT = (
 
 RequestObserver = Callable[[str, str], None]
 TokenGetter = Callable[[], SecretStr]
-Params = list[tuple[str, str]]
-M = TypeVar("M", bound=BaseModel)
+Params = list[tuple[str, str | int | float | bool | None]]
+M = TypeVar("M")
 
 # What the transport below raises, as well as httpx's own (tests use httpx.MockTransport).
 _TIMEOUTS = (httpx.TimeoutException, httpcore.TimeoutException)
-_NETWORK = (httpx.HTTPError, httpcore.NetworkError, httpcore.ProtocolError,
-            httpcore.ProxyError, httpcore.UnsupportedProtocol, OSError)
+_NETWORK = (
+    httpx.HTTPError,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.ProxyError,
+    httpcore.UnsupportedProtocol,
+    OSError,
+)
 
 
 class _Deadlines:
@@ -116,10 +122,13 @@ class _DeadlineStream(httpcore.NetworkStream):
     def close(self) -> None:
         self._inner.close()
 
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
-        inner = self._inner.start_tls(ssl_context, server_hostname,
-                                      self._deadlines.left(timeout))
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(ssl_context, server_hostname, self._deadlines.left(timeout))
         return _DeadlineStream(inner, self._deadlines)
 
     def get_extra_info(self, info: str) -> Any:
@@ -131,17 +140,25 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._inner = httpcore.SyncBackend()
         self._deadlines = deadlines
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                    local_address: str | None = None,
-                    socket_options: Any = None) -> httpcore.NetworkStream:
-        stream = self._inner.connect_tcp(host, port, self._deadlines.left(timeout),
-                                         local_address, socket_options)
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host, port, self._deadlines.left(timeout), local_address, socket_options
+        )
         return _DeadlineStream(stream, self._deadlines)
 
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Any = None) -> httpcore.NetworkStream:
-        stream = self._inner.connect_unix_socket(path, self._deadlines.left(timeout),
-                                                 socket_options)
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_unix_socket(
+            path, self._deadlines.left(timeout), socket_options
+        )
         return _DeadlineStream(stream, self._deadlines)
 
     def sleep(self, seconds: float) -> None:
@@ -172,27 +189,41 @@ class _DeadlineTransport(httpx.BaseTransport):
         proxy = urllib.request.getproxies().get(url.scheme)
         if proxy and not urllib.request.proxy_bypass(url.host):
             self._pool: httpcore.ConnectionPool = httpcore.HTTPProxy(
-                proxy_url=proxy, ssl_context=context, max_connections=max_connections,
+                proxy_url=proxy,
+                ssl_context=context,
+                max_connections=max_connections,
                 network_backend=backend,
             )
         else:
             self._pool = httpcore.ConnectionPool(
-                ssl_context=context, max_connections=max_connections,
-                keepalive_expiry=30.0, network_backend=backend,
+                ssl_context=context,
+                max_connections=max_connections,
+                keepalive_expiry=30.0,
+                network_backend=backend,
             )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.SyncByteStream)
-        answer = self._pool.handle_request(httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host,
-                             port=request.url.port, target=request.url.raw_path),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        ))
-        return httpx.Response(status_code=answer.status, headers=answer.headers,
-                              stream=_Body(answer.stream), extensions=answer.extensions)
+        answer = self._pool.handle_request(
+            httpcore.Request(
+                method=request.method,
+                url=httpcore.URL(
+                    scheme=request.url.raw_scheme,
+                    host=request.url.raw_host,
+                    port=request.url.port,
+                    target=request.url.raw_path,
+                ),
+                headers=request.headers.raw,
+                content=request.stream,
+                extensions=request.extensions,
+            )
+        )
+        return httpx.Response(
+            status_code=answer.status,
+            headers=answer.headers,
+            stream=_Body(answer.stream),
+            extensions=answer.extensions,
+        )
 
     def close(self) -> None:
         self._pool.close()
@@ -247,8 +278,7 @@ class LatitudeClient:
         self._http = httpx.Client(
             base_url=base_url,
             timeout=httpx.Timeout(timeout),
-            transport=transport or _DeadlineTransport(base_url, self._deadlines,
-                                                      max_connections),
+            transport=transport or _DeadlineTransport(base_url, self._deadlines, max_connections),
             follow_redirects=False,
             headers={
                 "Accept": "application/vnd.api+json, application/json;q=0.9",
@@ -284,7 +314,8 @@ class LatitudeClient:
         if len(usage.products) > MAX_PRODUCTS_PER_ANSWER:
             raise errors.InvalidResponse(
                 f"GET {USAGE_ENDPOINT}: the answer holds {len(usage.products)} product "
-                f"lines, over the cap of {MAX_PRODUCTS_PER_ANSWER}")
+                f"lines, over the cap of {MAX_PRODUCTS_PER_ANSWER}"
+            )
         return usage
 
     def projects(self) -> list[ProjectResource]:
@@ -296,25 +327,31 @@ class LatitudeClient:
         """
         found: dict[str, ProjectResource] = {}
         for number in range(1, MAX_PROJECT_PAGES + 1):
-            page = self._get(PROJECTS_ENDPOINT, [("page[size]", str(PROJECTS_PAGE_SIZE)),
-                                                 ("page[number]", str(number))], ProjectsPage)
+            page = self._get(
+                PROJECTS_ENDPOINT,
+                [("page[size]", str(PROJECTS_PAGE_SIZE)), ("page[number]", str(number))],
+                ProjectsPage,
+            )
             new = [p for p in page.data if p.id and p.id not in found]
             if page.data and not new:
                 raise errors.InvalidResponse(
-                    f"GET {PROJECTS_ENDPOINT}: page {number} brings no new project")
+                    f"GET {PROJECTS_ENDPOINT}: page {number} brings no new project"
+                )
             found.update((p.id, p) for p in new if p.id)
             if len(page.data) < PROJECTS_PAGE_SIZE:
                 return list(found.values())
         raise errors.InvalidResponse(
-            f"GET {PROJECTS_ENDPOINT}: more than {MAX_PROJECT_PAGES} pages of projects")
+            f"GET {PROJECTS_ENDPOINT}: more than {MAX_PROJECT_PAGES} pages of projects"
+        )
 
     def check_key(self) -> KeyCheck:
         """One request, `GET /projects?page[size]=1`: is the key accepted, and by whom."""
         page = self._get(PROJECTS_ENDPOINT, [("page[size]", "1")], ProjectsPage)
         first = next((p for p in page.data if p.id), None)
         team = first.team if first else None
-        return KeyCheck(first is not None, first.currency if first else None,
-                        team.slug if team else None)
+        return KeyCheck(
+            first is not None, first.currency if first else None, team.slug if team else None
+        )
 
     def _get(self, endpoint: str, params: Params, model: type[M]) -> M:
         attempt = 0
@@ -333,8 +370,12 @@ class LatitudeClient:
                 delay = self._delay(exc, attempt)
                 log.debug(
                     "retrying request",
-                    extra={"endpoint": endpoint, "reason": exc.reason,
-                           "attempt": attempt + 1, "delay_seconds": round(delay, 3)},
+                    extra={
+                        "endpoint": endpoint,
+                        "reason": exc.reason,
+                        "attempt": attempt + 1,
+                        "delay_seconds": round(delay, 3),
+                    },
                 )
                 if isinstance(exc, errors.RateLimited):
                     self._budget.pause(delay)  # the whole key waits, not just this call
@@ -370,20 +411,21 @@ class LatitudeClient:
                 self._clock() + self._unauthorized_backoff,
             )
 
-    def _get_once(self, endpoint: str, params: Params, token: SecretStr,
-                  model: type[M]) -> M:
+    def _get_once(self, endpoint: str, params: Params, token: SecretStr, model: type[M]) -> M:
         headers = {"Authorization": token.get_secret_value()}
         code = "network"
         try:
-            with self._deadlines.until(self._clock() + self._timeout), \
-                    self._http.stream("GET", endpoint, params=params,
-                                      headers=headers) as response:
+            with (
+                self._deadlines.until(self._clock() + self._timeout),
+                self._http.stream("GET", endpoint, params=params, headers=headers) as response,
+            ):
                 body = self._read(endpoint, response)
             code = str(response.status_code)
         except _TIMEOUTS:
             code = "timeout"
             raise errors.Timeout(
-                f"GET {endpoint}: no complete answer in {self._timeout:g}s") from None
+                f"GET {endpoint}: no complete answer in {self._timeout:g}s"
+            ) from None
         except errors.InvalidResponse:
             code = str(response.status_code)
             raise
@@ -403,15 +445,18 @@ class LatitudeClient:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self._max_bytes:
             raise errors.InvalidResponse(
-                f"GET {endpoint}: answer of {declared} bytes is over the "
-                f"{self._max_bytes}-byte cap")
-        encodings = [e.strip().lower() for e in
-                     response.headers.get("Content-Encoding", "").split(",") if e.strip()]
+                f"GET {endpoint}: answer of {declared} bytes is over the {self._max_bytes}-byte cap"
+            )
+        encodings = [
+            e.strip().lower()
+            for e in response.headers.get("Content-Encoding", "").split(",")
+            if e.strip()
+        ]
         encodings = [e for e in encodings if e != "identity"]
-        if len(encodings) > MAX_ENCODINGS or not set(encodings) <= {"gzip", "x-gzip",
-                                                                    "deflate"}:
+        if len(encodings) > MAX_ENCODINGS or not set(encodings) <= {"gzip", "x-gzip", "deflate"}:
             raise errors.InvalidResponse(
-                f"GET {endpoint}: unsupported Content-Encoding {', '.join(encodings)!r}")
+                f"GET {endpoint}: unsupported Content-Encoding {', '.join(encodings)!r}"
+            )
         if response.is_stream_consumed:
             # An in-memory answer (httpx.MockTransport in tests): httpx decoded it.
             chunks: Iterator[bytes] = iter([response.content])
@@ -426,14 +471,16 @@ class LatitudeClient:
                 body += chunk
                 if len(body) > self._max_bytes:
                     raise errors.InvalidResponse(
-                        f"GET {endpoint}: answer is over the {self._max_bytes}-byte cap")
+                        f"GET {endpoint}: answer is over the {self._max_bytes}-byte cap"
+                    )
         except zlib.error:
             raise errors.InvalidResponse(
-                f"GET {endpoint}: the compressed answer is corrupt") from None
+                f"GET {endpoint}: the compressed answer is corrupt"
+            ) from None
         except _TooLarge:
             raise errors.InvalidResponse(
-                f"GET {endpoint}: answer is over the {self._max_bytes}-byte cap "
-                "once decompressed") from None
+                f"GET {endpoint}: answer is over the {self._max_bytes}-byte cap once decompressed"
+            ) from None
         return bytes(body)
 
     def _status_error(
@@ -449,8 +496,9 @@ class LatitudeClient:
             detail = detail[:MAX_DETAIL_CHARS] + "…"
         message = f"GET {endpoint}: HTTP {status}" + (f": {detail}" if detail else "")
         if status == 429:
-            waits = [w for w in (document.retry_after, _retry_after_header(response))
-                     if w is not None]
+            waits = [
+                w for w in (document.retry_after, _retry_after_header(response)) if w is not None
+            ]
             return errors.RateLimited(message, retry_after=max(waits) if waits else None)
         kind: type[errors.ApiStatusError] = {
             401: errors.Unauthorized,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import field
 from datetime import datetime
 from functools import cache
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 from pydantic import ConfigDict, GetCoreSchemaHandler, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -39,6 +39,9 @@ MAX_JSON_VALUES = 500_000
 MAX_PRODUCTS_PER_ANSWER = 10_000
 #: Replacement for what cannot be encoded or would forge a line of output.
 REPLACEMENT = "\ufffd"
+#: Largest magnitude a number may have (ten trillion in main units, counted in cents):
+#: beyond it sums overflow or lose whole units, so an absurd figure reads as missing.
+MAX_NUMBER = 1e15
 
 
 class PayloadError(ValueError):
@@ -62,19 +65,28 @@ class _Lenient:
 
 
 class _Number:
-    """int, float or a numeric string; never a bool, an infinity or NaN (a 400-digit
-    integer does not fit a float and reads as missing too)."""
+    """int, float or a numeric string within ±MAX_NUMBER; never a bool, an infinity or
+    NaN (a 400-digit integer does not fit a float and reads as missing too)."""
 
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        number = core_schema.union_schema([
-            core_schema.float_schema(strict=True, allow_inf_nan=False),
-            core_schema.chain_schema([
-                core_schema.str_schema(strict=True, strip_whitespace=True),
-                core_schema.float_schema(allow_inf_nan=False),
-            ]),
-        ])
+        number = core_schema.union_schema(
+            [
+                core_schema.float_schema(
+                    strict=True, allow_inf_nan=False, ge=-MAX_NUMBER, le=MAX_NUMBER
+                ),
+                core_schema.chain_schema(
+                    [
+                        core_schema.str_schema(strict=True, strip_whitespace=True),
+                        core_schema.float_schema(
+                            allow_inf_nan=False, ge=-MAX_NUMBER, le=MAX_NUMBER
+                        ),
+                    ]
+                ),
+            ],
+            mode="left_to_right",
+        )
         return core_schema.with_default_schema(
             core_schema.nullable_schema(number), default=None, on_error="default"
         )
@@ -94,9 +106,7 @@ class _Objects:
         items = core_schema.with_default_schema(handler.generate_schema(item), on_error="omit")
         listed = core_schema.list_schema(items)
         if not self._required:
-            return core_schema.with_default_schema(
-                listed, default_factory=list, on_error="default"
-            )
+            return core_schema.with_default_schema(listed, default_factory=list, on_error="default")
 
         def not_a_list(value: Any) -> list[Any]:
             raise PydanticCustomError("list_type", "not a list")
@@ -114,13 +124,18 @@ class _Text:
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        text = core_schema.union_schema([
-            core_schema.str_schema(strict=True),
-            core_schema.chain_schema([
-                core_schema.int_schema(strict=True),
-                core_schema.no_info_plain_validator_function(str),
-            ]),
-        ])
+        text = core_schema.union_schema(
+            [
+                core_schema.str_schema(strict=True),
+                core_schema.chain_schema(
+                    [
+                        core_schema.int_schema(strict=True),
+                        core_schema.no_info_plain_validator_function(str),
+                    ]
+                ),
+            ],
+            mode="left_to_right",
+        )
         return core_schema.with_default_schema(
             core_schema.nullable_schema(text), default=None, on_error="default"
         )
@@ -132,36 +147,27 @@ Timestamp = Annotated[datetime | None, _Lenient()]
 Texts = Annotated[list[str], _Objects()]
 
 
-_T = TypeVar("_T")
-
-
-def _tolerant(cls: type[_T]) -> type[_T]:
-    """A frozen, slotted pydantic dataclass that ignores unknown fields.
-
-    Dataclasses rather than BaseModel: an answer can hold tens of thousands of product
-    lines, and a slotted dataclass costs a third of a model's memory (no instance dict,
-    no set of the fields that were given).
-    """
-    return pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)(cls)
-
-
+#: Every model is a frozen, slotted pydantic dataclass that ignores unknown fields.
+#: Dataclasses rather than BaseModel: an answer can hold tens of thousands of product
+#: lines, and a slotted dataclass costs a third of a model's memory (no instance dict,
+#: no set of the fields that were given).
 _CONFIG = ConfigDict(extra="ignore")
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class ProjectRef:
     id: Text = None
     slug: Text = None
     name: Text = None
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class Period:
     start: Timestamp = None
     end: Timestamp = None
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class Discount:
     description: Text = None
     #: `percent` or `amount` per the spec; `fixed` has been seen in the wild.
@@ -169,7 +175,7 @@ class Discount:
     value: Number = None
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class Server:
     id: Text = None
     hostname: Text = None
@@ -177,14 +183,14 @@ class Server:
     tags: Texts = field(default_factory=list)
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class Bucket:
     id: Text = None
     name: Text = None
     location: Text = None
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class ProductMetadata:
     """Both shapes in one model: the old `{id, hostname, plan, tags}` and the new
     `{servers[], bucket, billing_unit_divisor}` (spec of 2026-07-16)."""
@@ -209,7 +215,7 @@ class ProductMetadata:
         return []
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class Product:
     id: Text = None
     resource: Text = None
@@ -226,7 +232,7 @@ class Product:
     metadata: Annotated[ProductMetadata | None, _Lenient()] = None
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class UsageAttributes:
     project: Annotated[ProjectRef | None, _Lenient()] = None
     period: Annotated[Period | None, _Lenient()] = None
@@ -237,14 +243,14 @@ class UsageAttributes:
     products: Annotated[list[Product], _Objects()] = field(default_factory=list)
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class UsageResource:
     # Not lenient, unlike the rest: an error below (too many products) must reach the
     # caller, and an `attributes` of the wrong type fails the poll either way.
     attributes: UsageAttributes | None = None
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class BillingUsageDocument:
     """`GET /billing/usage`: `data` is documented as an object; a list is accepted too."""
 
@@ -268,26 +274,26 @@ class BillingUsageDocument:
         return None
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class Currency:
     code: Text = None
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class Team:
     slug: Text = None
     name: Text = None
     currency: Annotated[Currency | None, _Lenient()] = None
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class ProjectAttributes:
     name: Text = None
     slug: Text = None
     team: Annotated[Team | None, _Lenient()] = None
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class ProjectResource:
     id: Text = None
     attributes: Annotated[ProjectAttributes | None, _Lenient()] = None
@@ -302,7 +308,7 @@ class ProjectResource:
         return team.currency.code if team and team.currency else None
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class ProjectsPage:
     """One page of `GET /projects`; the API gives no pagination metadata.
 
@@ -314,12 +320,12 @@ class ProjectsPage:
     data: Annotated[list[ProjectResource], _Objects(required=True)]
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class ErrorMeta:
     retry_after: Number = None
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class ErrorItem:
     code: Text = None
     title: Text = None
@@ -332,7 +338,7 @@ class ErrorItem:
         return self.meta.retry_after if self.meta else None
 
 
-@_tolerant
+@pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class ErrorDocument:
     """`{"errors": [...]}`; some answers carry only a top-level `code`/`message`."""
 
@@ -403,13 +409,13 @@ def parse_document(model: type[M], body: bytes, *, max_values: int = MAX_JSON_VA
     if values > max_values:
         raise PayloadError(f"the answer holds more than {max_values} JSON values")
     try:
-        return _adapter(model).validate_json(text)
+        return cast(M, _adapter(cast(Any, model)).validate_json(text))
     except ValidationError as exc:
         raise PayloadError(_describe(exc)) from None
 
 
 @cache
-def _adapter(model: type[M]) -> TypeAdapter[M]:
+def _adapter(model: Any) -> TypeAdapter[Any]:
     return TypeAdapter(model)
 
 

@@ -42,8 +42,11 @@ class Recorder:
 
 
 def ok(payload: Any = None) -> httpx.Response:
-    return httpx.Response(200, json=payload or load_fixture("billing_usage_new.json"),
-                          headers={"Content-Type": "application/vnd.api+json"})
+    return httpx.Response(
+        200,
+        json=payload or load_fixture("billing_usage_new.json"),
+        headers={"Content-Type": "application/vnd.api+json"},
+    )
 
 
 class Pauses:
@@ -63,8 +66,13 @@ class Pauses:
 def client_for(make_client: MakeClient) -> Callable[..., LatitudeClient]:
     def make(handler: Handler, **kwargs: Any) -> LatitudeClient:
         kwargs.setdefault("budget", RequestBudget(1e6))
-        return make_client("https://api.example", transport=httpx.MockTransport(handler),
-                           jitter=lambda: 0.0, **kwargs)
+        return make_client(
+            "https://api.example",
+            transport=httpx.MockTransport(handler),
+            jitter=lambda: 0.0,
+            **kwargs,
+        )
+
     return make
 
 
@@ -93,8 +101,11 @@ def test_plan_and_product_filters_are_sent(client_for: ClientFor) -> None:
 
 
 def test_plain_json_content_type_is_accepted(client_for: ClientFor) -> None:
-    answer = httpx.Response(200, content=json.dumps(load_fixture("billing_usage_new.json")),
-                            headers={"Content-Type": "application/json"})
+    answer = httpx.Response(
+        200,
+        content=json.dumps(load_fixture("billing_usage_new.json")),
+        headers={"Content-Type": "application/json"},
+    )
     assert client_for(Recorder(answer)).billing_usage(PROJECT).price == 51230
 
 
@@ -104,8 +115,7 @@ def test_server_errors_are_retried_then_succeed(client_for: ClientFor) -> None:
     client = client_for(recorder, on_request=lambda e, c: seen.append((e, c)))
     assert client.billing_usage(PROJECT).price == 51230
     assert len(recorder.requests) == 3
-    assert seen == [("/billing/usage", "500"), ("/billing/usage", "503"),
-                    ("/billing/usage", "200")]
+    assert seen == [("/billing/usage", "500"), ("/billing/usage", "503"), ("/billing/usage", "200")]
 
 
 def test_retries_stop_after_max_retries(client_for: ClientFor) -> None:
@@ -126,23 +136,25 @@ def test_backoff_grows_exponentially_and_never_overflows(client_for: ClientFor) 
 @pytest.mark.parametrize(
     ("headers", "body_wait", "expected"),
     [
-        ({}, 7, 7.0),                          # in the body only
-        ({"Retry-After": "3"}, None, 3.0),     # in the header only
-        ({"Retry-After": "9"}, 4, 9.0),        # both: the longer wait wins
+        ({}, 7, 7.0),  # in the body only
+        ({"Retry-After": "3"}, None, 3.0),  # in the header only
+        ({"Retry-After": "9"}, 4, 9.0),  # both: the longer wait wins
         ({"Retry-After": "99999"}, None, 120.0),  # a huge wait is capped
         ({"Retry-After": "1e999"}, None, 1.0),  # infinite: no wait honoured, backoff
         ({"Retry-After": "Fri, 31 Dec 99999 23:59:59 GMT"}, None, 1.0),  # no such date
         ({"Retry-After": "-5"}, None, 0.0),
-        ({}, 10 ** 400, 1.0),  # does not fit a float
-        ({}, "1e308", 120.0),
+        ({}, 10**400, 1.0),  # does not fit a float
+        ({}, "1e308", 1.0),  # absurd: read as missing, backoff
+        ({}, "86400", 120.0),  # long but real: capped
     ],
 )
 def test_429_waits_as_asked_for_the_whole_key(
     client_for: ClientFor, headers: dict[str, str], body_wait: object, expected: float
 ) -> None:
     meta = {"retry_after": body_wait} if body_wait is not None else {}
-    limited = httpx.Response(429, headers=headers,
-                             content=json.dumps({"errors": [{"status": "429", "meta": meta}]}))
+    limited = httpx.Response(
+        429, headers=headers, content=json.dumps({"errors": [{"status": "429", "meta": meta}]})
+    )
     budget = Pauses()
     client = client_for(Recorder(limited, ok()), budget=budget, backoff_base=2.0)
     assert client.billing_usage(PROJECT).price == 51230
@@ -152,8 +164,9 @@ def test_429_waits_as_asked_for_the_whole_key(
 def test_429_http_date_retry_after_is_understood(client_for: ClientFor) -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     budget = Pauses()
-    client = client_for(Recorder(httpx.Response(429, headers={"Retry-After": when}), ok()),
-                        budget=budget)
+    client = client_for(
+        Recorder(httpx.Response(429, headers={"Retry-After": when}), ok()), budget=budget
+    )
     client.billing_usage(PROJECT)
     assert 25 <= budget.pauses[0] <= 30
 
@@ -206,8 +219,12 @@ def test_a_rejected_token_is_not_sent_again_until_the_backoff_ends(
 def test_a_rotated_token_is_tried_at_once_after_a_401() -> None:
     current = ["old-token"]
     recorder = Recorder(httpx.Response(401), ok())
-    with LatitudeClient(token=lambda: SecretStr(current[0]), budget=RequestBudget(1e6),
-                        base_url="https://x", transport=httpx.MockTransport(recorder)) as client:
+    with LatitudeClient(
+        token=lambda: SecretStr(current[0]),
+        budget=RequestBudget(1e6),
+        base_url="https://x",
+        transport=httpx.MockTransport(recorder),
+    ) as client:
         with pytest.raises(errors.Unauthorized):
             client.billing_usage(PROJECT)
         current[0] = "new-token"
@@ -249,8 +266,9 @@ def test_transport_failures_are_retried_then_typed(
     seen: list[str] = []
     recorder = Recorder(exc)
     with pytest.raises(error):
-        client_for(recorder, max_retries=2, on_request=lambda e, c: seen.append(c)) \
-            .billing_usage(PROJECT)
+        client_for(recorder, max_retries=2, on_request=lambda e, c: seen.append(c)).billing_usage(
+            PROJECT
+        )
     assert seen == [code] * 3
 
 
@@ -266,8 +284,9 @@ def test_transport_failures_are_retried_then_typed(
         httpx.Response(200, content=b'{"data": ' * 100_000 + b"1" + b"}" * 100_000),
     ],
 )
-def test_unusable_answers_are_invalid_response(client_for: ClientFor,
-                                               answer: httpx.Response) -> None:
+def test_unusable_answers_are_invalid_response(
+    client_for: ClientFor, answer: httpx.Response
+) -> None:
     recorder = Recorder(answer)
     with pytest.raises(errors.InvalidResponse):
         client_for(recorder).billing_usage(PROJECT)
@@ -282,16 +301,19 @@ def test_answers_with_more_product_lines_than_the_cap_are_refused(client_for: Cl
 
 
 def test_answers_over_the_size_cap_are_refused(client_for: ClientFor) -> None:
-    big = httpx.Response(200, content=b" " * 5000 + json.dumps(load_fixture(
-        "billing_usage_new.json")).encode())
+    big = httpx.Response(
+        200, content=b" " * 5000 + json.dumps(load_fixture("billing_usage_new.json")).encode()
+    )
     with pytest.raises(errors.InvalidResponse, match="over the 4096-byte cap"):
         client_for(Recorder(big), max_response_bytes=4096).billing_usage(PROJECT)
 
 
 def test_projects_are_paged_until_a_short_page(client_for: ClientFor) -> None:
     def page(n: int) -> httpx.Response:
-        items = [{"id": f"proj_{n}_{i}", "attributes": {"name": f"p{i}"}}
-                 for i in range(PROJECTS_PAGE_SIZE if n < 3 else 7)]
+        items = [
+            {"id": f"proj_{n}_{i}", "attributes": {"name": f"p{i}"}}
+            for i in range(PROJECTS_PAGE_SIZE if n < 3 else 7)
+        ]
         return httpx.Response(200, json={"data": items})
 
     recorder = Recorder(page(1), page(2), page(3))
@@ -319,8 +341,7 @@ def test_a_page_with_no_new_project_is_an_error_not_a_loop(client_for: ClientFor
 def test_pages_that_never_end_stop_at_the_page_cap(client_for: ClientFor) -> None:
     def endless(request: httpx.Request) -> httpx.Response:
         number = int(request.url.params["page[number]"])
-        return httpx.Response(200, json={"data": [{"id": f"p{number}_{i}"}
-                                                  for i in range(100)]})
+        return httpx.Response(200, json={"data": [{"id": f"p{number}_{i}"} for i in range(100)]})
 
     seen: list[str] = []
     with pytest.raises(errors.InvalidResponse, match="more than 100 pages"):
@@ -328,8 +349,9 @@ def test_pages_that_never_end_stop_at_the_page_cap(client_for: ClientFor) -> Non
     assert len(seen) == MAX_PROJECT_PAGES
 
 
-@pytest.mark.parametrize("body", [b"{}", b'{"data": null}', b'{"data": {"id": "p"}}',
-                                  b'{"errors": []}'])
+@pytest.mark.parametrize(
+    "body", [b"{}", b'{"data": null}', b'{"data": {"id": "p"}}', b'{"errors": []}']
+)
 def test_a_projects_answer_without_a_data_list_is_invalid_response(
     client_for: ClientFor, body: bytes
 ) -> None:
@@ -338,8 +360,7 @@ def test_a_projects_answer_without_a_data_list_is_invalid_response(
 
 
 def test_check_key_makes_one_request_for_one_project(client_for: ClientFor) -> None:
-    recorder = Recorder(httpx.Response(200, content=(
-        load_fixture_bytes("projects_page.json"))))
+    recorder = Recorder(httpx.Response(200, content=(load_fixture_bytes("projects_page.json"))))
     found = client_for(recorder).check_key()
     assert (found.sees_projects, found.currency, found.team) == (True, "BRL", "176-team")
     (request,) = recorder.requests
@@ -353,8 +374,7 @@ def load_fixture_bytes(name: str) -> bytes:
 # --- over real sockets, against the fake API -----------------------------------------
 
 
-def test_real_socket_round_trip_in_both_shapes(fake_api: FakeApi,
-                                               make_client: MakeClient) -> None:
+def test_real_socket_round_trip_in_both_shapes(fake_api: FakeApi, make_client: MakeClient) -> None:
     client = make_client(fake_api.url)
     new = client.billing_usage("proj_demo_data")
     assert new.products[0].unit == "GB" and new.amount is not None
@@ -364,16 +384,16 @@ def test_real_socket_round_trip_in_both_shapes(fake_api: FakeApi,
     assert old.price == new.price
 
 
-def test_real_socket_connection_reset_is_network(fake_api: FakeApi,
-                                                 make_client: MakeClient) -> None:
+def test_real_socket_connection_reset_is_network(
+    fake_api: FakeApi, make_client: MakeClient
+) -> None:
     fake_api.inject(Fault("reset"), project="proj_demo_web", times=None)
     with pytest.raises(errors.NetworkError):
         make_client(fake_api.url, max_retries=1).billing_usage("proj_demo_web")
     assert fake_api.request_count("/billing/usage", "proj_demo_web") == 2
 
 
-def test_real_socket_slow_answer_is_timeout(fake_api: FakeApi,
-                                            make_client: MakeClient) -> None:
+def test_real_socket_slow_answer_is_timeout(fake_api: FakeApi, make_client: MakeClient) -> None:
     fake_api.inject(Fault("delay", delay=1.0), project="proj_demo_web", times=None)
     with pytest.raises(errors.Timeout):
         make_client(fake_api.url, timeout=0.2, max_retries=0).billing_usage("proj_demo_web")
@@ -386,8 +406,9 @@ def test_a_trickling_answer_fails_at_the_timeout_not_per_read(
     must still end at 1 s."""
     fake_api.inject(Fault("trickle", delay=0.1), project="proj_demo_web", times=None)
     seen: list[str] = []
-    client = make_client(fake_api.url, timeout=1.0, max_retries=0,
-                         on_request=lambda e, c: seen.append(c))
+    client = make_client(
+        fake_api.url, timeout=1.0, max_retries=0, on_request=lambda e, c: seen.append(c)
+    )
     started = time.monotonic()
     with pytest.raises(errors.Timeout):
         client.billing_usage("proj_demo_web")
@@ -400,37 +421,43 @@ def test_a_truncated_body_is_counted_once_as_network_and_retried(
 ) -> None:
     fake_api.inject(Fault("truncated"), project="proj_demo_web")
     seen: list[tuple[str, str]] = []
-    usage = make_client(fake_api.url, on_request=lambda e, c: seen.append((e, c))) \
-        .billing_usage("proj_demo_web")
+    usage = make_client(fake_api.url, on_request=lambda e, c: seen.append((e, c))).billing_usage(
+        "proj_demo_web"
+    )
     assert usage.project is not None and usage.project.id == "proj_demo_web"
     assert seen == [("/billing/usage", "network"), ("/billing/usage", "200")]
 
 
 @pytest.mark.parametrize("layers", [1, 2])
-def test_gzipped_answers_are_decoded_layer_by_layer(fake_api: FakeApi, make_client: MakeClient,
-                                                    layers: int) -> None:
+def test_gzipped_answers_are_decoded_layer_by_layer(
+    fake_api: FakeApi, make_client: MakeClient, layers: int
+) -> None:
     fake_api.inject(Fault("gzip", layers=layers), project="proj_demo_gpu")
     usage = make_client(fake_api.url).billing_usage("proj_demo_gpu")
     assert usage.price is not None and usage.price > 0
 
 
-def test_a_compression_bomb_is_refused_while_it_streams(fake_api: FakeApi,
-                                                        make_client: MakeClient) -> None:
+def test_a_compression_bomb_is_refused_while_it_streams(
+    fake_api: FakeApi, make_client: MakeClient
+) -> None:
     bomb = " " * (64 * 1024 * 1024)  # 64 MiB of spaces: 64 KiB once gzipped twice
     fake_api.inject(Fault("gzip", layers=2, body=bomb), project="proj_demo_gpu")
     with pytest.raises(errors.InvalidResponse, match="once decompressed"):
-        make_client(fake_api.url, max_response_bytes=1024 * 1024, max_retries=0) \
-            .billing_usage("proj_demo_gpu")
+        make_client(fake_api.url, max_response_bytes=1024 * 1024, max_retries=0).billing_usage(
+            "proj_demo_gpu"
+        )
 
 
-def test_real_socket_wrong_token_is_unauthorized(fake_api: FakeApi,
-                                                 make_client: MakeClient) -> None:
+def test_real_socket_wrong_token_is_unauthorized(
+    fake_api: FakeApi, make_client: MakeClient
+) -> None:
     with pytest.raises(errors.Unauthorized, match="invalid or missing API key"):
         make_client(fake_api.url, token="wrong").billing_usage("proj_demo_web")
 
 
-def test_real_socket_unknown_project_is_not_found(fake_api: FakeApi,
-                                                  make_client: MakeClient) -> None:
+def test_real_socket_unknown_project_is_not_found(
+    fake_api: FakeApi, make_client: MakeClient
+) -> None:
     with pytest.raises(errors.NotFound):
         make_client(fake_api.url).billing_usage("proj_nope")
 
@@ -447,4 +474,4 @@ def test_an_api_that_echoes_the_token_never_leaks_any_of_it(
     message = str(caught.value)
     for size in range(6, len(TOKEN) + 1):
         for start in range(len(TOKEN) - size + 1):
-            assert TOKEN[start:start + size] not in message
+            assert TOKEN[start : start + size] not in message
