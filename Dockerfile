@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# latitudesh-exporter: build a wheel, install it into a venv, ship only the venv.
+# latitudesh-exporter: dependencies from the hash-locked requirements.lock, then the
+# package as a wheel, into a venv; only the venv (byte-code compiled) is shipped.
 #
 #   docker build -t latitudesh-exporter .
 #   docker run --rm -p 10067:10067 --read-only latitudesh-exporter --demo
@@ -15,19 +16,24 @@ FROM ${BASE_IMAGE} AS build
 ARG PIP_NO_INDEX=""
 ARG PIP_FIND_LINKS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY . .
-# The default `python3 -m venv` pip is recent enough to build a PEP 517 wheel.
+# Dependencies first: this layer is rebuilt only when the lock changes, not on every
+# change to the source, and every file is checked against its hash.
+COPY requirements.lock ./
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/dist . \
- && /opt/venv/bin/pip install /tmp/dist/*.whl \
+ && /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock
+COPY pyproject.toml README.md ./
+COPY exporter ./exporter
+# Byte-code is compiled here and kept: on a read-only root, Python could not write it
+# and would compile every module again at each start.
+RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/dist . \
+ && /opt/venv/bin/pip install --no-deps /tmp/dist/*.whl \
  && /opt/venv/bin/pip uninstall --yes pip \
- && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+ && /opt/venv/bin/python -m compileall -q -j 0 /opt/venv
 
 FROM ${BASE_IMAGE}
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 LABEL org.opencontainers.image.title="latitudesh-exporter" \
       org.opencontainers.image.description="Prometheus exporter for the billing usage of Latitude.sh projects" \
       org.opencontainers.image.source="https://github.com/latitudesh-exporter/latitudesh-exporter" \

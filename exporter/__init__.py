@@ -1,3 +1,3 @@
 """Prometheus exporter for the billing usage of Latitude.sh projects."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

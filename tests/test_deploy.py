@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from exporter import __version__
 from exporter.config import load_settings
 from tests.conftest import ROOT, require_binary
 
@@ -27,17 +30,22 @@ KUBERNETES_VERSION = "1.30.0"
 
 
 def test_hadolint_passes() -> None:
-    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or \
-        require_binary("hadolint")
-    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True,
-                            text=True, check=False)
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or require_binary(
+        "hadolint"
+    )
+    result = subprocess.run(
+        [hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def instructions() -> list[tuple[str, str]]:
     joined = re.sub(r"\\\n", " ", DOCKERFILE)
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
-            for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in joined.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def test_dockerfile_is_multi_stage_on_an_overridable_base() -> None:
@@ -62,7 +70,8 @@ def test_dockerfile_runtime_conventions() -> None:
 
 
 def compose() -> dict[str, Any]:
-    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    return loaded
 
 
 def host_volumes(service: dict[str, Any]) -> list[tuple[Path, str]]:
@@ -91,8 +100,9 @@ def test_compose_references_only_files_that_exist() -> None:
 
 
 def test_compose_host_ports_do_not_clash() -> None:
-    ports = [str(p).split(":")[0] for s in compose()["services"].values()
-             for p in s.get("ports", [])]
+    ports = [
+        str(p).split(":")[0] for s in compose()["services"].values() for p in s.get("ports", [])
+    ]
     assert len(ports) == len(set(ports))
     assert set(ports) == {"10067", "9090", "9093", "3000"}
 
@@ -106,8 +116,13 @@ def test_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
     assert config["scrape_configs"][0]["job_name"] == "latitudesh"
     assert config["scrape_configs"][0]["static_configs"][0]["targets"] == ["exporter:10067"]
-    result = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=tmp_path,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [promtool, "check", "config", "prometheus.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     shipped = yaml.safe_load((ROOT / "prometheus" / "rules.yml").read_text())["groups"]
     # the compose stack loads the shipped rules, all of them
@@ -125,20 +140,55 @@ def test_compose_grafana_provisions_the_dashboard() -> None:
 
 
 def manifests() -> dict[str, dict[str, Any]]:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    return {name: yaml.safe_load((K8S / name).read_text())
-            for name in kustomization["resources"]}
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    return {
+        name: yaml.safe_load((K8S / "base" / name).read_text())
+        for name in kustomization["resources"]
+    }
 
 
-def test_kustomization_lists_every_manifest() -> None:
-    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+def kustomize(directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require_binary("kubectl"), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def deploy_copy(tmp_path: Path) -> Path:
+    """The Kubernetes files with a token file in place, as a user prepares them."""
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(K8S, copy)
+    (copy / "components" / "token-file" / "token").write_text("lat_a-real-key\n")
+    return copy
+
+
+def rendered(directory: Path) -> list[dict[str, Any]]:
+    result = kustomize(directory)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def test_the_base_lists_every_manifest_and_holds_no_secret() -> None:
+    on_disk = {p.name for p in (K8S / "base").glob("*.yaml")} - {"kustomization.yaml"}
     assert set(manifests()) == on_disk
+    assert all(m["kind"] != "Secret" for m in manifests().values())
+    assert not list(K8S.rglob("secret*.yaml"))  # no placeholder to overwrite a real key
 
 
-@pytest.mark.parametrize("name", ["configmap.yaml", "secret.yaml", "deployment.yaml",
-                                  "service.yaml"])
-def test_core_manifests_validate_strictly_against_the_kubernetes_schemas(name: str) -> None:
-    kubernetes_validate.validate(manifests()[name], KUBERNETES_VERSION, strict=True)
+@pytest.mark.parametrize("overlay", ["base", "overlays/kube-prometheus-stack"])
+def test_every_build_validates_strictly_against_the_kubernetes_schemas(
+    deploy_copy: Path, overlay: str
+) -> None:
+    documents = rendered(deploy_copy / overlay)
+    core = [d for d in documents if d["apiVersion"] in ("v1", "apps/v1")]
+    assert {d["kind"] for d in core} >= {"ConfigMap", "Deployment", "Service"}
+    for document in core:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    assert all(d["metadata"].get("namespace") == "monitoring" for d in documents)
 
 
 def test_strict_validation_catches_a_typo() -> None:
@@ -146,6 +196,26 @@ def test_strict_validation_catches_a_typo() -> None:
     broken["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_kube_prometheus_stack_overlay_labels_what_the_chart_selects(
+    deploy_copy: Path,
+) -> None:
+    documents = {d["kind"]: d for d in rendered(deploy_copy / "overlays/kube-prometheus-stack")}
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        assert documents[kind]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    secret = documents["Secret"]
+    assert secret["metadata"]["name"] == "latitudesh-exporter-token"  # no hash suffix
+    assert base64.b64decode(secret["data"]["token"]) == b"lat_a-real-key\n"
+    assert "release" not in documents["Deployment"]["metadata"]["labels"]
+
+
+def test_the_token_file_component_refuses_to_build_without_a_token(tmp_path: Path) -> None:
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(K8S, copy)
+    result = kustomize(copy / "overlays/kube-prometheus-stack")
+    assert result.returncode != 0
+    assert "token" in result.stderr
 
 
 def test_deployment_is_locked_down_and_probed() -> None:
@@ -164,30 +234,29 @@ def test_deployment_is_locked_down_and_probed() -> None:
     assert container["ports"][0]["containerPort"] == 10067
 
 
-def test_token_is_mounted_from_the_secret_as_token_file(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_is_mounted_from_the_secret_as_token_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     all_ = manifests()
     pod = all_["deployment.yaml"]["spec"]["template"]["spec"]
     mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["token"]["secret"]["secretName"] == all_["secret.yaml"]["metadata"]["name"]
+    assert volumes["token"]["secret"]["secretName"] == "latitudesh-exporter-token"
     config_text = all_["configmap.yaml"]["data"]["config.yaml"]
     config = tmp_path / "config.yaml"
     config.write_text(config_text)
-    for var in [v for v in __import__("os").environ if v.startswith("LATITUDESH_")]:
+    for var in [v for v in os.environ if v.startswith("LATITUDESH_")]:
         monkeypatch.delenv(var)
     settings = load_settings(config, explicit=True)  # the ConfigMap is a valid config
     assert settings.api.token_file == Path(mounts["token"]) / "token"
-    assert "--config.file=" + mounts["config"] + "/config.yaml" in \
-        pod["containers"][0]["args"]
+    assert "--config.file=" + mounts["config"] + "/config.yaml" in pod["containers"][0]["args"]
 
 
 def test_service_monitor_targets_the_service_and_sets_the_job() -> None:
     all_ = manifests()
     monitor = all_["servicemonitor.yaml"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["spec"]["selector"]["matchLabels"] == all_["service.yaml"]["metadata"][
-        "labels"]
+    assert monitor["spec"]["selector"]["matchLabels"] == all_["service.yaml"]["metadata"]["labels"]
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == all_["service.yaml"]["spec"]["ports"][0]["name"]
     assert {"targetLabel": "job", "replacement": "latitudesh"} in endpoint["relabelings"]
@@ -198,10 +267,40 @@ def test_prometheus_rule_holds_exactly_the_shipped_rules() -> None:
     assert rule["kind"] == "PrometheusRule"
     shipped = yaml.safe_load((ROOT / "prometheus" / "rules.yml").read_text())["groups"]
     assert rule["spec"]["groups"] == shipped
-    spec = importlib.util.spec_from_file_location("generate",
-                                                  K8S / "generate_prometheusrule.py")
+    spec = importlib.util.spec_from_file_location("generate", K8S / "generate_prometheusrule.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.render() == (K8S / "prometheusrule.yaml").read_text(), \
+    assert module.render() == (K8S / "base" / "prometheusrule.yaml").read_text(), (
         "run deploy/kubernetes/generate_prometheusrule.py"
+    )
+
+
+# --- one version, everywhere -------------------------------------------------------
+
+
+def test_the_version_is_the_packages_everywhere() -> None:
+    assert ("ARG", f"VERSION={__version__}") in instructions()
+    (container,) = manifests()["deployment.yaml"]["spec"]["template"]["spec"]["containers"]
+    assert container["image"].endswith(f":{__version__}")
+    assert 'path = "exporter/__init__.py"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_the_image_installs_dependencies_from_the_lock_before_the_source() -> None:
+    ops = instructions()
+    copies = [arg for op, arg in ops if op == "COPY"]
+    assert copies.index("requirements.lock ./") < copies.index("exporter ./exporter")
+    runs = " ".join(arg for op, arg in ops if op == "RUN")
+    assert "--require-hashes" in runs and "-r requirements.lock" in runs
+    assert "compileall" in runs and "__pycache__" not in runs
+    lock = (ROOT / "requirements.lock").read_text()
+    for dependency in (
+        "httpx",
+        "prometheus-client",
+        "pydantic-settings",
+        "apscheduler",
+        "h11",
+        "bcrypt",
+    ):
+        assert re.search(rf"^{dependency}==\S+ \\$", lock, re.M), dependency
+    assert "--hash=sha256:" in lock

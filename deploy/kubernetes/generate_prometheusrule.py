@@ -13,7 +13,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 RULES = HERE.parent.parent / "prometheus" / "rules.yml"
-TARGET = HERE / "prometheusrule.yaml"
+TARGET = HERE / "base" / "prometheusrule.yaml"
 
 
 class _Dumper(yaml.SafeDumper):
@@ -33,12 +33,13 @@ def render() -> str:
     document = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {"name": "latitudesh-exporter",
-                     "labels": {"app.kubernetes.io/name": "latitudesh-exporter"}},
+        "metadata": {
+            "name": "latitudesh-exporter",
+            "labels": {"app.kubernetes.io/name": "latitudesh-exporter"},
+        },
         "spec": {"groups": groups},
     }
-    header = ("# Generated from prometheus/rules.yml by generate_prometheusrule.py; "
-              "do not edit.\n")
+    header = "# Generated from prometheus/rules.yml by generate_prometheusrule.py; do not edit.\n"
     return header + yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100)
 
 
