@@ -36,6 +36,7 @@ dt{color:#656d76}dd{margin:0;text-align:right}
 table{width:100%;border-collapse:collapse;font-size:.9em}
 td{padding:.1em 0;border-top:1px solid #eaeef2}td.n{text-align:right}
 .up{color:#1a7f37}.down{color:#cf222e}.pending{color:#9a6700}
+.warn-text{color:#cf222e;font-weight:600}
 """
 
 
@@ -45,7 +46,7 @@ def _e(text: object) -> str:
 
 def money(value: float | None, currency: str) -> str:
     if value is None:
-        return "–"
+        return "n/a"
     sign = "-" if value < 0 else ""
     return f"{sign}{abs(value):,.2f} {currency}".strip()
 
@@ -56,8 +57,10 @@ def _share_class(share: float) -> str:
 
 def _bar(share: float, kind: str, label: str) -> str:
     width = max(0.0, min(share, 1.0)) * 100
-    return (f'<div class="bar" role="img" aria-label="{_e(label)}">'
-            f'<span class="{kind}" style="width:{width:.1f}%"></span></div>')
+    return (
+        f'<div class="bar" role="img" aria-label="{_e(label)}">'
+        f'<span class="{kind}" style="width:{width:.1f}%"></span></div>'
+    )
 
 
 def projected(usage: UsageSnapshot, now: float) -> float | None:
@@ -72,47 +75,79 @@ def projected(usage: UsageSnapshot, now: float) -> float | None:
 def _project(status: ProjectStatus, now: float) -> str:
     usage = status.usage
     health = "up" if status.up else ("down" if status.polled else "pending")
-    seen = (datetime.fromtimestamp(status.last_success, UTC).strftime("%Y-%m-%d %H:%M UTC")
-            if status.last_success is not None else "never")
-    name = (usage.project_name if usage and usage.project_name else status.project_slug
-            or status.project_id)
-    parts = [f'<div class="card" data-project="{_e(status.project_id)}">',
-             f'<h3>{_e(name)}</h3><div class="slug">{_e(status.project_id)}</div>']
+    seen = (
+        datetime.fromtimestamp(status.last_success, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        if status.last_success is not None
+        else "never"
+    )
+    name = (
+        usage.project_name
+        if usage and usage.project_name
+        else status.project_slug or status.project_id
+    )
+    parts = [
+        f'<div class="card" data-project="{_e(status.project_id)}">',
+        f'<h3>{_e(name)}</h3><div class="slug">{_e(status.project_id)}</div>',
+    ]
     if usage is None:
         parts.append('<p class="muted">no billing data yet</p>')
     else:
         currency = usage.currency
-        parts.append(f'<div class="money" data-field="spend">{_e(money(usage.price, currency))}'
-                     "</div>")
+        parts.append(
+            f'<div class="money" data-field="spend">{_e(money(usage.price, currency))}</div>'
+        )
         if usage.threshold:
             share = (usage.price or 0.0) / usage.threshold
             parts.append(_bar(share, _share_class(share), f"{share:.0%} of the threshold"))
-            parts.append(f'<div class="muted" data-field="threshold">{share:.0%} of the '
-                         f"{_e(money(usage.threshold, currency))} threshold</div>")
+            parts.append(
+                f'<div class="muted" data-field="threshold">{share:.0%} of the '
+                f"{_e(money(usage.threshold, currency))} threshold</div>"
+            )
         rows = [("credit left", money(usage.available_credit_balance, currency), "credit")]
         projection = projected(usage, now)
+        over = ""
         if projection is not None:
             rows.append(("projected at period end", money(projection, currency), "projected"))
-        parts.append("<dl>" + "".join(
-            f'<dt>{_e(label)}</dt><dd data-field="{field}">{_e(value)}</dd>'
-            for label, value, field in rows) + "</dl>")
-        if usage.period_start is not None and usage.period_end is not None and (
-                usage.period_end > usage.period_start):
+            if usage.threshold and projection > usage.threshold:
+                over = "projected"  # on course to pass the threshold: say so in red
+        parts.append(
+            "<dl>"
+            + "".join(
+                f'<dt>{_e(label)}</dt><dd data-field="{field}"'
+                f"{' class=warn-text' if field == over else ''}>{_e(value)}</dd>"
+                for label, value, field in rows
+            )
+            + "</dl>"
+        )
+        if (
+            usage.period_start is not None
+            and usage.period_end is not None
+            and (usage.period_end > usage.period_start)
+        ):
             gone = (now - usage.period_start) / (usage.period_end - usage.period_start)
             end = datetime.fromtimestamp(usage.period_end, UTC).strftime("%Y-%m-%d")
             parts.append(_bar(gone, "period", f"{gone:.0%} of the period gone"))
-            parts.append(f'<div class="muted" data-field="period">{min(max(gone, 0), 1):.0%}'
-                         f" of the period gone, ends {end}</div>")
+            parts.append(
+                f'<div class="muted" data-field="period">{min(max(gone, 0), 1):.0%}'
+                f" of the period gone, ends {end}</div>"
+            )
         top = sorted((p for p in usage.products if p.price), key=lambda p: -(p.price or 0))
         if top:
-            parts.append("<table>" + "".join(
-                f'<tr><td>{_e(p.name or p.product_id)}'
-                f'{" · " + _e(p.hostname) if p.hostname else ""}</td>'
-                f'<td class="n">{_e(money(p.price, currency))}</td></tr>'
-                for p in top[:TOP_PRODUCTS]) + "</table>")
+            parts.append(
+                "<table>"
+                + "".join(
+                    f"<tr><td>{_e(p.name or p.product_id)}"
+                    f"{' · ' + _e(p.hostname) if p.hostname else ''}</td>"
+                    f'<td class="n">{_e(money(p.price, currency))}</td></tr>'
+                    for p in top[:TOP_PRODUCTS]
+                )
+                + "</table>"
+            )
     error = f" · last error: {_e(status.last_error)}" if status.last_error else ""
-    parts.append(f'<p class="muted" data-field="health"><span class="{health}">{health}'
-                 f"</span> · last success {seen}{error}</p></div>")
+    parts.append(
+        f'<p class="muted" data-field="health"><span class="{health}">{health}'
+        f"</span> · last success {seen}{error}</p></div>"
+    )
     return "".join(parts)
 
 
@@ -122,11 +157,14 @@ def _team(team: TeamStatus, projects: Iterable[ProjectStatus], now: float) -> st
     for p in projects:
         if p.usage is not None and p.usage.price is not None:
             totals[p.usage.currency] = totals.get(p.usage.currency, 0.0) + p.usage.price
-    total = ", ".join(money(v, k) for k, v in sorted(totals.items())) or "–"
-    return (f'<section data-team="{_e(team.name)}"><h2>{_e(team.name)} '
-            f'<span class="muted">· {len(cards)} projects · {_e(total)} so far</span></h2>'
-            f'<div class="grid">{"".join(cards) or "<p class=muted>no projects yet</p>"}'
-            "</div></section>")
+    total = ", ".join(money(v, k) for k, v in sorted(totals.items())) or "n/a"
+    return (
+        f'<section data-team="{_e(team.name)}"><h2>{_e(team.name)} '
+        f'<span class="muted">· {len(cards)} project{"" if len(cards) == 1 else "s"} · '
+        f"{_e(total)} so far</span></h2>"
+        f'<div class="grid">{"".join(cards) or "<p class=muted>no projects yet</p>"}'
+        "</div></section>"
+    )
 
 
 def render(view: StoreView, *, now: float, telemetry_path: str, version: str) -> bytes:
@@ -134,8 +172,10 @@ def render(view: StoreView, *, now: float, telemetry_path: str, version: str) ->
     for project in view.projects:
         by_team.setdefault(project.team, []).append(project)
     teams = {t.name: t for t in view.teams}
-    sections = "".join(_team(teams.get(name) or TeamStatus(name), projects, now)
-                       for name, projects in by_team.items())
+    sections = "".join(
+        _team(teams.get(name) or TeamStatus(name), projects, now)
+        for name, projects in by_team.items()
+    )
     path = _e(telemetry_path)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

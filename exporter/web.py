@@ -31,9 +31,15 @@ log = logging.getLogger(__name__)
 
 #: bcrypt reads at most 72 bytes of a password; exporter-toolkit refuses longer ones.
 MAX_PASSWORD_BYTES = 72
-_REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            429: "Too Many Requests", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +63,12 @@ class Response:
         return _REASONS.get(self.status, "")
 
 
-def reply(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
-          headers: Iterable[tuple[str, str]] = ()) -> Response:
+def reply(
+    status: int,
+    body: bytes,
+    content_type: str = "text/plain; charset=utf-8",
+    headers: Iterable[tuple[str, str]] = (),
+) -> Response:
     return Response(status, [("Content-Type", content_type), *headers], (body,), len(body))
 
 
@@ -78,8 +88,9 @@ class BasicAuth:
     def __init__(self, users: Mapping[str, bytes]) -> None:
         self._users = {name: (hashed, _cost(hashed)) for name, hashed in users.items()}
         costs = sorted({cost for _, cost in self._users.values()})
-        self._dummies = {cost: bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(rounds=cost))
-                         for cost in costs}
+        self._dummies = {
+            cost: bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(rounds=cost)) for cost in costs
+        }
         self._key = os.urandom(32)
         self._verified: set[bytes] = set()
         self._lock = threading.Lock()
@@ -88,8 +99,7 @@ class BasicAuth:
         if not header or not header.startswith("Basic "):
             return False
         try:
-            user_raw, sep, password = base64.b64decode(header[6:], validate=True).partition(
-                b":")
+            user_raw, sep, password = base64.b64decode(header[6:], validate=True).partition(b":")
             user = user_raw.decode()
         except (binascii.Error, UnicodeDecodeError, ValueError):
             return False
@@ -123,8 +133,9 @@ def _cost(hashed: bytes) -> int:
 class RateLimit:
     """exporter-toolkit's `rate_limit`: a token bucket over all requests."""
 
-    def __init__(self, interval: float, burst: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, interval: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._interval = interval
         self._burst = burst
         self._clock = clock
@@ -198,13 +209,22 @@ class WebApp:
         if security.limit is not None and not security.limit.allow():
             return reply(429, b"too many requests\n", headers=[("Retry-After", "1")])
         path = request.path
-        if security.auth is not None and path not in self.UNAUTHENTICATED and (
-                not security.auth.check(request.headers.get("authorization"))):
-            return reply(401, b"unauthorized\n", headers=[
-                ("WWW-Authenticate", 'Basic realm="latitudesh-exporter", charset="UTF-8"')])
+        if (
+            security.auth is not None
+            and path not in self.UNAUTHENTICATED
+            and (not security.auth.check(request.headers.get("authorization")))
+        ):
+            return reply(
+                401,
+                b"unauthorized\n",
+                headers=[
+                    ("WWW-Authenticate", 'Basic realm="latitudesh-exporter", charset="UTF-8"')
+                ],
+            )
         if path == self._telemetry_path:
-            body = self._exposition.render(request.headers.get("accept", ""),
-                                           request.headers.get("accept-encoding", ""))
+            body = self._exposition.render(
+                request.headers.get("accept", ""), request.headers.get("accept-encoding", "")
+            )
             headers = [("Content-Type", body.content_type), ("Vary", "Accept, Accept-Encoding")]
             if body.gzipped:
                 headers.append(("Content-Encoding", "gzip"))
@@ -216,8 +236,11 @@ class WebApp:
                 return reply(200, b"ready\n")
             return reply(503, b"not ready: the first refresh has not been attempted yet\n")
         if path == "/":
-            page = statuspage.render(self._view(), now=self._now(),
-                                     telemetry_path=self._telemetry_path, version=__version__)
-            return reply(200, page, "text/html; charset=utf-8",
-                         [("Cache-Control", "no-store")])
+            page = statuspage.render(
+                self._view(),
+                now=self._now(),
+                telemetry_path=self._telemetry_path,
+                version=__version__,
+            )
+            return reply(200, page, "text/html; charset=utf-8", [("Cache-Control", "no-store")])
         return reply(404, b"not found\n")

@@ -30,8 +30,9 @@ def app_for(store: SnapshotStore | None = None, **kwargs: Any) -> WebApp:
 
 
 def get(app: WebApp, path: str, method: str = "GET", **headers: str) -> Response:
-    return app.handle(Request(method, path, {k.lower().replace("_", "-"): v
-                                             for k, v in headers.items()}))
+    return app.handle(
+        Request(method, path, {k.lower().replace("_", "-"): v for k, v in headers.items()})
+    )
 
 
 def text(response: Response) -> bytes:
@@ -67,8 +68,9 @@ def test_readyz_is_503_until_every_team_attempted_a_first_refresh() -> None:
     assert get(app, "/readyz").status == 200  # a failing API must not hide the exporter
 
 
-def test_a_failing_request_answers_500_and_the_next_one_works(monkeypatch: pytest.MonkeyPatch,
-                                                              caplog: Any) -> None:
+def test_a_failing_request_answers_500_and_the_next_one_works(
+    monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
     app = app_for()
     original = app._exposition.render
     monkeypatch.setattr(app._exposition, "render", lambda *a: 1 / 0)
@@ -84,8 +86,11 @@ def test_configured_headers_go_on_every_answer() -> None:
 
 
 def auth_app() -> WebApp:
-    return app_for(web=WebSettings(users={"prometheus": FAST, "slow": SLOW,
-                                          "legacy": FAST.replace(b"$2b$", b"$2y$")}))
+    return app_for(
+        web=WebSettings(
+            users={"prometheus": FAST, "slow": SLOW, "legacy": FAST.replace(b"$2b$", b"$2y$")}
+        )
+    )
 
 
 def test_right_credentials_get_the_metrics() -> None:
@@ -95,18 +100,27 @@ def test_right_credentials_get_the_metrics() -> None:
     assert get(app, "/metrics", authorization=basic("slow", PASSWORD)).status == 200
 
 
-@pytest.mark.parametrize("header", [
-    None, basic("prometheus", "wrong"), basic("nobody", PASSWORD), "Basic !!!not-base64",
-    "Bearer abc", basic("prometheus", PASSWORD + "x" * 80), "Basic " + base64.b64encode(
-        b"no-colon").decode(), basic("prometheus", b"\xff\xfe"),
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        basic("prometheus", "wrong"),
+        basic("nobody", PASSWORD),
+        "Basic !!!not-base64",
+        "Bearer abc",
+        basic("prometheus", PASSWORD + "x" * 80),
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+        basic("prometheus", b"\xff\xfe"),
+    ],
+)
 def test_wrong_or_missing_credentials_get_401_with_a_challenge(header: str | None) -> None:
     app = auth_app()
     headers = {"authorization": header} if header else {}
     response = get(app, "/metrics", **headers)
     assert response.status == 401
     assert dict(response.headers)["WWW-Authenticate"].startswith(
-        'Basic realm="latitudesh-exporter"')
+        'Basic realm="latitudesh-exporter"'
+    )
     assert b"latitudesh" not in text(response)
     assert get(app, "/", **headers).status == 401
 
@@ -139,8 +153,13 @@ def test_every_check_does_the_same_bcrypt_work_whoever_asks(
 
     monkeypatch.setattr(bcrypt, "checkpw", counting)
     work = []
-    for user, password in (("fast", "x"), ("slow", "x"), ("nobody", "x"),
-                           ("fast", "y" * 100), ("slow", PASSWORD)):
+    for user, password in (
+        ("fast", "x"),
+        ("slow", "x"),
+        ("nobody", "x"),
+        ("fast", "y" * 100),
+        ("slow", PASSWORD),
+    ):
         calls.clear()
         auth.check(basic(user, password))
         work.append(sorted(calls))

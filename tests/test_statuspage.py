@@ -1,0 +1,154 @@
+"""The status page: money per team and project, escaped, self-contained, and rendered
+for real in Debian's chromium (driven by Playwright)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exporter import statuspage
+from exporter.snapshot import SnapshotStore
+from tests.conftest import IN_CI, ROOT, ExporterProcess, golden_store, usage_of
+
+SCREENSHOT = ROOT / "docs" / "status-page.png"
+NOW = 1_795_000_000.0  # 2026-11-18, inside the fixtures' November period
+
+
+def card_of(html: str, project: str) -> str:
+    start = html.index(f'data-project="{project}"')
+    end = html.find("data-project=", start + 1)
+    return html[start : end if end > 0 else len(html)]
+
+
+def page_of(store: SnapshotStore) -> str:
+    return statuspage.render(
+        store.view(), now=NOW, telemetry_path="/metrics", version="9.9"
+    ).decode()
+
+
+def test_money_threshold_credit_period_projection_and_products_per_project() -> None:
+    card = card_of(page_of(golden_store()), "proj_r0MK4O4kDa95w")
+    assert "512.30 USD" in card  # spend so far
+    assert "51% of the 1,000.00 USD threshold" in card
+    assert "123.45 USD" in card  # credit left
+    assert "projected at period end" in card
+    assert re.search(r"\d+% of the period gone, ends 2026-12-01", card)
+    assert "c2.small.x86" in card and "456.00 USD" in card  # top products
+    assert "up</span> · last success" in card
+
+
+def test_every_api_string_is_escaped() -> None:
+    store = SnapshotStore()
+    store.add_team("t")
+    store.set_projects("t", [("p", "")])
+    hostile = {
+        "data": {
+            "attributes": {
+                "project": {"id": "p", "name": "<script>alert(1)</script>"},
+                "price": 100,
+                "products": [{"id": "x", "name": '"><img src=x onerror=alert(1)>', "price": 100}],
+            }
+        }
+    }
+    store.record_success(usage_of(hostile, "p"), duration=0.1, now=NOW)
+    html = page_of(store)
+    assert "<script>alert" not in html and "<img" not in html
+    assert "&lt;script&gt;" in html
+
+
+def test_no_external_asset_and_it_reloads_itself() -> None:
+    html = page_of(golden_store())
+    assert not re.search(r"(src|href)=\"https?://", html)
+    assert "<script" not in html
+    assert '<meta http-equiv="refresh"' in html
+
+
+def test_a_failing_project_shows_its_last_error_and_keeps_its_money() -> None:
+    store = golden_store()
+    store.record_failure("proj_old", "rate_limited", duration=1)
+    card = card_of(page_of(store), "proj_old")
+    assert "down</span>" in card and "last error: rate_limited" in card
+    assert "120.50 BRL" in card
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    chromium = shutil.which("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        reason = "chromium (Debian) or playwright (PyPI) is not installed"
+        if IN_CI:
+            pytest.fail(f"{reason}; CI must have them")
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield launched
+        launched.close()
+
+
+def test_the_demo_page_in_a_real_browser(browser: object, tmp_path: Path) -> None:
+    from playwright.sync_api import Browser
+
+    assert isinstance(browser, Browser)
+    exporter = ExporterProcess(["--demo"], tmp=tmp_path)
+    try:
+        exporter.wait_ready()
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(exporter.url + "/")
+        teams = page.locator("section[data-team]")
+        assert [teams.nth(i).get_attribute("data-team") for i in range(teams.count())] == [
+            "demo-us",
+            "demo-br",
+        ]
+        cards = page.locator("[data-project]")
+        assert cards.count() == 5
+        gpu = page.locator('[data-project="proj_demo_gpu"]')
+        assert "USD" in gpu.locator('[data-field="spend"]').inner_text()
+        assert re.fullmatch(
+            r"\d+% of the 1,300\.00 USD threshold",
+            gpu.locator('[data-field="threshold"]').inner_text(),
+        )
+        bar = gpu.locator(".bar span").first
+        share = int(gpu.locator('[data-field="threshold"]').inner_text().split("%")[0])
+        inner, outer = bar.bounding_box(), gpu.locator(".bar").first.bounding_box()
+        assert inner is not None and outer is not None
+        width = inner["width"] / outer["width"]
+        assert abs(width * 100 - min(share, 100)) < 2  # the bar shows the share
+        loja = page.locator('[data-project="proj_demo_loja"]')
+        assert "BRL" in loja.locator('[data-field="spend"]').inner_text()
+        assert "projected" in page.content()
+        assert all(url.startswith(exporter.url) for url in requests)  # nothing external
+        shot = tmp_path / "status-page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("UPDATE_SCREENSHOT"):
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            shutil.copy(shot, SCREENSHOT)
+    finally:
+        exporter.stop()
+
+
+def test_the_readme_shows_the_committed_screenshot() -> None:
+    assert SCREENSHOT.is_file() and SCREENSHOT.stat().st_size > 10_000
+    assert "docs/status-page.png" in (ROOT / "README.md").read_text()
