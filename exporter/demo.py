@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger(__name__)
@@ -91,43 +91,131 @@ def default_projects() -> list[DemoProject]:
     lake = DemoBucket("bkt_lake", "lake-raw", "SAO")
     backups = DemoBucket("bkt_backups", "backups", "NYC")
     return [
-        DemoProject("proj_demo_web", "web-platform", "Web Platform", threshold=200_000,
-                    credit=30_000, products=[
-            DemoProduct("si_bm_web", "c2.small.x86", "bare_metal", "hour", "metered",
-                        unit_price=30, rate=2, servers=(web1, web2),
-                        discounts=(("Monthly Discount - Accelerate", "percent", 10.0),)),
-            DemoProduct("si_vm_ci", "vm.tiny", "virtual_machine", "minute", "metered",
-                        unit_price=0.1, rate=1,
-                        servers=(DemoServer("vm_ci01", "ci-runner", "vm-tiny", ("ci",)),)),
-            DemoProduct("si_lic_win", "Windows Server license", "license", "quantity",
-                        "licensed", unit_price=2500, rate=2),
-            DemoProduct("si_eip", "Elastic IP", "elastic_ip", "hour", "metered",
-                        unit_price=0.5, rate=1),
-        ]),
-        DemoProject("proj_demo_gpu", "ml-training", "ML Training", threshold=130_000,
-                    credit=500_000, products=[
-            DemoProduct("si_gpu", "g3.h100.large", "bare_metal", "hour", "metered",
-                        unit_price=450, rate=1, servers=(gpu,),
-                        discounts=(("Startup program credit", "amount", 5000.0),)),
-        ]),
-        DemoProject("proj_demo_data", "data-lake", "Data Lake", threshold=None,
-                    credit=80_000, products=[
-            DemoProduct("si_obj", "Object storage", "object_storage", "GB", "metered",
-                        unit_price=2, rate=5, bucket=lake),
-            DemoProduct("si_obj_backup", "Object storage", "object_storage", "GB",
-                        "metered", unit_price=1, rate=3, bucket=backups),
-            DemoProduct("si_api_calls", "Storage API calls", "object_storage", "quantity",
-                        "metered", unit_price=1, rate=40_000, billing_unit_divisor=1000,
-                        bucket=lake),
-        ]),
-        DemoProject("proj_demo_dev", "dev-sandbox", "Dev Sandbox", threshold=50_000,
-                    credit=12_000, products=[
-            DemoProduct("si_vm_dev", "vm.small", "virtual_machine", "hour", "metered",
-                        unit_price=4, rate=3,
-                        servers=(DemoServer("vm_dev01", "dev-01", "vm-small"),
-                                 DemoServer("vm_dev02", "dev-02", "vm-small", ("dev",)),
-                                 DemoServer("vm_dev03", "dev-03", "vm-small", ("dev",)))),
-        ]),
+        DemoProject(
+            "proj_demo_web",
+            "web-platform",
+            "Web Platform",
+            threshold=200_000,
+            credit=30_000,
+            products=[
+                DemoProduct(
+                    "si_bm_web",
+                    "c2.small.x86",
+                    "bare_metal",
+                    "hour",
+                    "metered",
+                    unit_price=30,
+                    rate=2,
+                    servers=(web1, web2),
+                    discounts=(("Monthly Discount - Accelerate", "percent", 10.0),),
+                ),
+                DemoProduct(
+                    "si_vm_ci",
+                    "vm.tiny",
+                    "virtual_machine",
+                    "minute",
+                    "metered",
+                    unit_price=0.1,
+                    rate=1,
+                    servers=(DemoServer("vm_ci01", "ci-runner", "vm-tiny", ("ci",)),),
+                ),
+                DemoProduct(
+                    "si_lic_win",
+                    "Windows Server license",
+                    "license",
+                    "quantity",
+                    "licensed",
+                    unit_price=2500,
+                    rate=2,
+                ),
+                DemoProduct(
+                    "si_eip", "Elastic IP", "elastic_ip", "hour", "metered", unit_price=0.5, rate=1
+                ),
+            ],
+        ),
+        DemoProject(
+            "proj_demo_gpu",
+            "ml-training",
+            "ML Training",
+            threshold=130_000,
+            credit=500_000,
+            products=[
+                DemoProduct(
+                    "si_gpu",
+                    "g3.h100.large",
+                    "bare_metal",
+                    "hour",
+                    "metered",
+                    unit_price=450,
+                    rate=1,
+                    servers=(gpu,),
+                    discounts=(("Startup program credit", "amount", 5000.0),),
+                ),
+            ],
+        ),
+        DemoProject(
+            "proj_demo_data",
+            "data-lake",
+            "Data Lake",
+            threshold=None,
+            credit=80_000,
+            products=[
+                DemoProduct(
+                    "si_obj",
+                    "Object storage",
+                    "object_storage",
+                    "GB",
+                    "metered",
+                    unit_price=2,
+                    rate=5,
+                    bucket=lake,
+                ),
+                DemoProduct(
+                    "si_obj_backup",
+                    "Object storage",
+                    "object_storage",
+                    "GB",
+                    "metered",
+                    unit_price=1,
+                    rate=3,
+                    bucket=backups,
+                ),
+                DemoProduct(
+                    "si_api_calls",
+                    "Storage API calls",
+                    "object_storage",
+                    "quantity",
+                    "metered",
+                    unit_price=1,
+                    rate=40_000,
+                    billing_unit_divisor=1000,
+                    bucket=lake,
+                ),
+            ],
+        ),
+        DemoProject(
+            "proj_demo_dev",
+            "dev-sandbox",
+            "Dev Sandbox",
+            threshold=50_000,
+            credit=12_000,
+            products=[
+                DemoProduct(
+                    "si_vm_dev",
+                    "vm.small",
+                    "virtual_machine",
+                    "hour",
+                    "metered",
+                    unit_price=4,
+                    rate=3,
+                    servers=(
+                        DemoServer("vm_dev01", "dev-01", "vm-small"),
+                        DemoServer("vm_dev02", "dev-02", "vm-small", ("dev",)),
+                        DemoServer("vm_dev03", "dev-03", "vm-small", ("dev",)),
+                    ),
+                ),
+            ],
+        ),
     ]
 
 
@@ -135,13 +223,34 @@ def brazil_projects() -> list[DemoProject]:
     """The BRL team: a shop, so the currency label and variable are exercised for real."""
     shop = DemoServer("sv_loja01", "loja-01", "c3-medium-x86", ("loja", "prod"))
     return [
-        DemoProject("proj_demo_loja", "loja-online", "Loja Online", threshold=900_000,
-                    credit=150_000, products=[
-            DemoProduct("si_bm_loja", "c3.medium.x86", "bare_metal", "hour", "metered",
-                        unit_price=260, rate=1, servers=(shop,)),
-            DemoProduct("si_eip_loja", "Elastic IP", "elastic_ip", "hour", "metered",
-                        unit_price=3, rate=2),
-        ]),
+        DemoProject(
+            "proj_demo_loja",
+            "loja-online",
+            "Loja Online",
+            threshold=900_000,
+            credit=150_000,
+            products=[
+                DemoProduct(
+                    "si_bm_loja",
+                    "c3.medium.x86",
+                    "bare_metal",
+                    "hour",
+                    "metered",
+                    unit_price=260,
+                    rate=1,
+                    servers=(shop,),
+                ),
+                DemoProduct(
+                    "si_eip_loja",
+                    "Elastic IP",
+                    "elastic_ip",
+                    "hour",
+                    "metered",
+                    unit_price=3,
+                    rate=2,
+                ),
+            ],
+        ),
     ]
 
 
@@ -161,12 +270,13 @@ class DemoAccount:
         *,
         speed: float = DEFAULT_SPEED,
         shape: str = "new",
-        team: DemoTeam = DemoTeam("demo-us", "Demo US", "USD"),  # noqa: B008 (frozen)
+        team: DemoTeam = DemoTeam("demo-us", "Demo US", "USD"),
         token: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.projects = {p.id: p for p in (projects if projects is not None
-                                           else default_projects())}
+        self.projects = {
+            p.id: p for p in (projects if projects is not None else default_projects())
+        }
         self.speed = speed
         self.shape = shape
         self.team = team
@@ -179,17 +289,20 @@ class DemoAccount:
         return self.team.currency
 
     def period(self) -> tuple[float, float, float]:
-        """(period start, period end, simulated now) as Unix times."""
-        elapsed = START_ELAPSED + (self._clock() - self._started) * self.speed
-        into = elapsed % PERIOD
-        sim_now = self._started + elapsed
-        start = sim_now - into
-        return start, start + PERIOD, sim_now
+        """(period start, period end) as Unix times, and the simulated hours used so far.
+
+        The whole simulation runs `speed` times faster than the clock: a 30-day period
+        lasts 12 real hours at the default speed, so that its start, its end and the
+        spend between them stay consistent (projections, the share of the period gone).
+        """
+        now = self._clock()
+        into = (START_ELAPSED + (now - self._started) * self.speed) % PERIOD
+        start = now - into / self.speed
+        return start, start + PERIOD / self.speed, into / HOUR
 
     def usage(self, project: DemoProject, shape: str | None = None) -> dict[str, Any]:
         shape = shape or self.shape
-        start, end, now = self.period()
-        hours = (now - start) / HOUR
+        start, end, hours = self.period()
         products = [_product(p, hours, start, shape) for p in project.products]
         price = sum(p["price"] for p in products)
         attributes: dict[str, Any] = {
@@ -202,31 +315,47 @@ class DemoAccount:
         }
         if shape == "new":
             attributes["amount"] = round(price, 2)
-        return {"data": {"id": "", "type": "billing_usage", "attributes": attributes},
-                "meta": {}}
+        return {"data": {"id": "", "type": "billing_usage", "attributes": attributes}, "meta": {}}
 
     def project_resources(self) -> list[dict[str, Any]]:
         team = self.team
-        return [{
-            "id": p.id,
-            "type": "projects",
-            "attributes": {
-                "name": p.name, "slug": p.slug, "description": None,
-                "billing_type": "Hourly", "provisioning_type": "on_demand",
-                "team": {"id": f"team_{team.slug}", "name": team.name, "slug": team.slug,
-                         "currency": {"id": f"cur_{team.currency.lower()}",
-                                      "code": team.currency, "name": team.currency,
-                                      "currency_id": None}},
-            },
-        } for p in self.projects.values()]
+        return [
+            {
+                "id": p.id,
+                "type": "projects",
+                "attributes": {
+                    "name": p.name,
+                    "slug": p.slug,
+                    "description": None,
+                    "billing_type": "Hourly",
+                    "provisioning_type": "on_demand",
+                    "team": {
+                        "id": f"team_{team.slug}",
+                        "name": team.name,
+                        "slug": team.slug,
+                        "currency": {
+                            "id": f"cur_{team.currency.lower()}",
+                            "code": team.currency,
+                            "name": team.currency,
+                            "currency_id": None,
+                        },
+                    },
+                },
+            }
+            for p in self.projects.values()
+        ]
 
 
 def default_accounts(**kwargs: Any) -> list[DemoAccount]:
     """The two demo teams, each behind its own key."""
     return [
         DemoAccount(token=DEMO_TOKENS[0], **kwargs),
-        DemoAccount(brazil_projects(), team=DemoTeam("demo-br", "Demo Brasil", "BRL"),
-                    token=DEMO_TOKENS[1], **kwargs),
+        DemoAccount(
+            brazil_projects(),
+            team=DemoTeam("demo-br", "Demo Brasil", "BRL"),
+            token=DEMO_TOKENS[1],
+            **kwargs,
+        ),
     ]
 
 
@@ -264,16 +393,17 @@ def _product(product: DemoProduct, hours: float, start: float, shape: str) -> di
         "quantity": quantity,
         "price": price,
     }
-    servers = [{"id": s.id, "hostname": s.hostname, "plan": s.plan, "tags": list(s.tags)}
-               for s in product.servers]
+    servers = [
+        {"id": s.id, "hostname": s.hostname, "plan": s.plan, "tags": list(s.tags)}
+        for s in product.servers
+    ]
     bucket = product.bucket
     if shape == "new":
         out["amount"] = price
         out["unit_amount"] = product.unit_price
         metadata: dict[str, Any] = {"servers": servers}
         if bucket is not None:
-            metadata["bucket"] = {"id": bucket.id, "name": bucket.name,
-                                  "location": bucket.location}
+            metadata["bucket"] = {"id": bucket.id, "name": bucket.name, "location": bucket.location}
         if product.billing_unit_divisor:
             metadata["billing_unit_divisor"] = product.billing_unit_divisor
         out["metadata"] = metadata
@@ -295,9 +425,19 @@ def _iso(when: float) -> str:
 
 
 def error_body(status: int, title: str, detail: str, meta: dict[str, Any] | None = None) -> str:
-    return json.dumps({"errors": [{"status": str(status), "code": title.lower()
-                                   .replace(" ", "_"), "title": title, "detail": detail,
-                                   "meta": meta or {}}]})
+    return json.dumps(
+        {
+            "errors": [
+                {
+                    "status": str(status),
+                    "code": title.lower().replace(" ", "_"),
+                    "title": title,
+                    "detail": detail,
+                    "meta": meta or {},
+                }
+            ]
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,15 +503,14 @@ def _projects_page(account: DemoAccount, query: dict[str, list[str]]) -> Answer:
     except ValueError:
         return Answer(400, error_body(400, "Bad Request", "page must be a number"))
     items = account.project_resources()
-    page = items[(number - 1) * size: number * size]
+    page = items[(number - 1) * size : number * size]
     return Answer(200, json.dumps({"data": page, "meta": {}}))
 
 
 class DemoHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type[DemoHandler],
-                 api: DemoApi) -> None:
+    def __init__(self, address: tuple[str, int], handler: type[DemoHandler], api: DemoApi) -> None:
         super().__init__(address, handler)
         self.api = api
 
@@ -399,9 +538,12 @@ class DemoApi:
             accounts = default_accounts()
         self.accounts = [accounts] if isinstance(accounts, DemoAccount) else list(accounts)
         self._server = DemoHTTPServer((host, port), handler, self)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name="demo-api", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="demo-api",
+            daemon=True,
+        )
 
     @property
     def account(self) -> DemoAccount:
@@ -422,7 +564,7 @@ class DemoApi:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> DemoApi:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -430,7 +572,7 @@ class DemoApi:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> DemoApi:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -439,15 +581,17 @@ class DemoApi:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the simulated API on its own (for experiments and the compose stack)."""
-    parser = argparse.ArgumentParser(prog="python -m exporter.demo",
-                                     description="A simulated Latitude.sh API.")
+    parser = argparse.ArgumentParser(
+        prog="python -m exporter.demo", description="A simulated Latitude.sh API."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--speed", type=float, default=DEFAULT_SPEED)
     parser.add_argument("--shape", choices=("new", "old"), default="new")
     args = parser.parse_args(argv)
-    api = DemoApi(default_accounts(speed=args.speed, shape=args.shape), host=args.host,
-                  port=args.port).start()
+    api = DemoApi(
+        default_accounts(speed=args.speed, shape=args.shape), host=args.host, port=args.port
+    ).start()
     print(api.url, flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
