@@ -45,8 +45,16 @@ _MONEY = f"In main units of `currency` (the API's cents / 100). {_FROM_POLL}"
 
 PROJECT = ("project_id", "project_slug")
 PROJECT_MONEY = (*PROJECT, "currency")
-PRODUCT = (*PROJECT, "product_id", "product_name", "resource", "unit", "usage_type",
-           "plan", "hostname")
+PRODUCT = (
+    *PROJECT,
+    "product_id",
+    "product_name",
+    "resource",
+    "unit",
+    "usage_type",
+    "plan",
+    "hostname",
+)
 PRODUCT_MONEY = (*PROJECT_MONEY, *PRODUCT[2:])
 
 
@@ -79,48 +87,76 @@ def _usage(status: ProjectStatus) -> Sequence[UsageSnapshot]:
 
 
 def _project_labels(usage: UsageSnapshot) -> dict[str, str]:
-    return {"project_id": usage.project_id, "project_slug": usage.project_slug,
-            "currency": usage.currency}
+    return {
+        "project_id": usage.project_id,
+        "project_slug": usage.project_slug,
+        "currency": usage.currency,
+    }
 
 
-def _of_usage(rows: Callable[[UsageSnapshot], Sequence[R]]) -> Callable[[ProjectStatus],
-                                                                       Sequence[R]]:
+def _of_usage(
+    rows: Callable[[UsageSnapshot], Sequence[R]],
+) -> Callable[[ProjectStatus], Sequence[R]]:
     return lambda status: rows(status.usage) if status.usage is not None else ()
 
 
-def _with_project(labels: Callable[[R], dict[str, str]]) -> Callable[[ProjectStatus, R],
-                                                                    dict[str, str]]:
+def _with_project(
+    labels: Callable[[R], dict[str, str]],
+) -> Callable[[ProjectStatus, R], dict[str, str]]:
     def both(status: ProjectStatus, row: R) -> dict[str, str]:
         assert status.usage is not None
         return {**_project_labels(status.usage), **labels(row)}
+
     return both
 
 
 USAGE: Rows[ProjectStatus, UsageSnapshot] = Rows(
     of=_usage,
-    labels=lambda status, usage: {**_project_labels(usage), "project_name": usage.project_name,
-                                  "team": status.team},
+    labels=lambda status, usage: {
+        **_project_labels(usage),
+        "project_name": usage.project_name,
+        "team": status.team,
+    },
 )
 PRODUCTS: Rows[ProjectStatus, ProductUsage] = Rows(
     of=_of_usage(lambda usage: usage.products),
-    labels=_with_project(lambda p: {
-        "product_id": p.product_id, "product_name": p.name, "resource": p.resource,
-        "unit": p.unit, "usage_type": p.usage_type, "plan": p.plan, "hostname": p.hostname}),
+    labels=_with_project(
+        lambda p: {
+            "product_id": p.product_id,
+            "product_name": p.name,
+            "resource": p.resource,
+            "unit": p.unit,
+            "usage_type": p.usage_type,
+            "plan": p.plan,
+            "hostname": p.hostname,
+        }
+    ),
 )
 DISCOUNTS: Rows[ProjectStatus, DiscountInfo] = Rows(
     of=_of_usage(lambda usage: usage.discounts),
-    labels=_with_project(lambda d: {"product_id": d.product_id,
-                                    "description": d.description}),
+    labels=_with_project(lambda d: {"product_id": d.product_id, "description": d.description}),
 )
 PRODUCT_SERVERS: Rows[ProjectStatus, ProductServer] = Rows(
     of=_of_usage(lambda usage: usage.product_servers),
-    labels=_with_project(lambda s: {"product_id": s.product_id, "server_id": s.server_id,
-                                    "hostname": s.hostname, "plan": s.plan}),
+    labels=_with_project(
+        lambda s: {
+            "product_id": s.product_id,
+            "server_id": s.server_id,
+            "hostname": s.hostname,
+            "plan": s.plan,
+        }
+    ),
 )
 BUCKETS: Rows[ProjectStatus, BucketInfo] = Rows(
     of=_of_usage(lambda usage: usage.buckets),
-    labels=_with_project(lambda b: {"product_id": b.product_id, "bucket_id": b.bucket_id,
-                                    "bucket_name": b.name, "location": b.location}),
+    labels=_with_project(
+        lambda b: {
+            "product_id": b.product_id,
+            "bucket_id": b.bucket_id,
+            "bucket_name": b.name,
+            "location": b.location,
+        }
+    ),
 )
 DIVISORS: Rows[ProjectStatus, UnitDivisor] = Rows(
     of=_of_usage(lambda usage: usage.divisors),
@@ -128,13 +164,15 @@ DIVISORS: Rows[ProjectStatus, UnitDivisor] = Rows(
 )
 SERVERS: Rows[ProjectStatus, ServerSpend] = Rows(
     of=_of_usage(lambda usage: usage.servers),
-    labels=_with_project(lambda s: {"server_id": s.server_id, "hostname": s.hostname,
-                                    "plan": s.plan}),
+    labels=_with_project(
+        lambda s: {"server_id": s.server_id, "hostname": s.hostname, "plan": s.plan}
+    ),
 )
 SERVER_TAGS: Rows[ProjectStatus, ServerTag] = Rows(
     of=_of_usage(lambda usage: usage.server_tags),
-    labels=_with_project(lambda t: {"server_id": t.server_id, "hostname": t.hostname,
-                                    "tag": t.tag}),
+    labels=_with_project(
+        lambda t: {"server_id": t.server_id, "hostname": t.hostname, "tag": t.tag}
+    ),
 )
 TAGS: Rows[ProjectStatus, TagSpend] = Rows(
     of=_of_usage(lambda usage: usage.tags),
@@ -173,119 +211,248 @@ def _one(_: object) -> float:
 #: Every series of a project, in exposition order. The exposition renders these per
 #: project when its poll lands; `ProjectCollector` renders them for all at once.
 PROJECT_FAMILIES: tuple[Family[ProjectStatus, Any], ...] = (
-    Family("latitudesh_billing_price",
-           f"Usage price so far in the current billing period. {_MONEY}",
-           PROJECT_MONEY, USAGE, lambda u: u.price),
-    Family("latitudesh_billing_amount",
-           f"Usage amount so far in the current billing period (the API's `amount`). {_MONEY}",
-           PROJECT_MONEY, USAGE, lambda u: u.amount),
-    Family("latitudesh_billing_available_credit_balance",
-           f"Credit balance left; negative when overdrawn. {_MONEY}",
-           PROJECT_MONEY, USAGE, lambda u: u.available_credit_balance),
-    Family("latitudesh_billing_threshold",
-           f"Charging threshold of the project; absent when it has none. {_MONEY}",
-           PROJECT_MONEY, USAGE, lambda u: u.threshold),
-    Family("latitudesh_billing_period_start_timestamp_seconds",
-           f"Start of the current billing period, Unix time. {_FROM_POLL}",
-           PROJECT, USAGE, lambda u: u.period_start),
-    Family("latitudesh_billing_period_end_timestamp_seconds",
-           f"End of the current billing period, Unix time. {_FROM_POLL}",
-           PROJECT, USAGE, lambda u: u.period_end),
-    Family("latitudesh_billing_products_folded",
-           "Products folded into product_id=\"__other__\" by max_products_per_project.",
-           ("project_id",), USAGE, lambda u: float(u.products_folded)),
-    Family("latitudesh_billing_servers_folded",
-           "Servers folded into server_id=\"__other__\" by max_servers_per_project.",
-           ("project_id",), USAGE, lambda u: float(u.servers_folded)),
-    Family("latitudesh_billing_tags_folded",
-           "Server tags folded into tag=\"__other__\" by max_tags_per_server.",
-           ("project_id",), USAGE, lambda u: float(u.tags_folded)),
-    Family("latitudesh_project_info",
-           "Project names, currency and team, for joining onto project_id. Always 1.",
-           (*PROJECT, "project_name", "currency", "team"), USAGE, _one),
-    Family("latitudesh_billing_product_price",
-           f"A product's price so far in the current period. {_MONEY}",
-           PRODUCT_MONEY, PRODUCTS, lambda p: p.price),
-    Family("latitudesh_billing_product_amount",
-           f"A product's amount so far in the current period (the API's `amount`). {_MONEY}",
-           PRODUCT_MONEY, PRODUCTS, lambda p: p.amount),
-    Family("latitudesh_billing_product_price_without_discount",
-           "A product's price before discounts (the API's `amount_without_discount`). "
-           f"{_MONEY}",
-           PRODUCT_MONEY, PRODUCTS, lambda p: p.price_without_discount),
-    Family("latitudesh_billing_product_unit_price",
-           "Price of one `unit` of a product, or of `divisor` units where "
-           f"latitudesh_billing_product_unit_divisor gives one. {_MONEY}",
-           PRODUCT_MONEY, PRODUCTS, lambda p: p.unit_price),
-    Family("latitudesh_billing_product_quantity",
-           f"Units of a product used so far, in `unit` (hour, minute, quantity, GB). {_FROM_POLL}",
-           PRODUCT, PRODUCTS, lambda p: p.quantity),
-    Family("latitudesh_billing_product_discount_ratio",
-           f"A percent discount on a product as a ratio (5 % is 0.05). {_FROM_POLL}",
-           (*PROJECT, "product_id", "description"), DISCOUNTS, lambda d: d.ratio),
-    Family("latitudesh_billing_product_discount_amount",
-           f"A fixed-amount discount on a product. {_MONEY}",
-           (*PROJECT_MONEY, "product_id", "description"), DISCOUNTS, lambda d: d.amount),
-    Family("latitudesh_billing_product_server_info",
-           "Servers behind a product line. Always 1.",
-           (*PROJECT, "product_id", "server_id", "hostname", "plan"), PRODUCT_SERVERS, _one),
-    Family("latitudesh_billing_product_bucket_info",
-           "The storage bucket a product line bills for. Always 1.",
-           (*PROJECT, "product_id", "bucket_id", "bucket_name", "location"), BUCKETS, _one),
-    Family("latitudesh_billing_product_unit_divisor",
-           "The API's billing_unit_divisor: the product's unit_price is the price of this "
-           f"many units. {_FROM_POLL}",
-           (*PROJECT, "product_id"), DIVISORS, lambda d: d.divisor),
-    Family("latitudesh_billing_server_price",
-           "A server's share of the spend so far: each product line's price split evenly "
-           f"over the servers it lists. {_MONEY}",
-           (*PROJECT_MONEY, "server_id", "hostname", "plan"), SERVERS, lambda s: s.price),
-    Family("latitudesh_billing_server_tag_info",
-           "One series per tag of a server, for joins onto server_id. Always 1.",
-           (*PROJECT, "server_id", "hostname", "tag"), SERVER_TAGS, _one),
-    Family("latitudesh_billing_tag_price",
-           "Spend so far of the servers carrying a tag; a server counts under each of its "
-           "tags, so tags overlap and do not add up to the project. tag=\"__untagged__\": "
-           "servers without tags; tag=\"__unattributed__\": lines without servers. "
-           f"{_MONEY}",
-           (*PROJECT_MONEY, "tag"), TAGS, lambda t: t.price),
-    Family("latitudesh_up",
-           "1 if the last poll of the project succeeded, 0 if it failed.",
-           ("project_id",), STATUS, lambda s: 1.0 if s.up else 0.0),
-    Family("latitudesh_last_success_timestamp_seconds",
-           "Unix time of the project's last successful poll: how fresh its data is.",
-           ("project_id",), STATUS, lambda s: s.last_success),
-    Family("latitudesh_poll_duration_seconds",
-           "Wall time of the project's last poll, retries and budget waits included.",
-           ("project_id",), STATUS, lambda s: s.poll_duration),
-    Family("latitudesh_poll_errors_total",
-           "Failed polls of a project, by reason.",
-           ("project_id", "reason"), POLL_ERRORS, _count, type="counter"),
+    Family(
+        "latitudesh_billing_price",
+        f"Usage price so far in the current billing period. {_MONEY}",
+        PROJECT_MONEY,
+        USAGE,
+        lambda u: u.price,
+    ),
+    Family(
+        "latitudesh_billing_amount",
+        f"Usage amount so far in the current billing period (the API's `amount`). {_MONEY}",
+        PROJECT_MONEY,
+        USAGE,
+        lambda u: u.amount,
+    ),
+    Family(
+        "latitudesh_billing_available_credit_balance",
+        f"Credit balance left; negative when overdrawn. {_MONEY}",
+        PROJECT_MONEY,
+        USAGE,
+        lambda u: u.available_credit_balance,
+    ),
+    Family(
+        "latitudesh_billing_threshold",
+        f"Charging threshold of the project; absent when it has none. {_MONEY}",
+        PROJECT_MONEY,
+        USAGE,
+        lambda u: u.threshold,
+    ),
+    Family(
+        "latitudesh_billing_period_start_timestamp_seconds",
+        f"Start of the current billing period, Unix time. {_FROM_POLL}",
+        PROJECT,
+        USAGE,
+        lambda u: u.period_start,
+    ),
+    Family(
+        "latitudesh_billing_period_end_timestamp_seconds",
+        f"End of the current billing period, Unix time. {_FROM_POLL}",
+        PROJECT,
+        USAGE,
+        lambda u: u.period_end,
+    ),
+    Family(
+        "latitudesh_billing_products_folded",
+        'Products folded into product_id="__other__" by max_products_per_project.',
+        ("project_id",),
+        USAGE,
+        lambda u: float(u.products_folded),
+    ),
+    Family(
+        "latitudesh_billing_servers_folded",
+        'Servers folded into server_id="__other__" by max_servers_per_project.',
+        ("project_id",),
+        USAGE,
+        lambda u: float(u.servers_folded),
+    ),
+    Family(
+        "latitudesh_billing_tags_folded",
+        'Server tags folded into tag="__other__" by max_tags_per_server.',
+        ("project_id",),
+        USAGE,
+        lambda u: float(u.tags_folded),
+    ),
+    Family(
+        "latitudesh_project_info",
+        "Project names, currency and team, for joining onto project_id. Always 1.",
+        (*PROJECT, "project_name", "currency", "team"),
+        USAGE,
+        _one,
+    ),
+    Family(
+        "latitudesh_billing_product_price",
+        f"A product's price so far in the current period. {_MONEY}",
+        PRODUCT_MONEY,
+        PRODUCTS,
+        lambda p: p.price,
+    ),
+    Family(
+        "latitudesh_billing_product_amount",
+        f"A product's amount so far in the current period (the API's `amount`). {_MONEY}",
+        PRODUCT_MONEY,
+        PRODUCTS,
+        lambda p: p.amount,
+    ),
+    Family(
+        "latitudesh_billing_product_price_without_discount",
+        f"A product's price before discounts (the API's `amount_without_discount`). {_MONEY}",
+        PRODUCT_MONEY,
+        PRODUCTS,
+        lambda p: p.price_without_discount,
+    ),
+    Family(
+        "latitudesh_billing_product_unit_price",
+        "Price of one `unit` of a product, or of `divisor` units where "
+        f"latitudesh_billing_product_unit_divisor gives one. {_MONEY}",
+        PRODUCT_MONEY,
+        PRODUCTS,
+        lambda p: p.unit_price,
+    ),
+    Family(
+        "latitudesh_billing_product_quantity",
+        f"Units of a product used so far, in `unit` (hour, minute, quantity, GB). {_FROM_POLL}",
+        PRODUCT,
+        PRODUCTS,
+        lambda p: p.quantity,
+    ),
+    Family(
+        "latitudesh_billing_product_discount_ratio",
+        f"A percent discount on a product as a ratio (5 % is 0.05). {_FROM_POLL}",
+        (*PROJECT, "product_id", "description"),
+        DISCOUNTS,
+        lambda d: d.ratio,
+    ),
+    Family(
+        "latitudesh_billing_product_discount_amount",
+        f"A fixed-amount discount on a product. {_MONEY}",
+        (*PROJECT_MONEY, "product_id", "description"),
+        DISCOUNTS,
+        lambda d: d.amount,
+    ),
+    Family(
+        "latitudesh_billing_product_server_info",
+        "Servers behind a product line. Always 1.",
+        (*PROJECT, "product_id", "server_id", "hostname", "plan"),
+        PRODUCT_SERVERS,
+        _one,
+    ),
+    Family(
+        "latitudesh_billing_product_bucket_info",
+        "The storage bucket a product line bills for. Always 1.",
+        (*PROJECT, "product_id", "bucket_id", "bucket_name", "location"),
+        BUCKETS,
+        _one,
+    ),
+    Family(
+        "latitudesh_billing_product_unit_divisor",
+        "The API's billing_unit_divisor: the product's unit_price is the price of this "
+        f"many units. {_FROM_POLL}",
+        (*PROJECT, "product_id"),
+        DIVISORS,
+        lambda d: d.divisor,
+    ),
+    Family(
+        "latitudesh_billing_server_price",
+        "A server's share of the spend so far: each product line's price split evenly "
+        f"over the servers it lists. {_MONEY}",
+        (*PROJECT_MONEY, "server_id", "hostname", "plan"),
+        SERVERS,
+        lambda s: s.price,
+    ),
+    Family(
+        "latitudesh_billing_server_tag_info",
+        "One series per tag of a server, for joins onto server_id. Always 1.",
+        (*PROJECT, "server_id", "hostname", "tag"),
+        SERVER_TAGS,
+        _one,
+    ),
+    Family(
+        "latitudesh_billing_tag_price",
+        "Spend so far of the servers carrying a tag; a server counts under each of its "
+        'tags, so tags overlap and do not add up to the project. tag="__untagged__": '
+        'servers without tags; tag="__unattributed__": lines without servers. '
+        f"{_MONEY}",
+        (*PROJECT_MONEY, "tag"),
+        TAGS,
+        lambda t: t.price,
+    ),
+    Family(
+        "latitudesh_up",
+        "1 if the last poll of the project succeeded, 0 if it failed.",
+        ("project_id",),
+        STATUS,
+        lambda s: 1.0 if s.up else 0.0,
+    ),
+    Family(
+        "latitudesh_last_success_timestamp_seconds",
+        "Unix time of the project's last successful poll: how fresh its data is.",
+        ("project_id",),
+        STATUS,
+        lambda s: s.last_success,
+    ),
+    Family(
+        "latitudesh_poll_duration_seconds",
+        "Wall time of the project's last poll, retries and budget waits included.",
+        ("project_id",),
+        STATUS,
+        lambda s: s.poll_duration,
+    ),
+    Family(
+        "latitudesh_poll_errors_total",
+        "Failed polls of a project, by reason.",
+        ("project_id", "reason"),
+        POLL_ERRORS,
+        _count,
+        type="counter",
+    ),
 )
 
 #: The exporter's own series of each API key, rendered at every scrape (they are few).
 TEAM_FAMILIES: tuple[Family[TeamStatus, Any], ...] = (
-    Family("latitudesh_discovery_errors_total",
-           "Failed project discoveries (GET /projects), by reason.",
-           ("team", "reason"), DISCOVERY_ERRORS, _count, type="counter"),
-    Family("latitudesh_api_requests_total",
-           "HTTP requests sent to the Latitude.sh API, by endpoint and status code "
-           "(`timeout` or `network` when no complete answer came).",
-           ("team", "endpoint", "code"), API_REQUESTS, _count, type="counter"),
-    Family("latitudesh_discovery_last_success_timestamp_seconds",
-           "Unix time of the last successful project discovery (GET /projects).",
-           ("team",), TEAM, lambda t: t.discovery_success),
-    Family("latitudesh_poll_effective_interval_seconds",
-           "Seconds between two polls of each project: poll.interval_seconds, or longer "
-           "when the API request budget cannot fit every project into it.",
-           ("team",), TEAM, lambda t: t.effective_interval),
-    Family("latitudesh_refresh_duration_seconds",
-           "Wall time of the last full refresh of every project.",
-           ("team",), TEAM, lambda t: t.refresh_duration),
+    Family(
+        "latitudesh_discovery_errors_total",
+        "Failed project discoveries (GET /projects), by reason.",
+        ("team", "reason"),
+        DISCOVERY_ERRORS,
+        _count,
+        type="counter",
+    ),
+    Family(
+        "latitudesh_api_requests_total",
+        "HTTP requests sent to the Latitude.sh API, by endpoint and status code "
+        "(`timeout` or `network` when no complete answer came).",
+        ("team", "endpoint", "code"),
+        API_REQUESTS,
+        _count,
+        type="counter",
+    ),
+    Family(
+        "latitudesh_discovery_last_success_timestamp_seconds",
+        "Unix time of the last successful project discovery (GET /projects).",
+        ("team",),
+        TEAM,
+        lambda t: t.discovery_success,
+    ),
+    Family(
+        "latitudesh_poll_effective_interval_seconds",
+        "Seconds between two polls of each project: poll.interval_seconds, or longer "
+        "when the API request budget cannot fit every project into it.",
+        ("team",),
+        TEAM,
+        lambda t: t.effective_interval,
+    ),
+    Family(
+        "latitudesh_refresh_duration_seconds",
+        "Wall time of the last full refresh of every project.",
+        ("team",),
+        TEAM,
+        lambda t: t.refresh_duration,
+    ),
 )
 
-BUILD_INFO = ("latitudesh_exporter_build_info",
-              "Version of the exporter and of Python. Always 1.")
+BUILD_INFO = ("latitudesh_exporter_build_info", "Version of the exporter and of Python. Always 1.")
 BUILD_LABELS = ("version", "python_version")
 
 
@@ -298,8 +465,9 @@ class MetricDoc:
     labels: tuple[str, ...]
 
 
+_FAMILIES: tuple[Family[Any, Any], ...] = (*PROJECT_FAMILIES, *TEAM_FAMILIES)
 ALL_METRICS: tuple[MetricDoc, ...] = (
-    *(MetricDoc(f.name, f.type, f.labels) for f in (*PROJECT_FAMILIES, *TEAM_FAMILIES)),
+    *(MetricDoc(f.name, f.type, f.labels) for f in _FAMILIES),
     MetricDoc(BUILD_INFO[0], "gauge", BUILD_LABELS),
 )
 

@@ -103,30 +103,38 @@ def is_loopback(url: str) -> bool:
 
 
 class ApiSettings(_Section):
-    base_url: str = Field(
-        "https://api.latitude.sh", description="Root of the Latitude.sh API."
-    )
+    base_url: str = Field("https://api.latitude.sh", description="Root of the Latitude.sh API.")
     timeout_seconds: float = Field(
-        15.0, gt=0, le=300,
+        15.0,
+        gt=0,
+        le=300,
         description="Bound on one HTTP request, end to end: connect, headers and the whole body.",
     )
     max_retries: int = Field(
-        3, ge=0, le=10,
+        3,
+        ge=0,
+        le=10,
         description="Retries of one request on 429, 5xx, timeouts and connection errors.",
     )
     requests_per_minute: float = Field(
-        50, gt=0, le=100_000,
+        50,
+        gt=0,
+        le=100_000,
         description=(
             "Request budget for the API key. Latitude.sh allows 60 GET/min per key; "
             "the default leaves headroom for other users of the same key."
         ),
     )
     max_retry_wait_seconds: float = Field(
-        120.0, gt=0, le=3600,
+        120.0,
+        gt=0,
+        le=3600,
         description="Cap on the wait a 429 asks for; a longer wait fails the poll instead.",
     )
     max_response_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024,
+        16 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
         description="Answers larger than this, decoded, are refused as invalid_response.",
     )
     token_file: Path | None = Field(
@@ -150,18 +158,22 @@ class ApiSettings(_Section):
 
 class PollSettings(_Section):
     interval_seconds: float = Field(
-        300, ge=1, le=86400,
+        300,
+        ge=1,
+        le=86400,
         description="How often every project is polled. Usage changes slowly; don't hammer.",
     )
     concurrency: int = Field(4, ge=1, le=64, description="Projects polled at once, per team.")
 
 
 class ProjectSettings(_Section):
-    id: str = Field(min_length=1, max_length=128,
-                    description="Project id, e.g. proj_r0MK4O4kDa95w.")
+    id: str = Field(
+        min_length=1, max_length=128, description="Project id, e.g. proj_r0MK4O4kDa95w."
+    )
     plan: str | None = Field(None, max_length=128, description="Optional filter[plan].")
     products: list[str] = Field(
-        default_factory=list, max_length=1000,
+        default_factory=list,
+        max_length=1000,
         description="Optional filter[products][] (product ids).",
     )
 
@@ -172,22 +184,29 @@ _CURRENCY = r"^[A-Z]{3}$"
 class TeamSettings(_Section):
     """One API key: a team of Latitude.sh, polled in isolation from the others."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
-                      description="The `team` label; unique.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="The `team` label; unique."
+    )
     token_env: str | None = Field(
-        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Name of the environment variable holding this team's key.",
     )
     token_file: Path | None = Field(None, description="File holding this team's key.")
     requests_per_minute: float | None = Field(
-        None, gt=0, le=100_000,
+        None,
+        gt=0,
+        le=100_000,
         description="This key's own budget (default: api.requests_per_minute).",
     )
     currency: str | None = Field(
-        None, pattern=_CURRENCY, description="ISO 4217 code; null takes the team's.",
+        None,
+        pattern=_CURRENCY,
+        description="ISO 4217 code; null takes the team's.",
     )
     projects: list[ProjectSettings] = Field(
-        default_factory=list, description="Projects to poll; empty discovers the team's.",
+        default_factory=list,
+        description="Projects to poll; empty discovers the team's.",
     )
 
     @model_validator(mode="before")
@@ -213,7 +232,8 @@ class Settings(BaseSettings):
     )
     api: ApiSettings = Field(default_factory=ApiSettings)
     currency: str | None = Field(
-        None, pattern=_CURRENCY,
+        None,
+        pattern=_CURRENCY,
         description="ISO 4217 code for the `currency` label; null takes the team's.",
     )
     poll: PollSettings = Field(default_factory=PollSettings)
@@ -222,19 +242,27 @@ class Settings(BaseSettings):
         description="Projects to poll; empty discovers every project of the team.",
     )
     teams: list[TeamSettings] | None = Field(
-        None, min_length=1, max_length=100,
+        None,
+        min_length=1,
+        max_length=100,
         description="Several teams (one API key each); absent means one team as above.",
     )
     max_products_per_project: int = Field(
-        1000, ge=1, le=100_000,
+        1000,
+        ge=1,
+        le=100_000,
         description="Cardinality guard: cheaper products beyond this fold into __other__.",
     )
     max_servers_per_project: int = Field(
-        1000, ge=1, le=100_000,
+        1000,
+        ge=1,
+        le=100_000,
         description="Cardinality guard: cheaper servers beyond this fold into __other__.",
     )
     max_tags_per_server: int = Field(
-        20, ge=1, le=1000,
+        20,
+        ge=1,
+        le=1000,
         description="Cardinality guard: a server's tags beyond this fold into __other__.",
     )
 
@@ -249,8 +277,9 @@ class Settings(BaseSettings):
         if self.teams is None:
             return self
         if self.projects:
-            raise ValueError("top-level projects cannot be used with teams: list them "
-                             "under each team's projects")
+            raise ValueError(
+                "top-level projects cannot be used with teams: list them under each team's projects"
+            )
         names: set[str] = set()
         owners: dict[str, str] = {}
         for team in self.teams:
@@ -287,8 +316,7 @@ def _no_duplicate_projects(
 
 
 #: The YAML file `Settings` reads, for the duration of one `load_settings` call.
-_YAML_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_file",
-                                                                       default=None)
+_YAML_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_file", default=None)
 
 
 def load_settings(path: Path | None, *, explicit: bool = False) -> Settings:
@@ -331,7 +359,7 @@ def _check_env(environ: Mapping[str, str]) -> None:
     for name, value in environ.items():
         if not name.upper().startswith(ENV_PREFIX):
             continue
-        field = name[len(ENV_PREFIX):].split("__", 1)[0].lower()
+        field = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
         if field not in Settings.model_fields:
             raise ConfigError(f"{name}: unknown setting (check the spelling against the README)")
         if "__" in name or not _is_complex(Settings.model_fields[field].annotation):
@@ -410,8 +438,13 @@ class TokenSource:
     can vanish for a moment); at start-up it is a `ConfigError`.
     """
 
-    def __init__(self, *, static: SecretStr | None = None, path: Path | None = None,
-                 field: str = "api.token_file") -> None:
+    def __init__(
+        self,
+        *,
+        static: SecretStr | None = None,
+        path: Path | None = None,
+        field: str = "api.token_file",
+    ) -> None:
         if static is None and path is None:
             raise ConfigError(f"no API token: {_TOKEN_HINT}")
         self._static = static
@@ -454,8 +487,9 @@ class TokenSource:
             with self._path.open("rb") as handle:
                 raw = handle.read(MAX_TOKEN_CHARS + 1)
         except OSError as exc:
-            raise TokenUnavailable(f"{self._field}: {self._path}: cannot read: "
-                                   f"{exc.strerror}") from None
+            raise TokenUnavailable(
+                f"{self._field}: {self._path}: cannot read: {exc.strerror}"
+            ) from None
         try:
             return clean_token(raw.decode("utf-8"), self._field)
         except UnicodeDecodeError:
@@ -528,8 +562,15 @@ def resolve_teams(settings: Settings, environ: Mapping[str, str] | None = None) 
             token = TokenSource(static=SecretStr(clean_token(raw, TOKEN_ENV)))
         else:
             token = TokenSource(path=settings.api.token_file)
-        return [TeamConfig(None, token, settings.api.requests_per_minute, settings.currency,
-                           tuple(settings.projects))]
+        return [
+            TeamConfig(
+                None,
+                token,
+                settings.api.requests_per_minute,
+                settings.currency,
+                tuple(settings.projects),
+            )
+        ]
     teams = []
     for index, team in enumerate(settings.teams):
         field = f"teams.{index}"
@@ -540,9 +581,13 @@ def resolve_teams(settings: Settings, environ: Mapping[str, str] | None = None) 
             token = TokenSource(static=SecretStr(clean_token(raw, f"{field}.token_env")))
         else:
             token = TokenSource(path=team.token_file, field=f"{field}.token_file")
-        teams.append(TeamConfig(
-            team.name, token,
-            team.requests_per_minute or settings.api.requests_per_minute,
-            team.currency, tuple(team.projects),
-        ))
+        teams.append(
+            TeamConfig(
+                team.name,
+                token,
+                team.requests_per_minute or settings.api.requests_per_minute,
+                team.currency,
+                tuple(team.projects),
+            )
+        )
     return teams

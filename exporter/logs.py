@@ -25,8 +25,12 @@ _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "ascti
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _QUOTE = re.compile('[\\s="\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]')
 _SHORT = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 class Redactor:
@@ -52,7 +56,8 @@ class Redactor:
                 if secret and secret not in self._secrets:
                     size = min(FRAGMENT, len(secret))
                     self._secrets[secret] = frozenset(
-                        secret[i: i + size] for i in range(len(secret) - size + 1))
+                        secret[i : i + size] for i in range(len(secret) - size + 1)
+                    )
             secrets = list(self._secrets.items())
         for secret, fragments in secrets:
             if secret in text:
@@ -65,7 +70,7 @@ def _redact_fragments(text: str, fragments: frozenset[str], size: int) -> str:
     covered = [False] * len(text)
     hit = False
     for start in range(len(text) - size + 1):
-        if text[start: start + size] in fragments:
+        if text[start : start + size] in fragments:
             hit = True
             for i in range(start, start + size):
                 covered[i] = True
@@ -96,8 +101,9 @@ class StructuredFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-                  .replace("+00:00", "Z"),
+            "ts": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname.lower().replace("warning", "warn"),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -107,8 +113,10 @@ class StructuredFormatter(logging.Formatter):
                 fields[key] = value
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)
-        clean = {key: self._redact(str(value)) if not isinstance(value, int | float | bool)
-                 else value for key, value in fields.items()}
+        clean = {
+            key: self._redact(str(value)) if not isinstance(value, int | float | bool) else value
+            for key, value in fields.items()
+        }
         if self._json:
             # ensure_ascii: no control character, separator or surrogate survives.
             return json.dumps(clean, default=str)
@@ -122,8 +130,9 @@ def _logfmt_value(value: Any) -> str:
     return '"' + escape_controls(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
-def setup_logging(level: str, fmt: str, redact: Callable[[str], str],
-                  stream: TextIO | None = None) -> None:
+def setup_logging(
+    level: str, fmt: str, redact: Callable[[str], str], stream: TextIO | None = None
+) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(StructuredFormatter(redact, as_json=fmt == "json"))
     root = logging.getLogger()

@@ -41,17 +41,17 @@ MIN_SCHEDULE_SECONDS = 1.0
 #: What the one log line of a failed poll tells the operator to do, by reason.
 HINTS = {
     "unauthorized": "the API rejected the token: set a valid LATITUDESH_AUTH_TOKEN or "
-                    "api.token_file (requests with this token pause for a while)",
+    "api.token_file (requests with this token pause for a while)",
     "forbidden": "the token may not read this project's billing",
     "not_found": "unknown project id: check projects[].id in the config",
     "rate_limited": "the API key is over its rate limit: lower api.requests_per_minute, "
-                    "or check what else uses this key",
+    "or check what else uses this key",
     "server_error": "the Latitude.sh API failed; retried with backoff",
     "timeout": "the Latitude.sh API did not answer in api.timeout_seconds",
     "network": "could not reach the Latitude.sh API",
     "invalid_response": "the API answered with something that is not usable",
     "token_unreadable": "the token file is missing, empty or unreadable: check the "
-                        "mounted secret (it is read again at every request)",
+    "mounted secret (it is read again at every request)",
 }
 
 
@@ -175,12 +175,13 @@ class Poller:
             discovered = self._refresh_project_list()
             effective = self.effective_interval()
             self._note_stretch(effective)
-            self._store.record_refresh(self._team, duration=None,
-                                       effective_interval=effective)
+            self._store.record_refresh(self._team, duration=None, effective_interval=effective)
             ok = self._poll_all(deadline=started + effective + self._grace)
             self._store.record_refresh(
-                self._team, duration=self._monotonic() - started,
-                effective_interval=effective, currency=self._currency or "",
+                self._team,
+                duration=self._monotonic() - started,
+                effective_interval=effective,
+                currency=self._currency or "",
             )
             return ok and discovered
         finally:
@@ -208,8 +209,10 @@ class Poller:
             except FutureTimeout:
                 # Still polling: it records its own outcome when it ends, and the next
                 # refresh leaves it alone meanwhile. The others don't wait for it.
-                log.warning("poll outlasts its refresh", extra={
-                    "team": self._team, "project_id": target.project_id})
+                log.warning(
+                    "poll outlasts its refresh",
+                    extra={"team": self._team, "project_id": target.project_id},
+                )
                 ok = False
         return ok
 
@@ -232,11 +235,14 @@ class Poller:
                 target.project_id, plan=target.plan, products=target.products
             )
             usage = build_usage(
-                target.project_id, attributes, currency=self._currency or "",
-                limits=self._limits, slug=target.slug, name=target.name,
+                target.project_id,
+                attributes,
+                currency=self._currency or "",
+                limits=self._limits,
+                slug=target.slug,
+                name=target.name,
             )
-            self._store.record_success(usage, duration=self._monotonic() - started,
-                                       now=self._now())
+            self._store.record_success(usage, duration=self._monotonic() - started, now=self._now())
             return True
 
         outcome = attempt(fetch)
@@ -244,13 +250,18 @@ class Poller:
             return outcome
         if isinstance(outcome, errors.Cancelled):
             return False
-        self._store.record_failure(target.project_id, outcome.reason,
-                                   duration=self._monotonic() - started)
+        self._store.record_failure(
+            target.project_id, outcome.reason, duration=self._monotonic() - started
+        )
         log.warning(
             "poll failed",
-            extra={"team": self._team, "project_id": target.project_id,
-                   "reason": outcome.reason, "error": str(outcome),
-                   "hint": HINTS.get(outcome.reason, "")},
+            extra={
+                "team": self._team,
+                "project_id": target.project_id,
+                "reason": outcome.reason,
+                "error": str(outcome),
+                "hint": HINTS.get(outcome.reason, ""),
+            },
         )
         return False
 
@@ -268,15 +279,18 @@ class Poller:
             self._store.record_discovery_failure(self._team, outcome.reason)
             log.warning(
                 "project discovery failed",
-                extra={"team": self._team, "reason": outcome.reason, "error": str(outcome),
-                       "hint": HINTS.get(outcome.reason, ""),
-                       "known_projects": len(self._targets)},
+                extra={
+                    "team": self._team,
+                    "reason": outcome.reason,
+                    "error": str(outcome),
+                    "hint": HINTS.get(outcome.reason, ""),
+                    "known_projects": len(self._targets),
+                },
             )
             return False
         projects = outcome
         if not self._currency_configured:
-            self._currency = next((p.currency for p in projects if p.currency),
-                                  self._currency)
+            self._currency = next((p.currency for p in projects if p.currency), self._currency)
         if not self._named:
             slug = next((p.team.slug for p in projects if p.team and p.team.slug), None)
             if slug and slug != self._team:
@@ -286,20 +300,29 @@ class Poller:
         if self._discover:
             found = tuple(Target(pid) for pid in by_id)
             if {t.project_id for t in found} != {t.project_id for t in self._targets}:
-                log.info("projects discovered",
-                         extra={"team": self._team, "projects": len(found)})
+                log.info("projects discovered", extra={"team": self._team, "projects": len(found)})
             self._targets = found
         self._targets = tuple(
-            Target(t.project_id, t.plan, t.products, slug=_attr(by_id, t.project_id, "slug"),
-                   name=_attr(by_id, t.project_id, "name"))
+            Target(
+                t.project_id,
+                t.plan,
+                t.products,
+                slug=_attr(by_id, t.project_id, "slug"),
+                name=_attr(by_id, t.project_id, "name"),
+            )
             for t in self._targets
         )
-        taken = set(self._store.set_projects(
-            self._team, ((t.project_id, t.slug or "") for t in self._targets)))
+        taken = set(
+            self._store.set_projects(
+                self._team, ((t.project_id, t.slug or "") for t in self._targets)
+            )
+        )
         refused = [t.project_id for t in self._targets if t.project_id not in taken]
         if refused:
-            log.warning("projects seen by another team's key are left to that team",
-                        extra={"team": self._team, "projects": ",".join(refused[:10])})
+            log.warning(
+                "projects seen by another team's key are left to that team",
+                extra={"team": self._team, "projects": ",".join(refused[:10])},
+            )
             self._targets = tuple(t for t in self._targets if t.project_id in taken)
         self._store.record_discovery_success(self._team, self._now())
         return True
@@ -309,9 +332,12 @@ class Poller:
         if stretched and not self._stretched:
             log.warning(
                 "request budget stretches the poll interval",
-                extra={"team": self._team, "projects": len(self._targets),
-                       "interval_seconds": self._interval,
-                       "effective_interval_seconds": round(effective, 1)},
+                extra={
+                    "team": self._team,
+                    "projects": len(self._targets),
+                    "interval_seconds": self._interval,
+                    "effective_interval_seconds": round(effective, 1),
+                },
             )
         self._stretched = stretched
 
@@ -319,8 +345,13 @@ class Poller:
         if self._scheduler is None or self._stopped.is_set():
             return
         self._scheduler.add_job(
-            self._run_scheduled, trigger="date", run_date=when, id=self.job_id,
-            name=f"refresh {self._team}", replace_existing=True, max_instances=1,
+            self._run_scheduled,
+            trigger="date",
+            run_date=when,
+            id=self.job_id,
+            name=f"refresh {self._team}",
+            replace_existing=True,
+            max_instances=1,
             coalesce=True,
             # 3.x defaults to 1 s and would silently drop a run that starts late.
             misfire_grace_time=max(1, int(self._interval)),

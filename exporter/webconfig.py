@@ -20,19 +20,38 @@ from typing import Any, Literal
 
 import bcrypt
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic import model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 TlsVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
-ClientAuth = Literal["NoClientCert", "RequestClientCert", "RequireAnyClientCert",
-                     "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
+ClientAuth = Literal[
+    "NoClientCert",
+    "RequestClientCert",
+    "RequireAnyClientCert",
+    "VerifyClientCertIfGiven",
+    "RequireAndVerifyClientCert",
+]
 
-TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
-                "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-_CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "RequestClientCert": ssl.CERT_OPTIONAL,
-                "RequireAnyClientCert": ssl.CERT_REQUIRED,
-                "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-                "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
+TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+_CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "RequestClientCert": ssl.CERT_OPTIONAL,
+    "RequireAnyClientCert": ssl.CERT_REQUIRED,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
 #: Go's names of the TLS 1.2 suites it allows (crypto/tls CipherSuites()) → OpenSSL's.
 #: The TLS 1.3 suites are accepted and, as in Go, not configurable.
 CIPHER_SUITES = {
@@ -52,11 +71,25 @@ CIPHER_SUITES = {
 }
 CURVES = frozenset({"CurveP256", "CurveP384", "CurveP521", "X25519", "X25519MLKEM768"})
 #: Headers that frame or route a response: set by the server, never by configuration.
-FRAMING_HEADERS = frozenset({
-    "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
-    "upgrade", "content-encoding", "content-type", "host", "proxy-connection",
-    "www-authenticate", "vary", "date", "server",
-})
+FRAMING_HEADERS = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-encoding",
+        "content-type",
+        "host",
+        "proxy-connection",
+        "www-authenticate",
+        "vary",
+        "date",
+        "server",
+    }
+)
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _BCRYPT = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
 #: Costs over this make every uncached login take seconds (exporter-toolkit caches too).
@@ -126,13 +159,19 @@ class TlsServerConfig(_Section):
             # Python verifies any client certificate it asks for against a CA.
             raise ValueError(f"client_auth_type {self.client_auth_type} needs client_ca_file")
         if self.client_allowed_sans and self.client_auth_type not in (
-                "RequireAnyClientCert", "RequireAndVerifyClientCert"):
-            raise ValueError("client_allowed_sans needs client_auth_type "
-                             "RequireAnyClientCert or RequireAndVerifyClientCert")
+            "RequireAnyClientCert",
+            "RequireAndVerifyClientCert",
+        ):
+            raise ValueError(
+                "client_allowed_sans needs client_auth_type "
+                "RequireAnyClientCert or RequireAndVerifyClientCert"
+            )
         if self.max_version is not None and (
-                TLS_VERSIONS[self.min_version] > TLS_VERSIONS[self.max_version]):
-            raise ValueError(f"min_version {self.min_version} is above "
-                             f"max_version {self.max_version}")
+            TLS_VERSIONS[self.min_version] > TLS_VERSIONS[self.max_version]
+        ):
+            raise ValueError(
+                f"min_version {self.min_version} is above max_version {self.max_version}"
+            )
         return self
 
 
@@ -204,8 +243,10 @@ def check_bcrypt_hash(user: str, hashed: str) -> int:
     """The hash's cost, once bcrypt itself has accepted the hash."""
     match = _BCRYPT.match(hashed)
     if match is None:
-        raise ValueError(f"user {user!r}: the password must be a bcrypt hash "
-                         "(htpasswd -nBC 10 \"\" | tr -d ':\\n')")
+        raise ValueError(
+            f"user {user!r}: the password must be a bcrypt hash "
+            "(htpasswd -nBC 10 \"\" | tr -d ':\\n')"
+        )
     cost = int(match.group(1))
     if not 4 <= cost <= MAX_BCRYPT_COST:
         raise ValueError(f"user {user!r}: bcrypt cost {cost} is outside 4..{MAX_BCRYPT_COST}")
@@ -293,11 +334,12 @@ def _apply(parsed: WebConfigFile, path: Path) -> WebSettings:
         path=path,
         ssl_context=context,
         allowed_sans=frozenset(tls.client_allowed_sans) if tls else frozenset(),
-        users={name: hashed.get_secret_value().encode()
-               for name, hashed in parsed.basic_auth_users.items()},
+        users={
+            name: hashed.get_secret_value().encode()
+            for name, hashed in parsed.basic_auth_users.items()
+        },
         headers=tuple((k, v) for k, v in parsed.http_server_config.headers.items() if v),
-        rate_limit=(interval, max(rate.burst, 1)) if rate is not None and interval > 0
-        else None,
+        rate_limit=(interval, max(rate.burst, 1)) if rate is not None and interval > 0 else None,
         unapplied=tuple(unapplied),
     )
 
@@ -316,14 +358,16 @@ def _tls_context(tls: TlsServerConfig) -> ssl.SSLContext:
         try:
             context.load_cert_chain(cert, key, password=_no_password)
         except _NoPrompt:
-            raise ValueError("the key is encrypted; decrypt it (openssl pkey -in KEY "
-                             "-out KEY.plain): exporters read unencrypted keys") from None
+            raise ValueError(
+                "the key is encrypted; decrypt it (openssl pkey -in KEY "
+                "-out KEY.plain): exporters read unencrypted keys"
+            ) from None
     context.verify_mode = _CLIENT_AUTH[tls.client_auth_type]
     if tls.client_ca_file is not None:
         context.load_verify_locations(cafile=str(tls.client_ca_file))
     elif tls.client_ca is not None:
         context.load_verify_locations(cadata=tls.client_ca)
-    suites = [CIPHER_SUITES[s] for s in tls.cipher_suites if CIPHER_SUITES[s]]
+    suites = [cipher for s in tls.cipher_suites if (cipher := CIPHER_SUITES[s])]
     if suites:
         context.set_ciphers(":".join(suites))
     if tls.prefer_server_cipher_suites:

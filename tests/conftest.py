@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import resource
 import shutil
 import socket
@@ -25,16 +26,17 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from exporter import __version__
 from exporter.client import LatitudeClient
-from exporter.exposition import Exposition
-from exporter.httpserver import HttpServer
-from exporter.web import WebApp
-from exporter.webconfig import WebSettings
 from exporter.collector import ProjectCollector, TeamCollector
 from exporter.demo import DemoAccount
+from exporter.exposition import Exposition
+from exporter.httpserver import HttpServer
 from exporter.models import BillingUsageDocument, parse_document
 from exporter.ratelimit import RequestBudget
-from exporter.snapshot import Limits, SnapshotStore, build_usage
+from exporter.snapshot import Limits, SnapshotStore, UsageSnapshot, build_usage
+from exporter.web import WebApp
+from exporter.webconfig import WebSettings
 from tests.fakeapi import FakeApi
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,10 +49,17 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # Property tests assert properties; CI runs enough examples to mean something, and a
 # local run stays quick. Derandomized: the same examples each run, no flaky surprises.
-settings.register_profile("default", max_examples=40, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow,
-                                                 HealthCheck.data_too_large,
-                                                 HealthCheck.filter_too_much])
+settings.register_profile(
+    "default",
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+)
 settings.load_profile("default")
 
 
@@ -102,12 +111,17 @@ def make_client() -> Iterator[Callable[..., LatitudeClient]]:
     """Clients with fast backoff, closed after the test."""
     made: list[LatitudeClient] = []
 
-    def make(url: str, *, token: str = TOKEN, budget: RequestBudget | None = None,
-             **kwargs: Any) -> LatitudeClient:
+    def make(
+        url: str, *, token: str = TOKEN, budget: RequestBudget | None = None, **kwargs: Any
+    ) -> LatitudeClient:
         kwargs.setdefault("backoff_base", 0.001)
         kwargs.setdefault("timeout", 5.0)
-        client = LatitudeClient(token=lambda: SecretStr(token),
-                                budget=budget or RequestBudget(1e6), base_url=url, **kwargs)
+        client = LatitudeClient(
+            token=lambda: SecretStr(token),
+            budget=budget or RequestBudget(1e6),
+            base_url=url,
+            **kwargs,
+        )
         made.append(client)
         return client
 
@@ -116,24 +130,43 @@ def make_client() -> Iterator[Callable[..., LatitudeClient]]:
         client.close()
 
 
-def usage_of(payload: dict[str, Any] | bytes, project: str, *, currency: str = "USD",
-             limits: Limits = Limits()) -> Any:  # noqa: B008 (frozen)
+def usage_of(
+    payload: dict[str, Any] | bytes,
+    project: str,
+    *,
+    currency: str = "USD",
+    limits: Limits | None = None,
+) -> UsageSnapshot:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     attributes = parse_document(BillingUsageDocument, body).usage_for(project)
     assert attributes is not None
-    return build_usage(project, attributes, currency=currency, limits=limits)
+    return build_usage(project, attributes, currency=currency, limits=limits or Limits())
 
 
-def store_with(*payloads: tuple[str, dict[str, Any], str], team: str = "default",
-               limits: Limits = Limits()) -> SnapshotStore:  # noqa: B008 (frozen)
+def store_with(
+    *payloads: tuple[str, dict[str, Any], str],
+    team: str = "default",
+    limits: Limits | None = None,
+) -> SnapshotStore:
     """A store holding one successful poll of each (project id, answer, currency)."""
     store = SnapshotStore()
     store.add_team(team)
     store.set_projects(team, ((pid, "") for pid, _, _ in payloads))
     for pid, payload, currency in payloads:
-        store.record_success(usage_of(payload, pid, currency=currency, limits=limits),
-                             duration=0.25, now=1_795_000_000.0)
+        store.record_success(
+            usage_of(payload, pid, currency=currency, limits=limits),
+            duration=0.25,
+            now=1_795_000_000.0,
+        )
     return store
+
+
+def versionless(text: str) -> str:
+    """The build info carries this exporter's and this Python's versions: not the data
+    a golden file pins."""
+    return text.replace(f'version="{__version__}"', 'version="VERSION"').replace(
+        f'python_version="{platform.python_version()}"', 'python_version="PYTHON"'
+    )
 
 
 def reference_exposition(store: SnapshotStore) -> bytes:
@@ -145,15 +178,35 @@ def reference_exposition(store: SnapshotStore) -> bytes:
 
 
 NEW = "proj_r0MK4O4kDa95w"
-TRICKY = {"data": {"attributes": {
-    "project": {"id": "proj_tricky", "slug": 'quote"slash\\', "name": "Café Ωmega\nline two"},
-    "price": 150, "products": [
-        {"id": "si_x", "name": 'GPU "big" \\ box', "resource": "bare_metal", "unit": "hour",
-         "usage_type": "metered", "price": 150, "quantity": 1.5,
-         "metadata": {"id": "sv_1", "hostname": "hôte-01", "plan": "plan\\with\\slashes",
-                      "tags": ['a "tag"']}},
-    ],
-}}}
+TRICKY = {
+    "data": {
+        "attributes": {
+            "project": {
+                "id": "proj_tricky",
+                "slug": 'quote"slash\\',
+                "name": "Café Ωmega\nline two",
+            },
+            "price": 150,
+            "products": [
+                {
+                    "id": "si_x",
+                    "name": 'GPU "big" \\ box',
+                    "resource": "bare_metal",
+                    "unit": "hour",
+                    "usage_type": "metered",
+                    "price": 150,
+                    "quantity": 1.5,
+                    "metadata": {
+                        "id": "sv_1",
+                        "hostname": "hôte-01",
+                        "plan": "plan\\with\\slashes",
+                        "tags": ['a "tag"'],
+                    },
+                },
+            ],
+        }
+    }
+}
 
 
 def golden_store() -> SnapshotStore:
@@ -163,7 +216,6 @@ def golden_store() -> SnapshotStore:
         ("proj_old", load_fixture("billing_usage_old.json"), "BRL"),
         ("proj_tricky", TRICKY, "EUR"),
     )
-
 
 
 def exposition_of(store: SnapshotStore) -> Exposition:
@@ -176,8 +228,13 @@ def exposition_of(store: SnapshotStore) -> Exposition:
 
 
 @contextmanager
-def serving(store: SnapshotStore, *, web: WebSettings = WebSettings(),  # noqa: B008
-            telemetry_path: str = "/metrics", **server: Any) -> Iterator[HttpServer]:
+def serving(
+    store: SnapshotStore,
+    *,
+    web: WebSettings = WebSettings(),  # noqa: B008
+    telemetry_path: str = "/metrics",
+    **server: Any,
+) -> Iterator[HttpServer]:
     """The HTTP side exactly as the CLI wires it, on a free local port."""
     app = WebApp(exposition_of(store), store.view, telemetry_path=telemetry_path, web=web)
     http = HttpServer(app, "127.0.0.1", 0, web=web, **server)
@@ -201,14 +258,14 @@ def parse_samples(text: str) -> Samples:
 
 def sample(samples: Samples, name: str, **labels: str) -> float | None:
     """The value of the one sample of `name` whose labels include `labels`."""
-    found = [value for (n, ls), value in samples.items()
-             if n == name and set(labels.items()) <= ls]
+    found = [value for (n, ls), value in samples.items() if n == name and set(labels.items()) <= ls]
     assert len(found) <= 1, f"{name}{labels} matches {len(found)} samples"
     return found[0] if found else None
 
 
-def http_get(url: str, headers: dict[str, str] | None = None,
-             timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def http_get(
+    url: str, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -221,8 +278,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_bounded(code: str, *, memory_mib: int = 600, timeout: float = 60.0,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_bounded(
+    code: str, *, memory_mib: int = 600, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run Python `code` in a child limited to `memory_mib` of address space, so that a
     blow-up fails the test (MemoryError, non-zero exit) instead of the machine."""
     limit = memory_mib * 1024 * 1024
@@ -231,47 +289,83 @@ def run_bounded(code: str, *, memory_mib: int = 600, timeout: float = 60.0,
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-        timeout=timeout, cwd=ROOT, preexec_fn=limit_memory,  # noqa: PLW1509
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, check=False,
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        preexec_fn=limit_memory,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        check=False,
     )
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """`latitudesh-exporter ARGS` to its end, without the caller's exporter settings."""
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("LATITUDESH_EXPORTER_", "LATITUDESH_AUTH"))}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LATITUDESH_EXPORTER_", "LATITUDESH_AUTH"))
+    }
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or ROOT,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def api_env(api: FakeApi, **extra: str) -> dict[str, str]:
     """An exporter's environment for the fake API: its token, fast, few retries."""
-    return {"LATITUDESH_AUTH_TOKEN": TOKEN, "LATITUDESH_EXPORTER_API__BASE_URL": api.url,
-            "LATITUDESH_EXPORTER_API__REQUESTS_PER_MINUTE": "6000",
-            "LATITUDESH_EXPORTER_API__MAX_RETRIES": "1", **extra}
+    return {
+        "LATITUDESH_AUTH_TOKEN": TOKEN,
+        "LATITUDESH_EXPORTER_API__BASE_URL": api.url,
+        "LATITUDESH_EXPORTER_API__REQUESTS_PER_MINUTE": "6000",
+        "LATITUDESH_EXPORTER_API__MAX_RETRIES": "1",
+        **extra,
+    }
 
 
 class ExporterProcess:
     """`latitudesh-exporter` as a real process, its output kept for assertions."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None,
-                 cwd: Path | None = None, tmp: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        tmp: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         folder = tmp or Path(os.environ.get("TMPDIR", "/tmp"))
         self.log_path = folder / f"exporter-{self.port}-{os.getpid()}.log"
-        full_env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("LATITUDESH_EXPORTER_", "LATITUDESH_AUTH"))}
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("LATITUDESH_EXPORTER_", "LATITUDESH_AUTH"))
+        }
         full_env.update(env or {})
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "--web.listen-address",
-             f"127.0.0.1:{self.port}", *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or ROOT,
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "--web.listen-address",
+                f"127.0.0.1:{self.port}",
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd or ROOT,
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -282,6 +376,7 @@ class ExporterProcess:
                 return http_get(self.url + "/readyz", timeout=2)[0] == 200
             except OSError:
                 return False
+
         wait_for(ready, timeout, "the exporter to be ready")
 
     def scrape(self) -> Samples:

@@ -15,14 +15,21 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from exporter.demo import Answer, DemoAccount, DemoApi, DemoHandler, error_body
 
-TITLES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
-          500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+TITLES = {
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +46,7 @@ class Fault:
     `tiny` (`products` empty objects as products), `old_shape`, `new_shape`,
     `gzip` (`layers` gzip layers of the answer, or of `body`), `body` (answer 200
     with `body` as it is), `pages` (/projects: full pages of new ids forever, or of
-    the same ids when `same`).
+    the same ids when `same`), `scale` (every price times `factor`: a spending spree).
     """
 
     kind: str
@@ -52,6 +59,7 @@ class Fault:
     products: int = 0
     layers: int = 1
     same: bool = False
+    factor: float = 1.0
 
 
 @dataclass(slots=True)
@@ -88,8 +96,7 @@ class FaultyHandler(DemoHandler):
         query = parse_qs(url.query)
         project = query.get("filter[project]", [""])[0] or None
         key = self.headers.get("Authorization")
-        fault = fake.next_fault(project if url.path == "/billing/usage" else "/projects",
-                                key)
+        fault = fake.next_fault(project if url.path == "/billing/usage" else "/projects", key)
         if fault is not None and self._misbehave(fault, url.path, project, query):
             return
         answer = self.answer(url.path, query)
@@ -113,33 +120,42 @@ class FaultyHandler(DemoHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _misbehave(self, fault: Fault, path: str, project: str | None,
-                   query: dict[str, list[str]]) -> bool:
+    def _misbehave(
+        self, fault: Fault, path: str, project: str | None, query: dict[str, list[str]]
+    ) -> bool:
         """Act out a fault that replaces the answer; False for those that alter it."""
         key = self.headers.get("Authorization")
         if fault.kind == "delay" and fault.delay:
             time.sleep(fault.delay)
             return False
         if fault.kind == "status":
-            body = fault.body or error_body(fault.status, TITLES.get(fault.status, "Error"),
-                                            "injected fault")
+            body = fault.body or error_body(
+                fault.status, TITLES.get(fault.status, "Error"), "injected fault"
+            )
             self.fake.record(path, project, fault.status, key)
             self.send(Answer(fault.status, body))
         elif fault.kind == "rate_limited":
-            meta = ({"retry_after": fault.retry_after}
-                    if fault.where in ("body", "both") and fault.retry_after is not None else {})
+            meta = (
+                {"retry_after": fault.retry_after}
+                if fault.where in ("body", "both") and fault.retry_after is not None
+                else {}
+            )
             headers = {}
             if fault.header is not None:
                 headers["Retry-After"] = fault.header
             elif fault.where in ("header", "both") and fault.retry_after is not None:
                 headers["Retry-After"] = str(fault.retry_after)
             self.fake.record(path, project, 429, key)
-            self.send(Answer(429, error_body(429, "Too Many Requests", "rate limit exceeded",
-                                             meta), headers))
+            self.send(
+                Answer(
+                    429, error_body(429, "Too Many Requests", "rate limit exceeded", meta), headers
+                )
+            )
         elif fault.kind == "reset":
             self.fake.record(path, project, 0, key)
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                       b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.connection.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
             self.close_connection = True
             self.connection.close()
         elif fault.kind == "truncated":
@@ -160,7 +176,7 @@ class FaultyHandler(DemoHandler):
             self.end_headers()
             try:
                 for index in range(len(data)):
-                    self.wfile.write(data[index:index + 1])
+                    self.wfile.write(data[index : index + 1])
                     self.wfile.flush()
                     if self.fake.stopping.wait(fault.delay):
                         break
@@ -169,8 +185,9 @@ class FaultyHandler(DemoHandler):
             self.close_connection = True
         elif fault.kind == "not_json":
             self.fake.record(path, project, 200, key)
-            self.send(Answer(200, "<html><body>502 Bad Gateway</body></html>",
-                             content_type="text/html"))
+            self.send(
+                Answer(200, "<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+            )
         elif fault.kind == "body":
             self.fake.record(path, project, fault.status if fault.status != 500 else 200, key)
             self.send(Answer(fault.status if fault.status != 500 else 200, fault.body or ""))
@@ -179,15 +196,32 @@ class FaultyHandler(DemoHandler):
         return True
 
 
-def _distort(answer: Answer, fault: Fault, fake: FakeApi, path: str, project: str | None,
-             query: dict[str, list[str]]) -> Answer:
+def _distort(
+    answer: Answer,
+    fault: Fault,
+    fake: FakeApi,
+    path: str,
+    project: str | None,
+    query: dict[str, list[str]],
+) -> Answer:
     if fault.kind == "pages" and path == "/projects":
         number = int((query.get("page[number]") or ["1"])[0])
         size = int((query.get("page[size]") or ["100"])[0])
         offset = 0 if fault.same else (number - 1) * size
-        return Answer(200, json.dumps({"data": [
-            {"id": f"proj_page_{offset + i:06d}", "attributes": {"slug": f"p{offset + i}"}}
-            for i in range(size)]}))
+        return Answer(
+            200,
+            json.dumps(
+                {
+                    "data": [
+                        {
+                            "id": f"proj_page_{offset + i:06d}",
+                            "attributes": {"slug": f"p{offset + i}"},
+                        }
+                        for i in range(size)
+                    ]
+                }
+            ),
+        )
     if path != "/billing/usage":
         return answer
     document = json.loads(answer.body)
@@ -220,14 +254,37 @@ def _distort(answer: Answer, fault: Fault, fake: FakeApi, path: str, project: st
     elif fault.kind == "huge":
         start = attributes["period"]["start"]
         attributes["products"].extend(
-            {"id": f"si_huge_{i:06d}", "resource": "bare_metal", "name": f"item {i}",
-             "unit": "hour", "usage_type": "metered", "unit_price": 1, "quantity": i % 97,
-             "price": float(i % 97), "amount": float(i % 97), "amount_without_discount": i % 97,
-             "start": start, "end": None, "discounts": [],
-             "metadata": {"servers": [{"id": f"sv_{i}", "hostname": f"host-{i}",
-                                       "plan": "c2-small-x86", "tags": []}]}}
+            {
+                "id": f"si_huge_{i:06d}",
+                "resource": "bare_metal",
+                "name": f"item {i}",
+                "unit": "hour",
+                "usage_type": "metered",
+                "unit_price": 1,
+                "quantity": i % 97,
+                "price": float(i % 97),
+                "amount": float(i % 97),
+                "amount_without_discount": i % 97,
+                "start": start,
+                "end": None,
+                "discounts": [],
+                "metadata": {
+                    "servers": [
+                        {
+                            "id": f"sv_{i}",
+                            "hostname": f"host-{i}",
+                            "plan": "c2-small-x86",
+                            "tags": [],
+                        }
+                    ]
+                },
+            }
             for i in range(fault.products)
         )
+    elif fault.kind == "scale":
+        attributes["price"] = round(attributes["price"] * fault.factor, 2)
+        for product in attributes["products"]:
+            product["price"] = round(product["price"] * fault.factor, 2)
     elif fault.kind == "tiny":
         body = answer.body
         marker = '"products": ['
@@ -239,8 +296,9 @@ def _distort(answer: Answer, fault: Fault, fake: FakeApi, path: str, project: st
 class FakeApi(DemoApi):
     """The demo API with a request log and scripted faults."""
 
-    def __init__(self, accounts: Sequence[DemoAccount] | DemoAccount | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, accounts: Sequence[DemoAccount] | DemoAccount | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(accounts, handler=FaultyHandler, **kwargs)
         self.lock = threading.Lock()
         self._faults: dict[str, deque[_Scripted]] = {}
@@ -254,13 +312,25 @@ class FakeApi(DemoApi):
         self.stopping.set()
         super().stop()
 
-    def inject(self, fault: Fault, *, project: str | None = None, times: int | None = 1,
-               key: str | None = None) -> None:
+    def inject(
+        self,
+        fault: Fault,
+        *,
+        project: str | None = None,
+        times: int | None = 1,
+        key: str | None = None,
+    ) -> None:
         """Script `fault` for the next `times` requests of `project` (None: any request;
         "/projects" for discovery), optionally only for requests with API key `key`."""
         with self.lock:
             self._faults.setdefault(f"{key or ''}|{project or '*'}", deque()).append(
-                _Scripted(fault, times))
+                _Scripted(fault, times)
+            )
+
+    def pending(self) -> int:
+        """Scripted faults not yet served (those scripted until cleared count once)."""
+        with self.lock:
+            return sum(len(queue) for queue in self._faults.values())
 
     def clear_faults(self) -> None:
         with self.lock:
@@ -284,22 +354,39 @@ class FakeApi(DemoApi):
         with self.lock:
             self.requests.append(RequestRecord(time.monotonic(), path, project, status, key))
 
-    def request_count(self, path: str | None = None, project: str | None = None,
-                      key: str | None = None) -> int:
+    def request_count(
+        self, path: str | None = None, project: str | None = None, key: str | None = None
+    ) -> int:
         with self.lock:
-            return sum(1 for r in self.requests
-                       if (path is None or r.path == path)
-                       and (project is None or r.project == project)
-                       and (key is None or r.key == key))
+            return sum(
+                1
+                for r in self.requests
+                if (path is None or r.path == path)
+                and (project is None or r.project == project)
+                and (key is None or r.key == key)
+            )
 
     def times(self, path: str | None = None, key: str | None = None) -> list[float]:
         with self.lock:
-            return [r.at for r in self.requests
-                    if (path is None or r.path == path) and (key is None or r.key == key)]
+            return [
+                r.at
+                for r in self.requests
+                if (path is None or r.path == path) and (key is None or r.key == key)
+            ]
 
 
-JSONAPI_ERROR = json.dumps({"errors": [{"status": "422", "code": "invalid_filter",
-                                        "title": "Unprocessable", "detail": "bad filter"}]})
+JSONAPI_ERROR = json.dumps(
+    {
+        "errors": [
+            {
+                "status": "422",
+                "code": "invalid_filter",
+                "title": "Unprocessable",
+                "detail": "bad filter",
+            }
+        ]
+    }
+)
 
 #: Each fault and the reason a poll hit by it must be counted under (None: it succeeds).
 CHAOS: list[tuple[Fault, str | None]] = [
@@ -335,3 +422,57 @@ CHAOS: list[tuple[Fault, str | None]] = [
     (Fault("gzip", layers=2), None),
     (Fault("huge", products=9_000), None),  # folded by the cardinality guard
 ]
+
+
+#: Each hostile answer for `proj_demo_web` and what becomes of it: refused, or (just
+#: under every cap) read. The hardening tests and the benchmarks share the list; the
+#: faults are built on demand (the bomb is 256 MiB before compression).
+HOSTILE: dict[str, tuple[Callable[[], Fault], str]] = {
+    "gzip bomb, two layers": (
+        lambda: Fault("gzip", layers=2, body=" " * (256 * 1024 * 1024)),
+        "REFUSED invalid_response",
+    ),
+    "millions of tiny products": (
+        lambda: Fault("tiny", products=3_000_000),
+        "REFUSED invalid_response",
+    ),
+    "millions of tiny values": (
+        lambda: Fault(
+            "body", body='{"data": {"attributes": {"products": [' + "0," * 3_000_000 + "0]}}}"
+        ),
+        "REFUSED invalid_response",
+    ),
+    "nesting 100,000 deep": (
+        lambda: Fault("body", body="[" * 100_000 + "]" * 100_000),
+        "REFUSED invalid_response",
+    ),
+    "10,000 products, the cap": (lambda: Fault("huge", products=9_996), "READ"),
+    "10,001 products": (lambda: Fault("huge", products=9_997), "REFUSED invalid_response"),
+}
+
+
+def probe_script(
+    url: str, token: str, *, project: str = "proj_demo_web", timeout: float = 30
+) -> str:
+    """Python code that asks `url` for one project's usage once and prints what became of
+    it (READ or REFUSED reason), its peak RSS in MiB and the seconds it took: run in a
+    child, under a memory limit, so that a blow-up can't take the caller down."""
+    return f"""
+import time
+from pathlib import Path
+from pydantic import SecretStr
+from exporter import errors
+from exporter.client import LatitudeClient
+from exporter.ratelimit import RequestBudget
+client = LatitudeClient(token=lambda: SecretStr({token!r}), budget=RequestBudget(1e6),
+                        base_url={url!r}, max_retries=0, timeout={timeout!r})
+started = time.monotonic()
+try:
+    client.billing_usage({project!r})
+    print("READ yes")
+except errors.LatitudeError as exc:
+    print("REFUSED", exc.reason)
+status = Path("/proc/self/status").read_text()  # ru_maxrss counts the forking parent
+print("PEAK", int(status.split("VmHWM:")[1].split()[0]) // 1024)
+print("SECONDS", round(time.monotonic() - started, 2))
+"""

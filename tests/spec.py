@@ -34,7 +34,8 @@ def extract(shared: Path) -> dict[str, Any]:
     assert block is not None, "the seed document has no yaml block"
     seed = yaml.safe_load(block.group(1))
     projects = spec["paths"]["/projects"]["get"]["responses"]["200"]["content"][
-        "application/vnd.api+json"]["schema"]
+        "application/vnd.api+json"
+    ]["schema"]
     components = spec["components"]["schemas"]
     needed: dict[str, Any] = {}
     pending = _refs(projects)
@@ -45,11 +46,13 @@ def extract(shared: Path) -> dict[str, Any]:
             pending |= _refs(components[name])
     return {
         "about": "Extracted from Latitude.sh's official OpenAPI spec 2026-07-16 "
-                 "(github.com/latitudesh/latitudesh-mcp, .speakeasy/out.openapi.yaml) "
-                 "and the billing_usage endpoint's documentation (older shape). "
-                 "Refresh with: python -m tests.spec PATH/TO/shared",
-        "billing_usage": {"newest": components["billing_usage"],
-                          "seed": seed["components"]["schemas"]["billing_usage"]},
+        "(github.com/latitudesh/latitudesh-mcp, .speakeasy/out.openapi.yaml) "
+        "and the billing_usage endpoint's documentation (older shape). "
+        "Refresh with: python -m tests.spec PATH/TO/shared",
+        "billing_usage": {
+            "newest": components["billing_usage"],
+            "seed": seed["components"]["schemas"]["billing_usage"],
+        },
         "projects": {"response": projects, "components": dict(sorted(needed.items()))},
     }
 
@@ -81,8 +84,11 @@ def to_json_schema(node: Any, *, strict: bool) -> Any:
         return [to_json_schema(item, strict=strict) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {k: to_json_schema(v, strict=strict) for k, v in node.items()
-           if k not in ("nullable", "example", "examples", "x-speakeasy-unknown-values")}
+    out = {
+        k: to_json_schema(v, strict=strict)
+        for k, v in node.items()
+        if k not in ("nullable", "example", "examples", "x-speakeasy-unknown-values")
+    }
     if node.get("nullable"):
         if "type" in out:
             out["type"] = [out["type"], "null"]
@@ -99,24 +105,28 @@ def billing_schema(which: str, *, strict: bool) -> Any:
 
 
 def billing_validator(which: str, *, strict: bool = True) -> jsonschema.Draft7Validator:
-    return jsonschema.Draft7Validator(billing_schema(which, strict=strict),
-                                      format_checker=jsonschema.FormatChecker())
+    return jsonschema.Draft7Validator(
+        billing_schema(which, strict=strict), format_checker=jsonschema.FormatChecker()
+    )
 
 
 def projects_validator() -> jsonschema.Draft7Validator:
     projects = copy()["projects"]
-    root = {**to_json_schema(projects["response"], strict=False),
-            "components": {"schemas": to_json_schema(projects["components"], strict=False)}}
+    root = {
+        **to_json_schema(projects["response"], strict=False),
+        "components": {"schemas": to_json_schema(projects["components"], strict=False)},
+    }
     return jsonschema.Draft7Validator(root)
 
 
 def errors_of(validator: jsonschema.Draft7Validator, document: Any) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in validator.iter_errors(document)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
 
 
 if __name__ == "__main__":
     SPEC_COPY.parent.mkdir(parents=True, exist_ok=True)
-    SPEC_COPY.write_text(json.dumps(extract(Path(sys.argv[1])), indent=1, sort_keys=True)
-                         + "\n")
+    SPEC_COPY.write_text(json.dumps(extract(Path(sys.argv[1])), indent=1, sort_keys=True) + "\n")
     print(f"wrote {SPEC_COPY}")

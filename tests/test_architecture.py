@@ -32,8 +32,11 @@ def table() -> dict[str, set[str] | None]:
         match = re.match(r"\|\s*`(\w+)\.py`\s*\|[^|]*\|([^|]*)\|", line)
         if match:
             allowed = match.group(2).strip().replace("`", "")
-            rows[match.group(1)] = None if allowed == "everything" else {
-                name.strip() for name in allowed.split(",") if name.strip()}
+            rows[match.group(1)] = (
+                None
+                if allowed == "everything"
+                else {name.strip() for name in allowed.split(",") if name.strip()}
+            )
     return rows
 
 
@@ -78,17 +81,20 @@ def test_only_cli_wires_the_parts_together() -> None:
 
 @pytest.mark.parametrize("library", sorted(THIRD_PARTY_HOMES))
 def test_libraries_stay_in_their_modules(library: str) -> None:
-    users = {m for m in MODULES
-             if any(n == library or n.startswith(f"{library}.")
-                    for n in imports_of(PACKAGE / f"{m}.py"))}
+    users = {
+        m
+        for m in MODULES
+        if any(n == library or n.startswith(f"{library}.") for n in imports_of(PACKAGE / f"{m}.py"))
+    }
     assert users <= THIRD_PARTY_HOMES[library]
     assert library in DOCUMENT.lower() or library.replace("_", "-") in DOCUMENT.lower()
 
 
 def test_package_init_has_only_the_version() -> None:
     tree = ast.parse((PACKAGE / "__init__.py").read_text())
-    statements = [n for n in tree.body if not (isinstance(n, ast.Expr)
-                                               and isinstance(n.value, ast.Constant))]
+    statements = [
+        n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
+    ]
     assert len(statements) == 1 and isinstance(statements[0], ast.Assign)
 
 
@@ -97,8 +103,12 @@ def test_broad_excepts_only_at_the_boundaries() -> None:
     for module in MODULES:
         for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
             if isinstance(node, ast.ExceptHandler) and (
-                node.type is None or (isinstance(node.type, ast.Name)
-                                      and node.type.id in ("Exception", "BaseException"))):
+                node.type is None
+                or (
+                    isinstance(node.type, ast.Name)
+                    and node.type.id in ("Exception", "BaseException")
+                )
+            ):
                 broad.append(module)
     assert sorted(broad) == ["poller", "poller", "web"]
 
@@ -106,13 +116,17 @@ def test_broad_excepts_only_at_the_boundaries() -> None:
 def test_no_class_is_built_at_run_time_with_type() -> None:
     for module in MODULES:
         for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-                    and node.func.id == "type":
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "type"
+            ):
                 assert len(node.args) == 1, f"{module} builds a class with type()"
 
 
-@pytest.mark.parametrize("module", ["models", "errors", "snapshot", "collector", "ratelimit",
-                                    "exposition", "statuspage"])
+@pytest.mark.parametrize(
+    "module", ["models", "errors", "snapshot", "collector", "ratelimit", "exposition", "statuspage"]
+)
 def test_pure_modules_do_not_log(module: str) -> None:
     assert "logging" not in imports_of(PACKAGE / f"{module}.py")
 
@@ -129,8 +143,13 @@ def test_nothing_in_the_repository_reads_outside_it() -> None:
     check may look for it."""
     outside = ("../" + "shared", '"' + 'shared"')
     allowed = {ROOT / "tests" / "test_spec_agreement.py", Path(__file__).resolve()}
-    for path in [*ROOT.glob("exporter/*.py"), *ROOT.glob("tests/*.py"),
-                 *ROOT.glob("benchmarks/*.py"), ROOT / "Makefile", ROOT / ".ci" / "run"]:
+    for path in [
+        *ROOT.glob("exporter/*.py"),
+        *ROOT.glob("tests/*.py"),
+        *ROOT.glob("benchmarks/*.py"),
+        ROOT / "Makefile",
+        ROOT / ".ci" / "run",
+    ]:
         if path in allowed:
             continue
         text = path.read_text()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from tests.conftest import (
     sample,
     store_with,
     usage_of,
+    versionless,
 )
 
 
@@ -31,6 +31,7 @@ def render(store: SnapshotStore) -> str:
 
 
 def check_golden(name: str, text: str) -> None:
+    text = versionless(text)
     path = GOLDEN / name
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(text)
@@ -44,8 +45,12 @@ def test_exposition_matches_the_golden_file() -> None:
 def test_golden_files_pass_promtool_check_metrics() -> None:
     promtool = require_binary("promtool")
     for path in sorted(GOLDEN.glob("*.prom")):
-        result = subprocess.run([promtool, "check", "metrics"], input=path.read_bytes(),
-                                capture_output=True, check=False)
+        result = subprocess.run(
+            [promtool, "check", "metrics"],
+            input=path.read_bytes(),
+            capture_output=True,
+            check=False,
+        )
         assert result.returncode == 0, (path, result.stdout, result.stderr)
 
 
@@ -56,11 +61,27 @@ def test_label_values_are_escaped_and_parse_back_exactly() -> None:
     assert 'project_name="Café Ωmega\ufffdline two"' in text  # the newline was replaced
     assert r'tag="a \"tag\""' in text
     samples = parse_samples(text)
-    assert sample(samples, "latitudesh_billing_product_quantity", project_id="proj_tricky",
-                  product_name='GPU "big" \\ box', hostname="hôte-01",
-                  plan="plan\\with\\slashes") == 1.5
-    assert sample(samples, "latitudesh_project_info", project_slug='quote"slash\\',
-                  currency="EUR", team="default") == 1.0
+    assert (
+        sample(
+            samples,
+            "latitudesh_billing_product_quantity",
+            project_id="proj_tricky",
+            product_name='GPU "big" \\ box',
+            hostname="hôte-01",
+            plan="plan\\with\\slashes",
+        )
+        == 1.5
+    )
+    assert (
+        sample(
+            samples,
+            "latitudesh_project_info",
+            project_slug='quote"slash\\',
+            currency="EUR",
+            team="default",
+        )
+        == 1.0
+    )
 
 
 def test_exact_values_and_labels() -> None:
@@ -70,54 +91,146 @@ def test_exact_values_and_labels() -> None:
     assert sample(samples, "latitudesh_billing_threshold", **p) == 1000.0
     assert sample(samples, "latitudesh_billing_threshold", project_id="proj_old") is None
     assert sample(samples, "latitudesh_billing_amount", project_id="proj_old") is None
-    assert sample(samples, "latitudesh_billing_available_credit_balance",
-                  project_id="proj_old", currency="BRL") == -5.0
-    assert sample(samples, "latitudesh_billing_product_price", **p, product_id="si_aslft06m",
-                  product_name="c2.small.x86", resource="bare_metal", unit="hour",
-                  usage_type="metered", plan="c2-small-x86", hostname="", currency="USD") == 456.0
-    assert sample(samples, "latitudesh_billing_product_discount_ratio", **p,
-                  product_id="si_aslft06m",
-                  description="Monthly Discount - Accelerate") == 0.05
-    assert sample(samples, "latitudesh_billing_product_discount_amount", **p,
-                  product_id="si_on0fybnq", currency="USD") == 2.5
-    servers = {ls for (n, ls) in samples if n == "latitudesh_billing_product_server_info"
-               and ("product_id", "si_aslft06m") in ls}
+    assert (
+        sample(
+            samples,
+            "latitudesh_billing_available_credit_balance",
+            project_id="proj_old",
+            currency="BRL",
+        )
+        == -5.0
+    )
+    assert (
+        sample(
+            samples,
+            "latitudesh_billing_product_price",
+            **p,
+            product_id="si_aslft06m",
+            product_name="c2.small.x86",
+            resource="bare_metal",
+            unit="hour",
+            usage_type="metered",
+            plan="c2-small-x86",
+            hostname="",
+            currency="USD",
+        )
+        == 456.0
+    )
+    assert (
+        sample(
+            samples,
+            "latitudesh_billing_product_discount_ratio",
+            **p,
+            product_id="si_aslft06m",
+            description="Monthly Discount - Accelerate",
+        )
+        == 0.05
+    )
+    assert (
+        sample(
+            samples,
+            "latitudesh_billing_product_discount_amount",
+            **p,
+            product_id="si_on0fybnq",
+            currency="USD",
+        )
+        == 2.5
+    )
+    servers = {
+        ls
+        for (n, ls) in samples
+        if n == "latitudesh_billing_product_server_info" and ("product_id", "si_aslft06m") in ls
+    }
     assert {dict(ls)["hostname"] for ls in servers} == {"web-01", "db-01"}
     assert sample(samples, "latitudesh_up", project_id="proj_old") == 1.0
-    assert sample(samples, "latitudesh_last_success_timestamp_seconds",
-                  project_id="proj_old") == 1_795_000_000.0
+    assert (
+        sample(samples, "latitudesh_last_success_timestamp_seconds", project_id="proj_old")
+        == 1_795_000_000.0
+    )
     assert sample(samples, "latitudesh_poll_duration_seconds", project_id="proj_old") == 0.25
-    assert sample(samples, "latitudesh_poll_errors_total", project_id="proj_old",
-                  reason="timeout") == 0.0
-    assert sample(samples, "latitudesh_api_requests_total", team="default",
-                  endpoint="/billing/usage", code="200") == 0.0
+    assert (
+        sample(samples, "latitudesh_poll_errors_total", project_id="proj_old", reason="timeout")
+        == 0.0
+    )
+    assert (
+        sample(
+            samples,
+            "latitudesh_api_requests_total",
+            team="default",
+            endpoint="/billing/usage",
+            code="200",
+        )
+        == 0.0
+    )
 
 
 def test_cost_allocation_series_cover_both_metadata_shapes() -> None:
     samples = parse_samples(render(golden_store()))
     p = {"project_id": NEW, "currency": "USD"}
     # si_aslft06m (456) over web-01 and db-01, si_eip01 (10) over web-01 and worker-01
-    assert sample(samples, "latitudesh_billing_server_price", **p, server_id="sv_1",
-                  hostname="web-01", plan="c2-small-x86") == 233.0
+    assert (
+        sample(
+            samples,
+            "latitudesh_billing_server_price",
+            **p,
+            server_id="sv_1",
+            hostname="web-01",
+            plan="c2-small-x86",
+        )
+        == 233.0
+    )
     assert sample(samples, "latitudesh_billing_server_price", **p, server_id="sv_2") == 228.0
     assert sample(samples, "latitudesh_billing_server_price", **p, server_id="sv_3") == 5.0
     assert sample(samples, "latitudesh_billing_tag_price", **p, tag="web") == 233.0
     assert sample(samples, "latitudesh_billing_tag_price", **p, tag="db") == 228.0
     assert sample(samples, "latitudesh_billing_tag_price", **p, tag="__untagged__") == 5.0
-    assert sample(samples, "latitudesh_billing_tag_price", **p,
-                  tag="__unattributed__") == 60.3  # storage 56.30 + API calls 4.00
-    assert sample(samples, "latitudesh_billing_server_tag_info", project_id=NEW,
-                  server_id="sv_1", hostname="web-01", tag="prod") == 1.0
-    assert sample(samples, "latitudesh_billing_product_bucket_info", project_id=NEW,
-                  product_id="si_calls", bucket_id="bkt_2", bucket_name="assets",
-                  location="NYC") == 1.0
-    assert sample(samples, "latitudesh_billing_product_unit_divisor", project_id=NEW,
-                  product_id="si_calls") == 1000.0
+    assert (
+        sample(samples, "latitudesh_billing_tag_price", **p, tag="__unattributed__") == 60.3
+    )  # storage 56.30 + API calls 4.00
+    assert (
+        sample(
+            samples,
+            "latitudesh_billing_server_tag_info",
+            project_id=NEW,
+            server_id="sv_1",
+            hostname="web-01",
+            tag="prod",
+        )
+        == 1.0
+    )
+    assert (
+        sample(
+            samples,
+            "latitudesh_billing_product_bucket_info",
+            project_id=NEW,
+            product_id="si_calls",
+            bucket_id="bkt_2",
+            bucket_name="assets",
+            location="NYC",
+        )
+        == 1.0
+    )
+    assert (
+        sample(
+            samples,
+            "latitudesh_billing_product_unit_divisor",
+            project_id=NEW,
+            product_id="si_calls",
+        )
+        == 1000.0
+    )
     # the old shape: the one server behind a line, with its tags
-    assert sample(samples, "latitudesh_billing_server_price", project_id="proj_old",
-                  server_id="sv_gpu", currency="BRL") == 120.0
-    assert sample(samples, "latitudesh_billing_tag_price", project_id="proj_old",
-                  tag="ml") == 120.0
+    assert (
+        sample(
+            samples,
+            "latitudesh_billing_server_price",
+            project_id="proj_old",
+            server_id="sv_gpu",
+            currency="BRL",
+        )
+        == 120.0
+    )
+    assert sample(samples, "latitudesh_billing_tag_price", project_id="proj_old", tag="ml") == 120.0
 
 
 def test_divided_units_price_as_quantity_over_divisor_times_unit_price() -> None:
@@ -148,8 +261,12 @@ def test_failed_poll_keeps_last_values_and_sets_up_to_zero() -> None:
     samples = parse_samples(render(store))
     assert sample(samples, "latitudesh_up", project_id="proj_old") == 0.0
     assert sample(samples, "latitudesh_billing_price", project_id="proj_old") == 120.505
-    assert sample(samples, "latitudesh_poll_errors_total", project_id="proj_old",
-                  reason="server_error") == 1.0
+    assert (
+        sample(
+            samples, "latitudesh_poll_errors_total", project_id="proj_old", reason="server_error"
+        )
+        == 1.0
+    )
     assert sample(samples, "latitudesh_up", project_id="proj_tricky") == 1.0
 
 

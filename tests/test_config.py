@@ -53,7 +53,9 @@ def test_defaults_match_the_design() -> None:
 
 
 def test_yaml_is_read(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 api: {timeout_seconds: 5, base_url: "http://localhost:1234/"}
 currency: EUR
 poll: {interval_seconds: 60}
@@ -61,14 +63,18 @@ projects:
   - id: proj_a
     plan: c2-small-x86
     products: [si_1, si_2]
-""")
+""",
+    )
     settings = load_settings(path, explicit=True)
     assert settings.api.timeout_seconds == 5
     assert settings.api.base_url == "http://localhost:1234"
     assert settings.currency == "EUR"
     (project,) = settings.projects
-    assert (project.id, project.plan, project.products) == ("proj_a", "c2-small-x86",
-                                                            ["si_1", "si_2"])
+    assert (project.id, project.plan, project.products) == (
+        "proj_a",
+        "c2-small-x86",
+        ["si_1", "si_2"],
+    )
 
 
 def test_env_beats_yaml_and_merges_into_nested_sections(
@@ -99,16 +105,22 @@ def test_the_example_config_is_valid_and_documents_every_key() -> None:
         assert key in text, f"teams[].{key} missing from config.example.yaml"
     for line in text.splitlines():
         stripped = line.strip()
-        if stripped and not stripped.startswith("#") and ":" in stripped \
-                and not stripped.startswith("- "):
+        if (
+            stripped
+            and not stripped.startswith("#")
+            and ":" in stripped
+            and not stripped.startswith("- ")
+        ):
             assert "#" in line or stripped.endswith(":"), f"uncommented key: {line!r}"
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("poll: {interval_seconds: 0}", "poll.interval_seconds: Input should be greater than "
-                                        "or equal to 1"),
+        (
+            "poll: {interval_seconds: 0}",
+            "poll.interval_seconds: Input should be greater than or equal to 1",
+        ),
         ("poll: {concurrency: 0}", "poll.concurrency: Input should be greater than or equal"),
         ("poll: {intervl: 3}", "poll.intervl: unknown field"),
         ("api: {base_url: ftp://x}", "api.base_url: must start with http:// or https://"),
@@ -122,8 +134,11 @@ def test_the_example_config_is_valid_and_documents_every_key() -> None:
         ("api: {timeout_seconds: -1}", "api.timeout_seconds: Input should be greater than 0"),
         ("api: {max_retries: 99}", "api.max_retries: Input should be less than or equal to 10"),
         ("api: {requests_per_minute: 0}", "api.requests_per_minute: Input should be greater"),
-        ("api: {token: abc}", "api: the API token is never read from the config file; set the "
-                              "LATITUDESH_AUTH_TOKEN environment variable or api.token_file"),
+        (
+            "api: {token: abc}",
+            "api: the API token is never read from the config file; set the "
+            "LATITUDESH_AUTH_TOKEN environment variable or api.token_file",
+        ),
         ("currency: dollars", "currency: String should match pattern"),
         ("projects: [{plan: x}]", "projects.0.id: Field required"),
         ("projects: [{id: a}, {id: a}]", "projects: project id 'a' is listed twice"),
@@ -132,18 +147,28 @@ def test_the_example_config_is_valid_and_documents_every_key() -> None:
         ("- a list", "the top level must be a mapping"),
         ("poll: {interval_seconds: [", "line 1"),
         ("teams: []", "teams: List should have at least 1 item"),
-        ("teams: [{name: a}]", "teams.0: Value error, needs exactly one of token_env or "
-                               "token_file"),
+        (
+            "teams: [{name: a}]",
+            "teams.0: Value error, needs exactly one of token_env or token_file",
+        ),
         ("teams: [{name: a, token_env: X, token_file: /t}]", "needs exactly one of"),
-        ("teams: [{name: a, token: secret}]", "teams.0: the API token is never read from the "
-                                               "config file"),
-        ("teams: [{name: a, token_env: A}, {name: a, token_env: B}]",
-         "team name 'a' is used twice"),
-        ("teams: [{name: a, token_env: A, projects: [{id: p}]},"
-         " {name: b, token_env: B, projects: [{id: p}]}]",
-         "project id 'p' is listed twice (teams 'a' and 'b')"),
-        ("projects: [{id: p}]\nteams: [{name: a, token_env: A}]",
-         "top-level projects cannot be used with teams"),
+        (
+            "teams: [{name: a, token: secret}]",
+            "teams.0: the API token is never read from the config file",
+        ),
+        (
+            "teams: [{name: a, token_env: A}, {name: a, token_env: B}]",
+            "team name 'a' is used twice",
+        ),
+        (
+            "teams: [{name: a, token_env: A, projects: [{id: p}]},"
+            " {name: b, token_env: B, projects: [{id: p}]}]",
+            "project id 'p' is listed twice (teams 'a' and 'b')",
+        ),
+        (
+            "projects: [{id: p}]\nteams: [{name: a, token_env: A}]",
+            "top-level projects cannot be used with teams",
+        ),
         ("teams: [{name: 'bad name', token_env: A}]", "teams.0.name: String should match"),
         ("teams: [{name: a, token_env: '1X'}]", "teams.0.token_env: String should match"),
     ],
@@ -190,12 +215,15 @@ def test_bad_env_value_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings(None)
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("LATITUDESH_EXPORTER_TEAMS", '[{"name": "a",'),
-    ("LATITUDESH_EXPORTER_PROJECTS", "not json"),
-    ("LATITUDESH_EXPORTER_API", "{"),
-    ("LATITUDESH_EXPORTER_TEAMS", "[" * 10_000 + "]" * 10_000),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LATITUDESH_EXPORTER_TEAMS", '[{"name": "a",'),
+        ("LATITUDESH_EXPORTER_PROJECTS", "not json"),
+        ("LATITUDESH_EXPORTER_API", "{"),
+        ("LATITUDESH_EXPORTER_TEAMS", "[" * 10_000 + "]" * 10_000),
+    ],
+)
 def test_bad_json_in_the_environment_is_one_line_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
@@ -207,15 +235,21 @@ def test_bad_json_in_the_environment_is_one_line_naming_the_variable(
 
 
 def test_teams_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LATITUDESH_EXPORTER_TEAMS",
-                       '[{"name": "prod", "token_env": "KEY_PROD", "requests_per_minute": 20},'
-                       ' {"name": "br", "token_env": "KEY_BR", "currency": "BRL",'
-                       '  "projects": [{"id": "proj_x"}]}]')
+    monkeypatch.setenv(
+        "LATITUDESH_EXPORTER_TEAMS",
+        '[{"name": "prod", "token_env": "KEY_PROD", "requests_per_minute": 20},'
+        ' {"name": "br", "token_env": "KEY_BR", "currency": "BRL",'
+        '  "projects": [{"id": "proj_x"}]}]',
+    )
     monkeypatch.setenv("KEY_PROD", "key-one")
     monkeypatch.setenv("KEY_BR", "Bearer key-two")
     prod, br = resolve_teams(load_settings(None))
     assert (prod.name, prod.requests_per_minute, prod.currency, prod.projects) == (
-        "prod", 20, None, ())
+        "prod",
+        20,
+        None,
+        (),
+    )
     assert prod.token.get().get_secret_value() == "key-one"
     assert (br.name, br.requests_per_minute, br.currency) == ("br", 50, "BRL")
     assert br.token.get().get_secret_value() == "key-two"
@@ -243,8 +277,9 @@ def test_token_env_wins_over_token_file(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("from-file")
     path = write(tmp_path, f"api: {{token_file: {token_file}}}")
-    (team,) = resolve_teams(load_settings(path, explicit=True),
-                            {"LATITUDESH_AUTH_TOKEN": "from-env"})
+    (team,) = resolve_teams(
+        load_settings(path, explicit=True), {"LATITUDESH_AUTH_TOKEN": "from-env"}
+    )
     assert team.token.get().get_secret_value() == "from-env"
 
 
@@ -297,8 +332,11 @@ def test_world_readable_token_file_is_flagged(tmp_path: Path) -> None:
 
 
 def test_missing_token_says_how_to_provide_it() -> None:
-    with pytest.raises(ConfigError, match=r"no API token: set the LATITUDESH_AUTH_TOKEN "
-                                          r"environment variable or api\.token_file"):
+    with pytest.raises(
+        ConfigError,
+        match=r"no API token: set the LATITUDESH_AUTH_TOKEN "
+        r"environment variable or api\.token_file",
+    ):
         resolve_teams(load_settings(None), {})
 
 
@@ -307,16 +345,23 @@ def test_missing_token_file_at_start_is_a_config_error_naming_the_field(tmp_path
         TokenSource(path=tmp_path / "nope")
 
 
-@pytest.mark.parametrize("raw", ["", "   ", "Bearer ", "two words", "tab\there", "ключ",
-                                 "x" * 5000])
+@pytest.mark.parametrize(
+    "raw", ["", "   ", "Bearer ", "two words", "tab\there", "ключ", "x" * 5000]
+)
 def test_empty_or_malformed_tokens_are_refused(raw: str) -> None:
     with pytest.raises(ConfigError, match="LATITUDESH_AUTH_TOKEN: the API token"):
         clean_token(raw, "LATITUDESH_AUTH_TOKEN")
 
 
-@pytest.mark.parametrize(("url", "loopback"), [
-    ("http://127.0.0.1:8080", True), ("http://localhost", True), ("http://[::1]:1", True),
-    ("http://api.example", False), ("http://10.0.0.1", False),
-])
+@pytest.mark.parametrize(
+    ("url", "loopback"),
+    [
+        ("http://127.0.0.1:8080", True),
+        ("http://localhost", True),
+        ("http://[::1]:1", True),
+        ("http://api.example", False),
+        ("http://10.0.0.1", False),
+    ],
+)
 def test_loopback_is_recognised_for_the_plain_http_warning(url: str, loopback: bool) -> None:
     assert is_loopback(url) is loopback

@@ -10,7 +10,8 @@ import pytest
 
 from exporter.demo import DEMO_TOKENS, DemoAccount, DemoApi, default_accounts
 from tests.conftest import TOKEN, http_get, load_fixture
-from tests.spec import billing_validator, copy as spec_copy, errors_of, projects_validator
+from tests.spec import billing_validator, errors_of, projects_validator
+from tests.spec import copy as spec_copy
 
 ACCOUNTS = default_accounts()
 PROJECTS = [(account, project_id) for account in ACCOUNTS for project_id in account.projects]
@@ -18,28 +19,30 @@ PROJECTS = [(account, project_id) for account in ACCOUNTS for project_id in acco
 
 def test_the_schemas_really_differ() -> None:
     newest = spec_copy()["billing_usage"]["newest"]
-    product = newest["properties"]["data"]["properties"]["attributes"]["properties"][
-        "products"]["items"]["properties"]
+    product = newest["properties"]["data"]["properties"]["attributes"]["properties"]["products"][
+        "items"
+    ]["properties"]
     assert "GB" in product["unit"]["enum"] and "servers" in product["metadata"]["properties"]
     seed = spec_copy()["billing_usage"]["seed"]
-    old_product = seed["properties"]["data"]["properties"]["attributes"]["properties"][
-        "products"]["items"]["properties"]
+    old_product = seed["properties"]["data"]["properties"]["attributes"]["properties"]["products"][
+        "items"
+    ]["properties"]
     assert "GB" not in old_product["unit"]["enum"]
     assert "hostname" in old_product["metadata"]["properties"]
 
 
-@pytest.mark.parametrize(("account", "project"), PROJECTS,
-                         ids=[p for _, p in PROJECTS])
-def test_demo_usage_validates_strictly_against_the_newest_spec(account: DemoAccount,
-                                                               project: str) -> None:
+@pytest.mark.parametrize(("account", "project"), PROJECTS, ids=[p for _, p in PROJECTS])
+def test_demo_usage_validates_strictly_against_the_newest_spec(
+    account: DemoAccount, project: str
+) -> None:
     document = account.usage(account.projects[project])
     assert errors_of(billing_validator("newest"), document) == []
 
 
-@pytest.mark.parametrize(("account", "project"), PROJECTS,
-                         ids=[p for _, p in PROJECTS])
-def test_demo_old_shape_validates_against_the_seed_schema(account: DemoAccount,
-                                                          project: str) -> None:
+@pytest.mark.parametrize(("account", "project"), PROJECTS, ids=[p for _, p in PROJECTS])
+def test_demo_old_shape_validates_against_the_seed_schema(
+    account: DemoAccount, project: str
+) -> None:
     document = account.usage(account.projects[project], "old")
     assert errors_of(billing_validator("seed", strict=False), document) == []
     attributes = document["data"]["attributes"]
@@ -49,8 +52,10 @@ def test_demo_old_shape_validates_against_the_seed_schema(account: DemoAccount,
 
 def test_fixtures_validate_against_their_schemas() -> None:
     assert errors_of(billing_validator("newest"), load_fixture("billing_usage_new.json")) == []
-    assert errors_of(billing_validator("seed", strict=False),
-                     load_fixture("billing_usage_old.json")) == []
+    assert (
+        errors_of(billing_validator("seed", strict=False), load_fixture("billing_usage_old.json"))
+        == []
+    )
     assert errors_of(projects_validator(), load_fixture("projects_page.json")) == []
 
 
@@ -77,16 +82,18 @@ def test_two_teams_in_two_currencies_behind_two_keys() -> None:
 
 def test_the_demo_has_something_for_every_showback_panel() -> None:
     us = ACCOUNTS[0]
-    servers = [s for p in us.projects.values() for product in p.products
-               for s in product.servers]
+    servers = [s for p in us.projects.values() for product in p.products for s in product.servers]
     assert any(not s.tags for s in servers)  # one untagged
     tags = [tag for s in servers for tag in s.tags]
     assert len(tags) > len(set(tags))  # overlapping
-    locations = {product.bucket.location for p in us.projects.values()
-                 for product in p.products if product.bucket}
+    locations = {
+        product.bucket.location
+        for p in us.projects.values()
+        for product in p.products
+        if product.bucket
+    }
     assert len(locations) == 2
-    assert any(product.billing_unit_divisor for p in us.projects.values()
-               for product in p.products)
+    assert any(product.billing_unit_divisor for p in us.projects.values() for product in p.products)
 
 
 def test_usage_grows_with_time_and_rolls_over_at_period_end() -> None:
@@ -102,13 +109,28 @@ def test_usage_grows_with_time_and_rolls_over_at_period_end() -> None:
     assert rolled["price"] < first
 
 
+def test_the_period_runs_at_the_speed_of_the_simulation() -> None:
+    """Period start and end are real timestamps around now, so the share of the period
+    gone and projections agree with the spend, however fast the demo runs."""
+    now = [1_000_000.0]
+    account = DemoAccount(clock=lambda: now[0])  # 60x: a 30-day period in 12 hours
+    start, end, hours = account.period()
+    assert end - start == 12 * 3600
+    assert (now[0] - start) / (end - start) == pytest.approx(0.4)  # 12 of 30 days
+    assert hours == 12 * 24
+    now[0] += 3600  # one real hour: 2.5 simulated days
+    start2, _, hours2 = account.period()
+    assert start2 == start and hours2 == pytest.approx(hours + 60)
+
+
 def test_a_product_running_all_the_time_uses_the_elapsed_time_in_its_unit() -> None:
     """One VM billed by the minute uses 60 minutes an hour, not 60 VMs' worth."""
     account = DemoAccount(clock=lambda: 1_000_000.0)
-    start, _, now = account.period()
-    hours = (now - start) / 3600
-    products = {p["id"]: p for p in account.usage(account.projects["proj_demo_web"])
-                ["data"]["attributes"]["products"]}
+    _, _, hours = account.period()
+    products = {
+        p["id"]: p
+        for p in account.usage(account.projects["proj_demo_web"])["data"]["attributes"]["products"]
+    }
     assert products["si_vm_ci"]["unit"] == "minute"
     assert products["si_vm_ci"]["quantity"] == pytest.approx(hours * 60, abs=0.01)
     assert products["si_eip"]["quantity"] == pytest.approx(hours, abs=0.01)
@@ -117,24 +139,26 @@ def test_a_product_running_all_the_time_uses_the_elapsed_time_in_its_unit() -> N
 
 def test_divided_units_price_as_quantity_over_divisor_times_unit_price() -> None:
     account = DemoAccount(clock=lambda: 1_000_000.0)
-    products = {p["id"]: p for p in account.usage(account.projects["proj_demo_data"])
-                ["data"]["attributes"]["products"]}
+    products = {
+        p["id"]: p
+        for p in account.usage(account.projects["proj_demo_data"])["data"]["attributes"]["products"]
+    }
     calls = products["si_api_calls"]
     divisor = calls["metadata"]["billing_unit_divisor"]
     assert divisor == 1000
-    assert calls["quantity"] / divisor * calls["unit_price"] == pytest.approx(calls["price"],
-                                                                              abs=1)
+    assert calls["quantity"] / divisor * calls["unit_price"] == pytest.approx(calls["price"], abs=1)
 
 
 def test_demo_api_serves_each_key_its_own_team() -> None:
-    with DemoApi(default_accounts() + [DemoAccount(token=TOKEN)]) as api:
+    with DemoApi([*default_accounts(), DemoAccount(token=TOKEN)]) as api:
         url = api.url + "/billing/usage?filter[project]=proj_demo_loja"
         status, headers, body = http_get(url, {"Authorization": DEMO_TOKENS[1]})
         assert status == 200 and headers["Content-Type"] == "application/vnd.api+json"
         assert json.loads(body)["data"]["attributes"]["project"]["slug"] == "loja-online"
         assert http_get(url, {"Authorization": DEMO_TOKENS[0]})[0] == 404
         assert http_get(url)[0] == 401
-        status, _, body = http_get(api.url + "/projects?page[size]=10",
-                                   {"Authorization": DEMO_TOKENS[1]})
+        status, _, body = http_get(
+            api.url + "/projects?page[size]=10", {"Authorization": DEMO_TOKENS[1]}
+        )
         (project,) = json.loads(body)["data"]
         assert project["attributes"]["team"]["currency"]["code"] == "BRL"

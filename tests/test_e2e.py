@@ -1,11 +1,12 @@
 """exporter → Prometheus → rules → Alertmanager → webhook, with the real servers.
 
-One stack per module: the simulated API (in this process, so faults can be injected),
-two replicas of the exporter as processes (the README's HA set-up: every series comes
-twice, so rules and panels must neither fail to match nor double the money),
-Prometheus 2.x loading the shipped rules (their `for:` shortened to 0s so a provoked
-alert arrives in seconds, not hours), and Alertmanager routing to a webhook receiver
-run here. Everything listens on 127.0.0.1.
+One stack per module: the fake API with two teams (USD and BRL, one key each; in this
+process, so faults can be injected), two replicas of the exporter as processes, both
+serving both teams (the README's HA set-up: every series comes twice, so rules and
+panels must neither fail to match nor double the money), Prometheus loading the
+shipped rules (their `for:` shortened to 0s so a provoked alert arrives in seconds, not
+hours), and Alertmanager routing to a webhook receiver run here. Everything listens on
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,16 +27,19 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.demo import DemoAccount, DemoApi, Fault
+from exporter.demo import DemoAccount, DemoTeam, brazil_projects
 from tests.conftest import (
     IN_CI,
     ROOT,
-    TOKEN,
     ExporterProcess,
     free_port,
     http_get,
     wait_for,
 )
+from tests.fakeapi import FakeApi, Fault
+
+KEY_US = "e2e-key-us-0123456789"
+KEY_BR = "e2e-key-br-9876543210"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -86,7 +91,7 @@ def start_receiver(receiver: Receiver) -> ThreadingHTTPServer:
 
 @dataclass
 class Stack:
-    api: DemoApi
+    api: FakeApi
     exporters: list[ExporterProcess]
     prometheus_url: str
     receiver: Receiver
@@ -101,8 +106,10 @@ class Stack:
         return result if isinstance(result, list) else [result]
 
     def diagnostics(self) -> str:
-        return "\n".join(f"--- {name}\n{path.read_text(errors='replace')[-3000:]}"
-                         for name, path in self.logs.items())
+        return "\n".join(
+            f"--- {name}\n{path.read_text(errors='replace')[-3000:]}"
+            for name, path in self.logs.items()
+        )
 
 
 def shortened_rules(source: Path, target: Path) -> None:
@@ -125,55 +132,121 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     def spawn(name: str, argv: list[str]) -> None:
         logs[name] = tmp / f"{name}.log"
         with logs[name].open("wb") as log:  # the child keeps its own descriptor
-            processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                              cwd=tmp))
+            processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp))
 
     receiver = Receiver()
     receiver_server = start_receiver(receiver)
-    api = DemoApi(DemoAccount(speed=1.0), token=TOKEN).start()
-    exporters = [ExporterProcess([], env={
-        "LATITUDESH_AUTH_TOKEN": TOKEN,
-        "LATITUDESH_EXPORTER_API__BASE_URL": api.url,
-        "LATITUDESH_EXPORTER_API__REQUESTS_PER_MINUTE": "6000",
-        "LATITUDESH_EXPORTER_API__MAX_RETRIES": "0",
-        "LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS": "1",
-    }, cwd=tmp) for _ in range(2)]
+    api = FakeApi(
+        [
+            DemoAccount(speed=1.0, token=KEY_US),
+            DemoAccount(
+                brazil_projects(),
+                speed=1.0,
+                token=KEY_BR,
+                team=DemoTeam("demo-br", "Demo Brasil", "BRL"),
+            ),
+        ]
+    ).start()
+    exporters = [
+        ExporterProcess(
+            [],
+            env={
+                "LATITUDESH_EXPORTER_TEAMS": json.dumps(
+                    [
+                        {"name": "us", "token_env": "KEY_US", "requests_per_minute": 6000},
+                        {"name": "br", "token_env": "KEY_BR", "requests_per_minute": 6000},
+                    ]
+                ),
+                "KEY_US": KEY_US,
+                "KEY_BR": KEY_BR,
+                "LATITUDESH_EXPORTER_API__BASE_URL": api.url,
+                "LATITUDESH_EXPORTER_API__MAX_RETRIES": "0",
+                "LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS": "1",
+            },
+            cwd=tmp,
+            tmp=tmp,
+        )
+        for _ in range(2)
+    ]
     for index, exporter in enumerate(exporters):
         logs[f"exporter-{index}"] = exporter.log_path
 
     am_port = free_port()
-    (tmp / "alertmanager.yml").write_text(yaml.safe_dump({
-        "route": {"receiver": "webhook", "group_by": ["alertname", "project_id", "reason"],
-                  "group_wait": "0s", "group_interval": "1s", "repeat_interval": "1h"},
-        "receivers": [{"name": "webhook", "webhook_configs": [{
-            "url": f"http://127.0.0.1:{receiver_server.server_address[1]}/",
-            "send_resolved": True}]}],
-    }))
-    spawn("alertmanager", [alertmanager_bin, "--config.file=alertmanager.yml",
-                           f"--storage.path={tmp / 'am-data'}",
-                           f"--web.listen-address=127.0.0.1:{am_port}",
-                           "--cluster.listen-address="])
+    (tmp / "alertmanager.yml").write_text(
+        yaml.safe_dump(
+            {
+                "route": {
+                    "receiver": "webhook",
+                    "group_by": ["alertname", "project_id", "reason", "team"],
+                    "group_wait": "0s",
+                    "group_interval": "1s",
+                    "repeat_interval": "1h",
+                },
+                "receivers": [
+                    {
+                        "name": "webhook",
+                        "webhook_configs": [
+                            {
+                                "url": f"http://127.0.0.1:{receiver_server.server_address[1]}/",
+                                "send_resolved": True,
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    spawn(
+        "alertmanager",
+        [
+            alertmanager_bin,
+            "--config.file=alertmanager.yml",
+            f"--storage.path={tmp / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{am_port}",
+            "--cluster.listen-address=",
+        ],
+    )
 
     prom_port = free_port()
     shortened_rules(ROOT / "prometheus" / "rules.yml", tmp / "rules.yml")
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["rules.yml"],
-        "alerting": {"alertmanagers": [{"static_configs": [
-            {"targets": [f"127.0.0.1:{am_port}"]}]}]},
-        "scrape_configs": [{"job_name": "latitudesh", "static_configs": [
-            {"targets": [f"127.0.0.1:{exporter.port}" for exporter in exporters]}]}],
-    }))
-    spawn("prometheus", [prometheus_bin, "--config.file=prometheus.yml",
-                         f"--storage.tsdb.path={tmp / 'prom-data'}",
-                         f"--web.listen-address=127.0.0.1:{prom_port}"])
+    (tmp / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": ["rules.yml"],
+                "alerting": {
+                    "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
+                },
+                "scrape_configs": [
+                    {
+                        "job_name": "latitudesh",
+                        "static_configs": [
+                            {"targets": [f"127.0.0.1:{exporter.port}" for exporter in exporters]}
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    spawn(
+        "prometheus",
+        [
+            prometheus_bin,
+            "--config.file=prometheus.yml",
+            f"--storage.tsdb.path={tmp / 'prom-data'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+    )
 
     built = Stack(api, exporters, f"http://127.0.0.1:{prom_port}", receiver, logs)
     try:
         for exporter in exporters:
             exporter.wait_ready()
-        wait_for(lambda: len(_safe(lambda: built.query('up{job="latitudesh"} == 1')) or [])
-                 == len(exporters), timeout=60, message="Prometheus to scrape both exporters")
+        wait_for(
+            lambda: len(_results(built, 'up{job="latitudesh"} == 1')) == len(exporters),
+            timeout=60,
+            message="Prometheus to scrape both exporters",
+        )
         yield built
     finally:
         for process in processes:
@@ -190,64 +263,100 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         receiver_server.server_close()
 
 
-def _safe(probe: Any) -> Any:
+def _results(stack: Stack, query: str) -> list[dict[str, Any]]:
+    """What `query` returns now; nothing while Prometheus cannot answer it yet."""
     try:
-        return probe()
+        return stack.query(query)
     except (OSError, ValueError, KeyError, AssertionError):
-        return None
+        return []
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
+def _any_answers(stack: Stack, queries: list[str]) -> bool:
+    return any(_results(stack, query) for query in queries)
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
     document = json.loads(DASHBOARD.read_text())
-    return [(panel["title"], target["expr"]) for panel in document["panels"]
-            for target in panel.get("targets", [])]
+    return [panel for panel in document["panels"] if panel.get("targets")]
 
 
 def substitute(expr: str) -> str:
-    return (expr.replace("$project", ".*").replace("$currency", "USD")
-            .replace("$__rate_interval", "1m"))
+    return (
+        expr.replace("$project", ".*")
+        .replace("$currency", ".*")
+        .replace("$team", ".*")
+        .replace("$tag", ".*")
+        .replace("$__rate_interval", "1m")
+    )
 
 
 def test_every_recording_rule_yields_data(stack: Stack) -> None:
-    records = [rule["record"] for group in yaml.safe_load(
-        (ROOT / "prometheus" / "rules.yml").read_text())["groups"]
-        for rule in group["rules"] if "record" in rule]
+    records = [
+        rule["record"]
+        for group in yaml.safe_load((ROOT / "prometheus" / "rules.yml").read_text())["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    ]
     for record in records:
-        wait_for(lambda r=record: stack.query(r), timeout=60,
-                 message=f"recording rule {record} to have data\n{stack.diagnostics()}")
+        wait_for(
+            partial(stack.query, record),
+            timeout=60,
+            message=f"recording rule {record} to have data\n{stack.diagnostics()}",
+        )
 
 
-def test_every_dashboard_query_returns_data(stack: Stack) -> None:
-    for title, expr in dashboard_queries():
-        concrete = substitute(expr)
-        wait_for(lambda e=concrete: stack.query(e), timeout=60,
-                 message=f"panel {title!r}: {concrete}")
+def test_every_dashboard_panel_returns_data_in_both_currencies(stack: Stack) -> None:
+    """Each panel shows something; a money panel's USD and BRL queries both do, since
+    the stack bills one team in each (EUR, GBP and the rest stay empty here)."""
+    for panel in dashboard_panels():
+        queries = {t["refId"]: substitute(t["expr"]) for t in panel["targets"]}
+        wait_for(
+            partial(_any_answers, stack, list(queries.values())),
+            timeout=60,
+            message=f"panel {panel['title']!r}: {queries}",
+        )
+        for expr in queries.values():
+            if 'currency="USD"' in expr or (
+                'currency="BRL"' in expr and "tag" not in expr and "bucket" not in expr
+            ):
+                wait_for(
+                    partial(stack.query, expr),
+                    timeout=60,
+                    message=f"panel {panel['title']!r}: {expr}",
+                )
 
 
 def readme_examples() -> list[str]:
     """The queries of the README's ```promql block, each under its `#` comment."""
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"### Example PromQL\n\n```promql\n(.*?)```", readme, re.S)
+    block = re.search(r"### Example PromQL\n.*?```promql\n(.*?)```", readme, re.S)
     assert block is not None
-    queries = [" ".join(line for line in chunk.splitlines() if not line.startswith("#"))
-               for chunk in block.group(1).split("\n\n")]
+    queries = [
+        " ".join(line for line in chunk.splitlines() if not line.startswith("#"))
+        for chunk in block.group(1).split("\n\n")
+    ]
     return [query.strip() for query in queries if query.strip()]
 
 
 def test_every_readme_example_returns_data(stack: Stack) -> None:
     examples = readme_examples()
-    assert len(examples) == 7
+    assert len(examples) == 10
     for query in examples:
-        wait_for(lambda q=query: _safe(lambda: stack.query(q)), timeout=60,
-                 message=f"README example to return data: {query}")
+        wait_for(
+            partial(_any_answers, stack, [query]),
+            timeout=60,
+            message=f"README example to return data: {query}",
+        )
 
 
 def test_dashboard_counts_each_project_once_across_replicas(stack: Stack) -> None:
     """Both replicas export every project: the spend stat must not add them up."""
-    (spend_query,) = [expr for title, expr in dashboard_queries()
-                      if title.startswith("Spend so far")]
-    per_replica = {row["metric"]["instance"]: float(row["value"][1]) for row in
-                   stack.query('sum by (instance) (latitudesh_billing_price{currency="USD"})')}
+    (panel,) = [p for p in dashboard_panels() if p["title"] == "Spend so far"]
+    (spend_query,) = [t["expr"] for t in panel["targets"] if 'currency="USD"' in t["expr"]]
+    per_replica = {
+        row["metric"]["instance"]: float(row["value"][1])
+        for row in stack.query('sum by (instance) (latitudesh_billing_price{currency="USD"})')
+    }
     (total,) = stack.query(substitute(spend_query))
     assert len(per_replica) == 2
     # The replicas poll a moment apart, so their figures differ by a hair; doubled
@@ -260,42 +369,105 @@ def test_dashboard_variables_find_values(stack: Stack) -> None:
     for variable in document["templating"]["list"]:
         if variable["type"] != "query":
             continue
-        match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["definition"])
+        match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"]["query"])
         assert match is not None
         selector, label = substitute(match.group(1)), match.group(2)
-        url = (f"{stack.prometheus_url}/api/v1/label/{label}/values?"
-               + urllib.parse.urlencode({"match[]": selector}))
+        url = f"{stack.prometheus_url}/api/v1/label/{label}/values?" + urllib.parse.urlencode(
+            {"match[]": selector}
+        )
         values = json.loads(http_get(url)[2])["data"]
         assert values, variable["name"]
         if label == "project_slug":
-            assert {"web-platform", "ml-training", "data-lake", "dev-sandbox"} <= set(values)
+            assert {
+                "web-platform",
+                "ml-training",
+                "data-lake",
+                "dev-sandbox",
+                "loja-online",
+            } <= set(values)
+        if label == "team":
+            assert set(values) == {"us", "br"}
 
 
 def test_threshold_alert_reaches_the_receiver_and_resolves(stack: Stack) -> None:
     gpu = {"alertname": "LatitudeshThresholdExceeded", "project_slug": "ml-training"}
     assert stack.receiver.find("firing", **gpu) is None  # at 96 %, not yet over
-    stack.api.account.projects["proj_demo_gpu"].boost = 3.0  # triple the GPU hours
-    alert = wait_for(lambda: stack.receiver.find("firing", **gpu), timeout=60,
-                     message=f"the threshold alert\n{stack.diagnostics()}")
+    stack.api.inject(Fault("scale", factor=3.0), project="proj_demo_gpu", times=None)
+    alert = wait_for(
+        lambda: stack.receiver.find("firing", **gpu),
+        timeout=60,
+        message=f"the threshold alert\n{stack.diagnostics()}",
+    )
     assert alert["labels"]["severity"] == "critical"
     assert alert["labels"]["project_id"] == "proj_demo_gpu"
     assert alert["labels"]["currency"] == "USD"
     assert alert["annotations"]["summary"] == "ml-training has passed its billing threshold"
     assert alert["annotations"]["runbook_url"].endswith("#latitudeshthresholdexceeded")
-    stack.api.account.projects["proj_demo_gpu"].boost = 1.0
-    wait_for(lambda: stack.receiver.find("resolved", **gpu), timeout=60,
-             message="the threshold alert to resolve")
+    stack.api.clear_faults()
+    wait_for(
+        lambda: stack.receiver.find("resolved", **gpu),
+        timeout=60,
+        message="the threshold alert to resolve",
+    )
 
 
 def test_failing_polls_alert_reaches_the_receiver_and_resolves(stack: Stack) -> None:
-    failing = {"alertname": "LatitudeshPollsFailing", "project_id": "proj_demo_dev",
-               "reason": "server_error"}
+    failing = {
+        "alertname": "LatitudeshPollsFailing",
+        "project_id": "proj_demo_dev",
+        "reason": "server_error",
+    }
     stack.api.inject(Fault("status", status=503), project="proj_demo_dev", times=None)
-    alert = wait_for(lambda: stack.receiver.find("firing", **failing), timeout=60,
-                     message=f"the polls-failing alert\n{stack.diagnostics()}")
+    alert = wait_for(
+        lambda: stack.receiver.find("firing", **failing),
+        timeout=60,
+        message=f"the polls-failing alert\n{stack.diagnostics()}",
+    )
     assert alert["labels"]["project_slug"] == "dev-sandbox"
     assert alert["labels"]["severity"] == "warning"
     assert "dev-sandbox" in alert["annotations"]["summary"]
     stack.api.clear_faults()
-    wait_for(lambda: stack.receiver.find("resolved", **failing), timeout=60,
-             message="the polls-failing alert to resolve")
+    wait_for(
+        lambda: stack.receiver.find("resolved", **failing),
+        timeout=60,
+        message="the polls-failing alert to resolve",
+    )
+
+
+def test_spend_per_team_is_recorded_in_each_currency(stack: Stack) -> None:
+    rows = wait_for(
+        lambda: (
+            len(stack.query("latitudesh:billing_price:sum_by_team")) == 2
+            and stack.query("latitudesh:billing_price:sum_by_team")
+        ),
+        timeout=60,
+        message="spend of both teams",
+    )
+    assert {(r["metric"]["team"], r["metric"]["currency"]) for r in rows} == {
+        ("us", "USD"),
+        ("br", "BRL"),
+    }
+
+
+def test_a_revoked_key_alerts_for_its_team_only(stack: Stack) -> None:
+    revoked = {"alertname": "LatitudeshTokenUnauthorized", "team": "br"}
+    stack.api.accounts[1].token = "revoked-elsewhere"
+    try:
+        alert = wait_for(
+            lambda: stack.receiver.find("firing", **revoked),
+            timeout=90,
+            message=f"the token alert of team br\n{stack.diagnostics()}",
+        )
+        assert alert["labels"]["severity"] == "critical"
+        assert "team br" in alert["annotations"]["summary"]
+        assert (
+            stack.receiver.find("firing", alertname="LatitudeshTokenUnauthorized", team="us")
+            is None
+        )
+        us = stack.query(
+            "min(latitudesh_up * on (instance, project_id) group_left (team) "
+            'latitudesh_project_info{team="us"})'
+        )
+        assert float(us[0]["value"][1]) == 1.0  # the other team stays fresh
+    finally:
+        stack.api.accounts[1].token = KEY_BR

@@ -30,7 +30,7 @@ from tests.conftest import (
     serving,
     wait_for,
 )
-from tests.fakeapi import CHAOS, FakeApi, Fault
+from tests.fakeapi import CHAOS, HOSTILE, FakeApi, Fault, probe_script
 
 PROJECTS = ["proj_demo_web", "proj_demo_gpu", "proj_demo_data", "proj_demo_dev"]
 
@@ -50,9 +50,15 @@ def rig(make_client) -> Iterator[Rig]:  # type: ignore[no-untyped-def]
     api = FakeApi(frozen_account(token=TOKEN)).start()
     store = SnapshotStore()
     box: list[Poller] = []
-    client = make_client(api.url, on_request=lambda e, c: box[0].record_request(e, c),
-                         max_retries=1, timeout=2.0, max_retry_wait=0.05,
-                         unauthorized_backoff=0, max_response_bytes=10 * 1024 * 1024)
+    client = make_client(
+        api.url,
+        on_request=lambda e, c: box[0].record_request(e, c),  # noqa: PLW0108 (set below)
+        max_retries=1,
+        timeout=2.0,
+        max_retry_wait=0.05,
+        unauthorized_backoff=0,
+        max_response_bytes=10 * 1024 * 1024,
+    )
     clock = [1000.0]
     poller = Poller(client, store, concurrency=4, now=lambda: clock[0])
     box.append(poller)
@@ -98,10 +104,12 @@ def test_chaos_every_error_counted_once_others_fresh_scrapes_always_answer(rig: 
                 assert not status[target].up, where
                 assert status[target].last_error == reason, where
                 assert status[target].usage is not None, f"{where}: last good values lost"
-            changed = {(pid, r): after - was
-                       for pid, p in status.items()
-                       for r, was, after in zip(POLL_ERROR_REASONS, before[pid], p.errors,
-                                                strict=True) if after != was}
+            changed = {
+                (pid, r): after - was
+                for pid, p in status.items()
+                for r, was, after in zip(POLL_ERROR_REASONS, before[pid], p.errors, strict=True)
+                if after != was
+            }
             assert changed == ({(target, reason): 1} if reason else {}), where
             for other in PROJECTS:
                 if other != target:
@@ -122,11 +130,16 @@ def test_chaos_every_error_counted_once_others_fresh_scrapes_always_answer(rig: 
     assert web.usage.products[-1].product_id == OTHER
     assert web.usage.products_folded == 9_004 - 1000
     samples = parse_samples(http_get(rig.metrics_url)[2].decode())
-    prices = [ls for (name, ls) in samples if name == "latitudesh_billing_product_price"
-              and ("project_id", "proj_demo_web") in ls]
+    prices = [
+        ls
+        for (name, ls) in samples
+        if name == "latitudesh_billing_product_price" and ("project_id", "proj_demo_web") in ls
+    ]
     assert len(prices) == 1001
-    assert sample(samples, "latitudesh_billing_servers_folded",
-                  project_id="proj_demo_web") == 9_003 - 1000
+    assert (
+        sample(samples, "latitudesh_billing_servers_folded", project_id="proj_demo_web")
+        == 9_003 - 1000
+    )
 
 
 def test_a_scrape_answers_at_once_while_a_poll_hangs(rig: Rig) -> None:
@@ -138,27 +151,12 @@ def test_a_scrape_answers_at_once_while_a_poll_hangs(rig: Rig) -> None:
     wait_for(lambda: rig.api.arrivals > arrived, timeout=10, message="a poll in flight")
     status, _, body = http_get(rig.metrics_url, timeout=2)  # would time out if it waited
     assert status == 200
-    assert sample(parse_samples(body.decode()), "latitudesh_up",
-                  project_id="proj_demo_web") == 1.0
+    assert sample(parse_samples(body.decode()), "latitudesh_up", project_id="proj_demo_web") == 1.0
     rig.api.clear_faults()
     hanging.join(timeout=15)
 
 
 # --- hostile answers, under a memory limit -----------------------------------------
-
-#: Each hostile answer and what becomes of it: refused, or (just under every cap) read.
-HOSTILE = {
-    "gzip bomb, two layers": (Fault("gzip", layers=2, body=" " * (256 * 1024 * 1024)),
-                              "REFUSED invalid_response"),
-    "millions of tiny products": (Fault("tiny", products=3_000_000), "REFUSED invalid_response"),
-    "millions of tiny values": (Fault("body", body='{"data": {"attributes": {"products": ['
-                                                  + "0," * 3_000_000 + "0]}}}"),
-                                "REFUSED invalid_response"),
-    "nesting 100,000 deep": (Fault("body", body="[" * 100_000 + "]" * 100_000),
-                             "REFUSED invalid_response"),
-    "10,000 products, the cap": (Fault("huge", products=9_996), "READ"),
-    "10,001 products": (Fault("huge", products=9_997), "REFUSED invalid_response"),
-}
 
 
 @pytest.fixture(scope="module")
@@ -168,26 +166,14 @@ def hostile_api() -> Iterator[FakeApi]:
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_a_hostile_answer_is_refused_within_bounded_memory(hostile_api: FakeApi,
-                                                           name: str) -> None:
+def test_a_hostile_answer_is_refused_within_bounded_memory(hostile_api: FakeApi, name: str) -> None:
     fault, outcome = HOSTILE[name]
-    hostile_api.inject(fault, project="proj_demo_web")
-    result = run_bounded(f"""
-        from pathlib import Path
-        from pydantic import SecretStr
-        from exporter import errors
-        from exporter.client import LatitudeClient
-        from exporter.ratelimit import RequestBudget
-        client = LatitudeClient(token=lambda: SecretStr({TOKEN!r}), budget=RequestBudget(1e6),
-                                base_url={hostile_api.url!r}, max_retries=0, timeout=30)
-        try:
-            client.billing_usage("proj_demo_web")
-            print("READ yes")
-        except errors.LatitudeError as exc:
-            print("REFUSED", exc.reason)
-        status = Path("/proc/self/status").read_text()  # ru_maxrss counts the forking parent
-        print("PEAK", int(status.split("VmHWM:")[1].split()[0]) // 1024)
-    """, memory_mib=700, env={"MALLOC_ARENA_MAX": "2"})
+    hostile_api.inject(fault(), project="proj_demo_web")
+    result = run_bounded(
+        probe_script(hostile_api.url, TOKEN),
+        memory_mib=700,
+        env={"MALLOC_ARENA_MAX": "2"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith(outcome)
@@ -211,8 +197,9 @@ def test_endless_project_pages_stop_at_the_cap(make_client) -> None:  # type: ig
 def test_a_bad_key_is_not_hammered(make_client) -> None:  # type: ignore[no-untyped-def]
     with FakeApi(frozen_account(token="the-real-token")) as api:
         store = SnapshotStore()
-        poller = Poller(make_client(api.url, token="a-wrong-token", max_retries=3), store,
-                        concurrency=2)
+        poller = Poller(
+            make_client(api.url, token="a-wrong-token", max_retries=3), store, concurrency=2
+        )
         for _ in range(5):
             poller.refresh()
         assert api.request_count() == 1  # one 401, then nothing until the back-off ends
@@ -227,28 +214,48 @@ def test_token_file_rotation_and_a_vanishing_file(tmp_path: Path) -> None:
     token_file.write_text("revoked-token\n")
     token_file.chmod(0o644)  # world-readable: must be warned about
     with FakeApi(frozen_account(token=TOKEN)) as api:
-        env = api_env(api, LATITUDESH_EXPORTER_API__TOKEN_FILE=str(token_file),
-                      LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="1")
+        env = api_env(
+            api,
+            LATITUDESH_EXPORTER_API__TOKEN_FILE=str(token_file),
+            LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="1",
+        )
         del env["LATITUDESH_AUTH_TOKEN"]
         exporter = ExporterProcess([], env=env, cwd=tmp_path, tmp=tmp_path)
         try:
-            wait_for(lambda: "unauthorized" in exporter.output(), timeout=30,
-                     message="the rejected token to be reported")
+            wait_for(
+                lambda: "unauthorized" in exporter.output(),
+                timeout=30,
+                message="the rejected token to be reported",
+            )
             exporter.wait_ready(timeout=30)  # ready although the key is refused
             token_file.write_text(TOKEN + "\n")
             os.utime(token_file, (1, 1))
-            wait_for(lambda: sample(exporter.scrape(), "latitudesh_up",
-                                    project_id="proj_demo_web") == 1.0, timeout=30,
-                     message="polls to succeed with the rotated token")
+            wait_for(
+                lambda: (
+                    sample(exporter.scrape(), "latitudesh_up", project_id="proj_demo_web") == 1.0
+                ),
+                timeout=30,
+                message="polls to succeed with the rotated token",
+            )
             token_file.unlink()  # the secret vanishes for good
-            wait_for(lambda: sample(exporter.scrape(), "latitudesh_up",
-                                    project_id="proj_demo_web") == 0.0, timeout=30,
-                     message="polls to fail without a token")
+            wait_for(
+                lambda: (
+                    sample(exporter.scrape(), "latitudesh_up", project_id="proj_demo_web") == 0.0
+                ),
+                timeout=30,
+                message="polls to fail without a token",
+            )
             samples = exporter.scrape()
-            assert sample(samples, "latitudesh_poll_errors_total", project_id="proj_demo_web",
-                          reason="token_unreadable") >= 1
-            assert sample(samples, "latitudesh_billing_price",
-                          project_id="proj_demo_web") is not None  # last data kept
+            failed = sample(
+                samples,
+                "latitudesh_poll_errors_total",
+                project_id="proj_demo_web",
+                reason="token_unreadable",
+            )
+            assert failed is not None and failed >= 1
+            assert (
+                sample(samples, "latitudesh_billing_price", project_id="proj_demo_web") is not None
+            )  # last data kept
         finally:
             exporter.stop()
         output = exporter.output()
@@ -264,16 +271,35 @@ def churn_account(rng: random.Random) -> DemoAccount:
     projects = []
     for p in rng.sample(range(12), rng.randint(1, 6)):
         products = [
-            DemoProduct(f"si_{p}_{i}", f"product {i}", rng.choice(["bare_metal", "vm"]),
-                        "hour", "metered", unit_price=rng.randint(1, 500), rate=1,
-                        servers=(DemoServer(f"sv_{p}_{i}", f"host-{rng.randint(0, 30)}",
-                                            rng.choice(["c2", "c3", "g3"]),
-                                            tuple(rng.sample(["a", "b", "c"], 2))),))
+            DemoProduct(
+                f"si_{p}_{i}",
+                f"product {i}",
+                rng.choice(["bare_metal", "vm"]),
+                "hour",
+                "metered",
+                unit_price=rng.randint(1, 500),
+                rate=1,
+                servers=(
+                    DemoServer(
+                        f"sv_{p}_{i}",
+                        f"host-{rng.randint(0, 30)}",
+                        rng.choice(["c2", "c3", "g3"]),
+                        tuple(rng.sample(["a", "b", "c"], 2)),
+                    ),
+                ),
+            )
             for i in rng.sample(range(40), rng.randint(0, 15))
         ]
-        projects.append(DemoProject(f"proj_churn_{p}", f"churn-{p}", f"Churn {p}",
-                                    threshold=rng.choice([None, 10_000]), credit=0,
-                                    products=products))
+        projects.append(
+            DemoProject(
+                f"proj_churn_{p}",
+                f"churn-{p}",
+                f"Churn {p}",
+                threshold=rng.choice([None, 10_000]),
+                credit=0,
+                products=products,
+            )
+        )
     return DemoAccount(projects, clock=lambda: 1_795_000_000.0)
 
 
@@ -303,12 +329,15 @@ def test_churn_leaves_no_stale_series_and_memory_flat(make_client) -> None:  # t
                     api.account = churn_account(rng)
                     poller.refresh()
                     samples = parse_samples(http_get(url)[2].decode())
-                    seen = {(dict(ls)["project_id"], dict(ls)["product_id"],
-                             dict(ls)["hostname"]) for (name, ls) in samples
-                            if name == "latitudesh_billing_product_price"}
+                    seen = {
+                        (dict(ls)["project_id"], dict(ls)["product_id"], dict(ls)["hostname"])
+                        for (name, ls) in samples
+                        if name == "latitudesh_billing_product_price"
+                    }
                     assert seen == expected_series(api.account), f"cycle {cycle}"
-                    ups = {dict(ls)["project_id"] for (name, ls) in samples
-                           if name == "latitudesh_up"}
+                    ups = {
+                        dict(ls)["project_id"] for (name, ls) in samples if name == "latitudesh_up"
+                    }
                     assert ups == set(api.account.projects), f"cycle {cycle}"
                     sizes.append(len(samples))
                     if cycle == 15:

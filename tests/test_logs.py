@@ -30,14 +30,23 @@ def logged(stream: io.StringIO, fmt: str, *values: str, redact: Redactor | None 
     return stream.getvalue()
 
 
-FORGERIES = ["line\nts=2026 level=error msg=forged", "cr\rreturn", "nul\x00", "esc\x1b[31m",
-             "sep\u2028line", "lone\ud800surrogate", 'quote" level=error', "back\\slash"]
+FORGERIES = [
+    "line\nts=2026 level=error msg=forged",
+    "cr\rreturn",
+    "nul\x00",
+    "esc\x1b[31m",
+    "sep\u2028line",
+    "lone\ud800surrogate",
+    'quote" level=error',
+    "back\\slash",
+]
 
 
 @pytest.mark.parametrize("fmt", ["logfmt", "json"])
 @pytest.mark.parametrize("value", FORGERIES)
-def test_no_value_can_forge_a_line_or_break_the_stream(stream: io.StringIO, fmt: str,
-                                                       value: str) -> None:
+def test_no_value_can_forge_a_line_or_break_the_stream(
+    stream: io.StringIO, fmt: str, value: str
+) -> None:
     text = logged(stream, fmt, value)
     assert text.count("\n") == 1
     text.encode("utf-8")  # a lone surrogate would not even reach the terminal
@@ -45,7 +54,7 @@ def test_no_value_can_forge_a_line_or_break_the_stream(stream: io.StringIO, fmt:
     if fmt == "json":
         assert json.loads(line)["error"].replace("\ud800", "?") == value.replace("\ud800", "?")
     else:
-        assert "level=error" not in line.replace(r'\"', "").split('"')[0]
+        assert "level=error" not in line.replace(r"\"", "").split('"')[0]
 
 
 @given(st.text(alphabet=st.characters() | st.characters(categories=["Cs", "Cc", "Zl", "Zp"])))
@@ -80,9 +89,10 @@ def test_logs_redact_the_token_even_in_tracebacks_and_fields(stream: io.StringIO
 def test_a_piece_of_a_token_is_redacted_too(stream: io.StringIO, cut: int) -> None:
     redactor = Redactor()
     redactor.watch(lambda: TOKEN)
-    text = logged(stream, "logfmt", "echo: " + TOKEN[:cut], "tail: " + TOKEN[-cut:],
-                  redact=redactor)
-    assert TOKEN[:max(cut, 8)] not in text and TOKEN[-max(cut, 8):] not in text
+    text = logged(
+        stream, "logfmt", "echo: " + TOKEN[:cut], "tail: " + TOKEN[-cut:], redact=redactor
+    )
+    assert TOKEN[: max(cut, 8)] not in text and TOKEN[-max(cut, 8) :] not in text
     if cut >= 8:
         assert "<redacted>" in text
 

@@ -3,6 +3,7 @@ health whatever goes wrong, bounded refreshes, true intervals."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -30,16 +31,20 @@ def store() -> SnapshotStore:
 
 
 @pytest.fixture
-def make_poller(fake_api: FakeApi, store: SnapshotStore,
-                make_client: MakeClient) -> Iterator[Callable[..., Poller]]:
+def make_poller(
+    fake_api: FakeApi, store: SnapshotStore, make_client: MakeClient
+) -> Iterator[Callable[..., Poller]]:
     """Pollers of four threads over the fake API, stopped after the test."""
     made: list[Poller] = []
 
     def make(*, unauthorized_backoff: float = 0, **kwargs: Any) -> Poller:
         box: list[Poller] = []
-        client = make_client(fake_api.url, max_retries=1,
-                             on_request=lambda e, c: box[0].record_request(e, c),
-                             unauthorized_backoff=unauthorized_backoff)
+        client = make_client(
+            fake_api.url,
+            max_retries=1,
+            on_request=lambda e, c: box[0].record_request(e, c),  # noqa: PLW0108 (box[0] is set below)
+            unauthorized_backoff=unauthorized_backoff,
+        )
         kwargs.setdefault("concurrency", 4)
         poller = Poller(client, store, now=lambda: FIXED_NOW, **kwargs)
         box.append(poller)
@@ -68,16 +73,20 @@ def team(view: StoreView) -> TeamStatus:
 
 
 def errors_of(store: SnapshotStore, project: str) -> dict[str, int]:
-    return {reason: n for reason, n in zip(errors.POLL_ERROR_REASONS,
-                                           status(store, project).errors, strict=True) if n}
+    return {
+        reason: n
+        for reason, n in zip(errors.POLL_ERROR_REASONS, status(store, project).errors, strict=True)
+        if n
+    }
 
 
 def requests(view: StoreView) -> dict[tuple[str, str], int]:
     return dict(team(view).api_requests)
 
 
-def test_discovers_every_project_the_currency_and_the_team_name(poller: Poller,
-                                                                store: SnapshotStore) -> None:
+def test_discovers_every_project_the_currency_and_the_team_name(
+    poller: Poller, store: SnapshotStore
+) -> None:
     assert poller.refresh()
     view = store.view()
     assert [p.project_id for p in view.projects] == DEMO_IDS
@@ -91,8 +100,9 @@ def test_discovers_every_project_the_currency_and_the_team_name(poller: Poller,
     assert view.ready
 
 
-def test_one_failing_project_never_affects_the_others(poller: Poller, store: SnapshotStore,
-                                                      fake_api: FakeApi) -> None:
+def test_one_failing_project_never_affects_the_others(
+    poller: Poller, store: SnapshotStore, fake_api: FakeApi
+) -> None:
     assert poller.refresh()
     before = status(store, "proj_demo_web").usage
     fake_api.inject(Fault("status", status=500), project="proj_demo_gpu", times=None)
@@ -155,11 +165,20 @@ class Exploding:
         return self.inner.projects()
 
 
-@pytest.mark.parametrize("boom", [RecursionError("deep"), OverflowError("big"),
-                                  UnicodeEncodeError("ascii", "é", 0, 1, "no"),
-                                  KeyError("x"), MemoryError()])
+@pytest.mark.parametrize(
+    "boom",
+    [
+        RecursionError("deep"),
+        OverflowError("big"),
+        UnicodeEncodeError("ascii", "é", 0, 1, "no"),
+        KeyError("x"),
+        MemoryError(),
+    ],
+)
 def test_any_exception_in_a_poll_ends_counted_with_up_zero_and_data_kept(
-    make_poller: Callable[..., Poller], store: SnapshotStore, boom: BaseException,
+    make_poller: Callable[..., Poller],
+    store: SnapshotStore,
+    boom: BaseException,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     poller = make_poller()
@@ -177,10 +196,14 @@ def test_any_exception_in_a_poll_ends_counted_with_up_zero_and_data_kept(
     assert not line.exc_info  # a traceback only at debug level
 
 
-@pytest.mark.parametrize("boom", [RecursionError("deep"), OverflowError("big"),
-                                  errors.TokenUnavailable("api.token_file: gone")])
+@pytest.mark.parametrize(
+    "boom",
+    [RecursionError("deep"), OverflowError("big"), errors.TokenUnavailable("api.token_file: gone")],
+)
 def test_any_exception_in_discovery_is_counted_and_polls_go_on(
-    make_poller: Callable[..., Poller], store: SnapshotStore, boom: BaseException,
+    make_poller: Callable[..., Poller],
+    store: SnapshotStore,
+    boom: BaseException,
 ) -> None:
     poller = make_poller()
     assert poller.refresh()
@@ -188,8 +211,9 @@ def test_any_exception_in_discovery_is_counted_and_polls_go_on(
     assert not poller.refresh()  # discovery failed: the refresh is not a success
     view = store.view()
     reason = boom.reason if isinstance(boom, errors.LatitudeError) else "invalid_response"
-    assert dict(zip(errors.POLL_ERROR_REASONS, team(view).discovery_errors,
-                    strict=True))[reason] == 1
+    assert (
+        dict(zip(errors.POLL_ERROR_REASONS, team(view).discovery_errors, strict=True))[reason] == 1
+    )
     assert all(p.up and p.last_success == FIXED_NOW for p in view.projects)
     assert requests(view)[("/billing/usage", "200")] == 8  # known projects polled again
 
@@ -202,12 +226,15 @@ def test_a_projects_answer_without_a_list_never_blanks_the_team(
     fake_api.inject(Fault("body", body=body), project="/projects", times=None)
     assert not poller.refresh()
     assert [p.project_id for p in store.view().projects] == DEMO_IDS
-    assert team(store.view()).discovery_errors[errors.POLL_ERROR_REASONS.index(
-        "invalid_response")] == 1
+    assert (
+        team(store.view()).discovery_errors[errors.POLL_ERROR_REASONS.index("invalid_response")]
+        == 1
+    )
 
 
-def test_a_well_formed_empty_list_empties_the_team(poller: Poller, store: SnapshotStore,
-                                                   fake_api: FakeApi) -> None:
+def test_a_well_formed_empty_list_empties_the_team(
+    poller: Poller, store: SnapshotStore, fake_api: FakeApi
+) -> None:
     assert poller.refresh()
     fake_api.inject(Fault("body", body='{"data": [], "meta": {}}'), project="/projects")
     poller.refresh()
@@ -250,18 +277,28 @@ def test_a_401_stops_the_shared_token_for_the_rest_of_the_refresh(
     assert not any(p.up for p in store.view().projects)
 
 
-@pytest.mark.parametrize("fault", [Fault("data_list"), Fault("strings"), Fault("drift"),
-                                   Fault("old_shape"), Fault("gzip", layers=2)])
-def test_tolerated_drift_still_succeeds(poller: Poller, store: SnapshotStore,
-                                        fake_api: FakeApi, fault: Fault) -> None:
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("data_list"),
+        Fault("strings"),
+        Fault("drift"),
+        Fault("old_shape"),
+        Fault("gzip", layers=2),
+    ],
+)
+def test_tolerated_drift_still_succeeds(
+    poller: Poller, store: SnapshotStore, fake_api: FakeApi, fault: Fault
+) -> None:
     fake_api.inject(fault, project="proj_demo_web", times=None)
     assert poller.refresh()
     usage = status(store, "proj_demo_web").usage
     assert usage is not None and usage.price is not None and usage.products
 
 
-def test_a_failed_poll_logs_one_line_with_a_hint(poller: Poller, fake_api: FakeApi,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_poll_logs_one_line_with_a_hint(
+    poller: Poller, fake_api: FakeApi, caplog: pytest.LogCaptureFixture
+) -> None:
     fake_api.inject(Fault("status", status=404), project="proj_demo_dev", times=None)
     with caplog.at_level(logging.WARNING, logger="exporter.poller"):
         poller.refresh()
@@ -274,9 +311,11 @@ def test_a_failed_poll_logs_one_line_with_a_hint(poller: Poller, fake_api: FakeA
 def test_configured_projects_are_polled_with_their_filters(
     make_poller: Callable[..., Poller], store: SnapshotStore, fake_api: FakeApi
 ) -> None:
-    poller = make_poller(team="acme", currency="EUR",
-                         targets=[Target("proj_demo_gpu", plan="g3-h100-large",
-                                         products=("si_gpu",))])
+    poller = make_poller(
+        team="acme",
+        currency="EUR",
+        targets=[Target("proj_demo_gpu", plan="g3-h100-large", products=("si_gpu",))],
+    )
     assert poller.refresh()
     assert fake_api.request_count("/projects") == 0  # named, currency given: no discovery
     (only,) = store.view().projects
@@ -284,8 +323,9 @@ def test_configured_projects_are_polled_with_their_filters(
     assert only.team == "acme"
 
 
-def test_discovered_projects_that_disappear_are_dropped(poller: Poller, store: SnapshotStore,
-                                                        fake_api: FakeApi) -> None:
+def test_discovered_projects_that_disappear_are_dropped(
+    poller: Poller, store: SnapshotStore, fake_api: FakeApi
+) -> None:
     assert poller.refresh()
     del fake_api.account.projects["proj_demo_dev"]
     assert poller.refresh()
@@ -296,19 +336,33 @@ def test_the_effective_interval_counts_every_page_of_projects(
     make_poller: Callable[..., Poller],
 ) -> None:
     budget = RequestBudget(50)
-    poller = make_poller(targets=[Target(f"proj_{i}") for i in range(250)], interval=60,
-                         budget_seconds=budget.seconds_for)
+    poller = make_poller(
+        targets=[Target(f"proj_{i}") for i in range(250)],
+        interval=60,
+        budget_seconds=budget.seconds_for,
+    )
     # configured projects, no currency: 250 polls and 3 pages of /projects at 1.2 s
     assert poller.effective_interval() == pytest.approx(253 * 1.2)
-    named = make_poller(targets=[Target(f"proj_{i}") for i in range(300)], interval=300,
-                        team="t", currency="USD", budget_seconds=budget.seconds_for)
+    named = make_poller(
+        targets=[Target(f"proj_{i}") for i in range(300)],
+        interval=300,
+        team="t",
+        currency="USD",
+        budget_seconds=budget.seconds_for,
+    )
     assert named.effective_interval() == pytest.approx(360.0)  # no discovery at all
 
 
-def test_the_budget_stretch_is_said_once(make_poller: Callable[..., Poller],
-                                         caplog: pytest.LogCaptureFixture) -> None:
-    poller = make_poller(targets=[Target(f"proj_{i}") for i in range(300)], interval=300,
-                         team="t", currency="USD", budget_seconds=RequestBudget(50).seconds_for)
+def test_the_budget_stretch_is_said_once(
+    make_poller: Callable[..., Poller], caplog: pytest.LogCaptureFixture
+) -> None:
+    poller = make_poller(
+        targets=[Target(f"proj_{i}") for i in range(300)],
+        interval=300,
+        team="t",
+        currency="USD",
+        budget_seconds=RequestBudget(50).seconds_for,
+    )
     with caplog.at_level(logging.WARNING, logger="exporter.poller"):
         for _ in range(2):
             poller._note_stretch(poller.effective_interval())
@@ -323,22 +377,29 @@ def test_refreshes_start_one_effective_interval_apart_and_none_is_skipped(
     budget = RequestBudget(600)  # 0.1 s a request: 4 polls + 1 page = 0.5 s
     client = make_client(fake_api.url, budget=budget)
     scheduler = BackgroundScheduler()
-    poller = Poller(client, store, interval=0.1, budget_seconds=budget.seconds_for,
-                    scheduler=scheduler, concurrency=2)
+    poller = Poller(
+        client,
+        store,
+        interval=0.1,
+        budget_seconds=budget.seconds_for,
+        scheduler=scheduler,
+        concurrency=2,
+    )
     scheduler.start()
     try:
         poller.start()
-        wait_for(lambda: len(fake_api.times("/projects")) >= 6, timeout=20,
-                 message="six refreshes")
+        wait_for(lambda: len(fake_api.times("/projects")) >= 6, timeout=20, message="six refreshes")
     finally:
         poller.stop()
         scheduler.shutdown(wait=False)
     starts = fake_api.times("/projects")[:6]
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     exported = team(store.view()).effective_interval
     assert exported == pytest.approx(0.5)
     assert sum(gaps) / len(gaps) == pytest.approx(exported, rel=0.05)
-    assert max(gaps) < exported * 1.5  # never a skipped run (that would double a gap)
+    assert (
+        exported is not None and max(gaps) < exported * 1.5
+    )  # never a skipped run (that would double a gap)
 
 
 def test_a_stuck_project_does_not_hold_the_refresh_or_the_others(
@@ -362,8 +423,14 @@ def test_stop_during_a_refresh_with_queued_polls_returns_promptly(
     stop = threading.Event()
     budget = RequestBudget(30, stop=stop)  # one request every 2 s: most polls queue up
     client = make_client(fake_api.url, budget=budget, stop=stop)
-    poller = Poller(client, store, targets=[Target(pid) for pid in DEMO_IDS],
-                    team="t", currency="USD", concurrency=2)
+    poller = Poller(
+        client,
+        store,
+        targets=[Target(pid) for pid in DEMO_IDS],
+        team="t",
+        currency="USD",
+        concurrency=2,
+    )
     refreshing = threading.Thread(target=poller.refresh, daemon=True)
     refreshing.start()
     wait_for(lambda: fake_api.request_count("/billing/usage") >= 1, message="a first poll")

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 import threading
+from collections.abc import Callable
 
 import pytest
 
 from benchmarks.measure import busiest_window
+from exporter.client import LatitudeClient
 from exporter.errors import Cancelled
 from exporter.ratelimit import RequestBudget
-from exporter.client import LatitudeClient
 from tests.fakeapi import FakeApi
 
 

@@ -26,8 +26,14 @@ def alerts() -> list[dict[str, Any]]:
 
 
 def promtool(*args: str, cwd: Path = PROMETHEUS) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([require_binary("promtool"), *args], capture_output=True, text=True,
-                          cwd=cwd, check=False, timeout=120)
+    return subprocess.run(
+        [require_binary("promtool"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=False,
+        timeout=120,
+    )
 
 
 def test_promtool_check_rules() -> None:
@@ -48,24 +54,41 @@ def test_example_prometheus_config_is_valid() -> None:
 
 def test_example_alertmanager_config_is_valid() -> None:
     amtool = require_binary("amtool")
-    result = subprocess.run([amtool, "check-config", "alertmanager.yml"], capture_output=True,
-                            text=True, cwd=PROMETHEUS, check=False)
+    result = subprocess.run(
+        [amtool, "check-config", "alertmanager.yml"],
+        capture_output=True,
+        text=True,
+        cwd=PROMETHEUS,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_every_alert_and_recording_rule_is_unit_tested() -> None:
     tests = yaml.safe_load((PROMETHEUS / "rules.test.yml").read_text())["tests"]
-    tested_alerts = {case["alertname"] for test in tests
-                     for case in test.get("alert_rule_test", [])}
+    tested_alerts = {
+        case["alertname"] for test in tests for case in test.get("alert_rule_test", [])
+    }
     assert tested_alerts == {rule["alert"] for rule in alerts()}
-    fires = {case["alertname"] for test in tests for case in test.get("alert_rule_test", [])
-             if case["exp_alerts"]}
-    quiet = {case["alertname"] for test in tests for case in test.get("alert_rule_test", [])
-             if not case["exp_alerts"]}
+    fires = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if case["exp_alerts"]
+    }
+    quiet = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if not case["exp_alerts"]
+    }
     assert fires == tested_alerts, "every alert must be shown firing"
     assert quiet == tested_alerts, "every alert must be shown not firing"
-    tested_records = {re.match(r"[\w:]+", case["expr"]).group(0)  # type: ignore[union-attr]
-                      for test in tests for case in test.get("promql_expr_test", [])}
+    tested_records = {
+        re.match(r"[\w:]+", case["expr"]).group(0)  # type: ignore[union-attr]
+        for test in tests
+        for case in test.get("promql_expr_test", [])
+    }
     assert {rule["record"] for rule in rules() if "record" in rule} <= tested_records
 
 
@@ -76,8 +99,10 @@ def test_alerts_carry_for_severity_and_annotations(rule: dict[str, Any]) -> None
     annotations = rule["annotations"]
     assert {"summary", "description", "runbook_url"} <= annotations.keys()
     anchor = annotations["runbook_url"].split("#", 1)[1]
-    headings = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
-                for h in re.findall(r"^#+ (.+)$", README, re.MULTILINE)}
+    headings = {
+        re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.+)$", README, re.MULTILINE)
+    }
     assert anchor in headings, f"runbook {anchor} has no README section"
 
 
@@ -95,5 +120,5 @@ def test_per_key_alerts_carry_the_team(rule: dict[str, Any]) -> None:
 
 
 def test_the_prometheusrule_manifest_holds_exactly_these_rules() -> None:
-    manifest = yaml.safe_load((ROOT / "deploy/kubernetes/prometheusrule.yaml").read_text())
+    manifest = yaml.safe_load((ROOT / "deploy/kubernetes/base/prometheusrule.yaml").read_text())
     assert manifest["spec"] == yaml.safe_load((PROMETHEUS / "rules.yml").read_text())

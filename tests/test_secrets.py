@@ -7,33 +7,49 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from exporter.config import TokenSource
-from tests.conftest import TOKEN, ExporterProcess, api_env, frozen_account, http_get, run_cli
-from tests.conftest import wait_for
+from tests.conftest import (
+    TOKEN,
+    ExporterProcess,
+    api_env,
+    frozen_account,
+    http_get,
+    run_cli,
+    wait_for,
+)
 from tests.fakeapi import CHAOS, FakeApi, Fault
 
 
 def test_debug_run_through_every_fault_never_prints_the_token(tmp_path: Path) -> None:
     with FakeApi(frozen_account(token=TOKEN)) as api:
-        env = api_env(api, LATITUDESH_EXPORTER_API__TIMEOUT_SECONDS="1",
-                      LATITUDESH_EXPORTER_API__MAX_RETRY_WAIT_SECONDS="0.1",
-                      LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="1")
-        exporter = ExporterProcess(["--log.level", "debug"], env=env, cwd=tmp_path,
-                                   tmp=tmp_path)
+        env = api_env(
+            api,
+            LATITUDESH_EXPORTER_API__TIMEOUT_SECONDS="1",
+            LATITUDESH_EXPORTER_API__MAX_RETRY_WAIT_SECONDS="0.1",
+            LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="1",
+        )
+        exporter = ExporterProcess(["--log.level", "debug"], env=env, cwd=tmp_path, tmp=tmp_path)
         pages = []
         try:
             exporter.wait_ready()
-            echo = Fault("status", status=400,
-                         body='{"errors": [{"detail": "' + "x" * 190 + f"key {TOKEN} bad\"}}]}}")
-            # a 401 makes the exporter pause this key for minutes, so it goes last
-            faults = sorted([echo, *(f for f, _ in CHAOS
-                                     if f.kind not in ("huge", "delay", "trickle", "tiny"))],
-                            key=lambda f: f.kind == "status" and f.status == 401)
-            for fault in faults:
-                api.inject(fault, project="proj_demo_gpu", times=None)
-                served = api.request_count("/billing/usage", "proj_demo_gpu")
-                wait_for(lambda s=served: api.request_count("/billing/usage", "proj_demo_gpu")
-                         > s, timeout=30, message=f"a poll with {fault}")
-                api.clear_faults()
+            echo = Fault(
+                "status",
+                status=400,
+                body='{"errors": [{"detail": "' + "x" * 190 + f'key {TOKEN} bad"}}]}}',
+            )
+            faults = [
+                echo,
+                *(f for f, _ in CHAOS if f.kind not in ("huge", "delay", "trickle", "tiny")),
+            ]
+            # Round-robin over the projects, one fault a request: a poll round serves
+            # four. A 401 makes the exporter pause the key for minutes, so it goes last.
+            unauthorized = [f for f in faults if f.kind == "status" and f.status == 401]
+            projects = list(frozen_account().projects)
+            for index, fault in enumerate(f for f in faults if f not in unauthorized):
+                api.inject(fault, project=projects[index % len(projects)])
+            wait_for(lambda: api.pending() == 0, timeout=60, message="every fault served")
+            for fault in unauthorized:
+                api.inject(fault, project="proj_demo_gpu")
+                wait_for(lambda: api.pending() == 0, timeout=30, message=f"a poll with {fault}")
             for path in ("/metrics", "/", "/readyz"):
                 pages.append(http_get(exporter.url + path)[2].decode())
         finally:
@@ -43,7 +59,7 @@ def test_debug_run_through_every_fault_never_prints_the_token(tmp_path: Path) ->
     assert "poll failed" in output
     for size in (8, len(TOKEN)):
         for start in range(0, len(TOKEN) - size + 1, 4):
-            assert TOKEN[start:start + size] not in output
+            assert TOKEN[start : start + size] not in output
     for page in pages:
         assert TOKEN not in page
 

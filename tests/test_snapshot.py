@@ -40,8 +40,10 @@ def test_money_is_converted_from_cents() -> None:
 
 def test_project_names_and_period() -> None:
     usage = new_usage()
-    assert (usage.project_slug, usage.project_name) == ("fantastic-iron-clock",
-                                                        "Fantastic Iron Clock")
+    assert (usage.project_slug, usage.project_name) == (
+        "fantastic-iron-clock",
+        "Fantastic Iron Clock",
+    )
     assert usage.period_start == 1_793_491_200.0  # 2026-11-01T00:00:00Z
     assert usage.period_end == 1_796_083_200.0
 
@@ -84,10 +86,18 @@ def test_a_missing_period_drops_only_the_period_metrics(period: object) -> None:
 
 
 def test_products_beyond_the_limit_fold_into_other() -> None:
-    products = [{"id": f"si_{i}", "name": f"p{i}", "unit": "hour", "price": i * 100,
-                 "amount": i * 100, "quantity": i,
-                 "discounts": [{"description": "d", "type": "percent", "value": 5}]}
-                for i in range(1, 21)]
+    products = [
+        {
+            "id": f"si_{i}",
+            "name": f"p{i}",
+            "unit": "hour",
+            "price": i * 100,
+            "amount": i * 100,
+            "quantity": i,
+            "discounts": [{"description": "d", "type": "percent", "value": 5}],
+        }
+        for i in range(1, 21)
+    ]
     usage = usage_of(answer(*products), "p", limits=Limits(products=5))
     assert len(usage.products) == 6
     assert usage.products_folded == 15
@@ -102,9 +112,17 @@ def test_products_beyond_the_limit_fold_into_other() -> None:
 
 
 def test_duplicate_product_lines_are_added_up() -> None:
-    line = {"id": "si_1", "name": "x", "unit": "hour", "price": 100, "quantity": 2,
-            "discounts": [{"description": "d", "type": "amount", "value": 50},
-                          {"description": "p", "type": "percent", "value": 5}]}
+    line = {
+        "id": "si_1",
+        "name": "x",
+        "unit": "hour",
+        "price": 100,
+        "quantity": 2,
+        "discounts": [
+            {"description": "d", "type": "amount", "value": 50},
+            {"description": "p", "type": "percent", "value": 5},
+        ],
+    }
     usage = usage_of(answer(line, line), "p")
     (product,) = usage.products
     assert (product.price, product.quantity) == (2.0, 4)
@@ -122,19 +140,33 @@ def test_label_values_are_bounded_and_shared() -> None:
 
 # --- cost allocation ---------------------------------------------------------------
 
-SHARED_LINE = {"id": "si_web", "name": "web", "price": 900, "metadata": {"servers": [
-    {"id": "sv_1", "hostname": "a", "plan": "c2", "tags": ["web", "prod"]},
-    {"id": "sv_2", "hostname": "b", "plan": "c2", "tags": ["db"]},
-    {"id": "sv_3", "hostname": "c", "plan": "c2", "tags": []},
-]}}
+SHARED_LINE = {
+    "id": "si_web",
+    "name": "web",
+    "price": 900,
+    "metadata": {
+        "servers": [
+            {"id": "sv_1", "hostname": "a", "plan": "c2", "tags": ["web", "prod"]},
+            {"id": "sv_2", "hostname": "b", "plan": "c2", "tags": ["db"]},
+            {"id": "sv_3", "hostname": "c", "plan": "c2", "tags": []},
+        ]
+    },
+}
 
 
 def test_a_line_is_split_evenly_over_its_servers_and_summed_per_server() -> None:
-    second = {"id": "si_ip", "name": "ip", "price": 100, "metadata": {"servers": [
-        {"id": "sv_1", "hostname": "a", "plan": "c2", "tags": ["web"]}]}}
-    storage = {"id": "si_obj", "name": "obj", "price": 50,
-               "metadata": {"servers": [], "bucket": {"id": "b1", "name": "lake",
-                                                      "location": "SAO"}}}
+    second = {
+        "id": "si_ip",
+        "name": "ip",
+        "price": 100,
+        "metadata": {"servers": [{"id": "sv_1", "hostname": "a", "plan": "c2", "tags": ["web"]}]},
+    }
+    storage = {
+        "id": "si_obj",
+        "name": "obj",
+        "price": 50,
+        "metadata": {"servers": [], "bucket": {"id": "b1", "name": "lake", "location": "SAO"}},
+    }
     usage = usage_of(answer(SHARED_LINE, second, storage), "p")
     prices = {s.server_id: s.price for s in usage.servers}
     assert prices == {"sv_1": 4.0, "sv_2": 3.0, "sv_3": 3.0}
@@ -142,52 +174,78 @@ def test_a_line_is_split_evenly_over_its_servers_and_summed_per_server() -> None
     assert tags == {"web": 4.0, "prod": 4.0, "db": 3.0, UNTAGGED: 3.0, UNATTRIBUTED: 0.5}
     assert sum(prices.values()) + tags[UNATTRIBUTED] == pytest.approx(10.5)
     assert {(t.server_id, t.tag) for t in usage.server_tags} == {
-        ("sv_1", "web"), ("sv_1", "prod"), ("sv_2", "db")}
+        ("sv_1", "web"),
+        ("sv_1", "prod"),
+        ("sv_2", "db"),
+    }
     (bucket,) = usage.buckets
     assert (bucket.product_id, bucket.bucket_id, bucket.name, bucket.location) == (
-        "si_obj", "b1", "lake", "SAO")
+        "si_obj",
+        "b1",
+        "lake",
+        "SAO",
+    )
 
 
 def test_old_shape_tags_are_the_one_servers_tags() -> None:
-    old = {"id": "si_1", "price": 200, "metadata": {"id": "sv_9", "hostname": "h",
-                                                    "plan": "p", "tags": ["ml"]}}
+    old = {
+        "id": "si_1",
+        "price": 200,
+        "metadata": {"id": "sv_9", "hostname": "h", "plan": "p", "tags": ["ml"]},
+    }
     usage = usage_of(answer(old), "p")
     (server,) = usage.servers
     assert (server.server_id, server.price, server.tags) == ("sv_9", 2.0, ("ml",))
 
 
 def test_a_server_without_id_or_hostname_cannot_be_named_and_is_unattributed() -> None:
-    line = {"id": "si_1", "price": 400, "metadata": {"servers": [
-        {"id": "sv_1", "hostname": "a"}, {"plan": "mystery"}]}}
+    line = {
+        "id": "si_1",
+        "price": 400,
+        "metadata": {"servers": [{"id": "sv_1", "hostname": "a"}, {"plan": "mystery"}]},
+    }
     usage = usage_of(answer(line), "p")
     assert [(s.server_id, s.price) for s in usage.servers] == [("sv_1", 2.0)]
     assert {t.tag: t.price for t in usage.tags}[UNATTRIBUTED] == 2.0
 
 
 def test_servers_and_tags_beyond_the_limits_fold_and_are_counted() -> None:
-    servers = [{"id": f"sv_{i}", "hostname": f"h{i}", "tags": [f"t{i}", "all"]}
-               for i in range(10)]
-    lines = [{"id": f"si_{i}", "price": (i + 1) * 100, "metadata": {"servers": [servers[i]]}}
-             for i in range(10)]
-    many_tags = {"id": "si_tags", "price": 5000, "metadata": {"servers": [
-        {"id": "sv_tagged", "hostname": "x", "tags": [f"tag{i}" for i in range(30)]}]}}
-    usage = usage_of(answer(*lines, many_tags), "p",
-                     limits=Limits(servers=4, tags_per_server=3))
+    servers = [{"id": f"sv_{i}", "hostname": f"h{i}", "tags": [f"t{i}", "all"]} for i in range(10)]
+    lines = [
+        {"id": f"si_{i}", "price": (i + 1) * 100, "metadata": {"servers": [servers[i]]}}
+        for i in range(10)
+    ]
+    many_tags = {
+        "id": "si_tags",
+        "price": 5000,
+        "metadata": {
+            "servers": [
+                {"id": "sv_tagged", "hostname": "x", "tags": [f"tag{i}" for i in range(30)]}
+            ]
+        },
+    }
+    usage = usage_of(answer(*lines, many_tags), "p", limits=Limits(servers=4, tags_per_server=3))
     assert usage.servers_folded == 7
-    assert [s.server_id for s in usage.servers] == ["sv_tagged", "sv_9", "sv_8", "sv_7",
-                                                    OTHER]
+    assert [s.server_id for s in usage.servers] == ["sv_tagged", "sv_9", "sv_8", "sv_7", OTHER]
     assert usage.servers[-1].price == sum(range(1, 8))  # the seven cheapest, summed
     assert usage.servers[0].tags == ("tag0", "tag1", "tag2", OTHER)
     assert usage.tags_folded == 27
     tags = {t.tag: t.price for t in usage.tags}
     assert tags[OTHER] == 50 + sum(range(1, 8))
     assert sum(s.price for s in usage.servers) + tags[UNATTRIBUTED] == pytest.approx(
-        sum(line["price"] for line in [*lines, many_tags]) / 100)
+        sum(float(str(line["price"])) for line in [*lines, many_tags]) / 100
+    )
 
 
 def test_unit_divisor_is_kept_once_per_product() -> None:
-    calls = {"id": "si_calls", "unit": "quantity", "quantity": 40_000, "unit_price": 1,
-             "price": 40, "metadata": {"servers": [], "billing_unit_divisor": 1000}}
+    calls = {
+        "id": "si_calls",
+        "unit": "quantity",
+        "quantity": 40_000,
+        "unit_price": 1,
+        "price": 40,
+        "metadata": {"servers": [], "billing_unit_divisor": 1000},
+    }
     usage = usage_of(answer(calls, dict(calls, name="again")), "p")
     (divisor,) = usage.divisors
     assert (divisor.product_id, divisor.divisor) == ("si_calls", 1000.0)

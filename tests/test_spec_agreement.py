@@ -17,9 +17,10 @@ from tests.spec import NEWEST, SPEC_COPY, extract
 REFERENCE = ROOT.parent / "shared"
 
 
-@pytest.mark.skipif(not (REFERENCE / NEWEST).is_file(),
-                    reason="the reference spec is not beside this checkout (only the "
-                           "project's own CI has it)")
+@pytest.mark.skipif(
+    not (REFERENCE / NEWEST).is_file(),
+    reason="the reference spec is not beside this checkout (only the project's own CI has it)",
+)
 def test_the_spec_copy_agrees_with_the_official_spec() -> None:
     stored = json.loads(SPEC_COPY.read_text())
     fresh = json.loads(json.dumps(extract(REFERENCE)))

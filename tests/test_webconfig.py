@@ -27,15 +27,23 @@ def ca() -> trustme.CA:
 def certs(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("tls")
     server = ca.issue_cert("localhost", "127.0.0.1")
-    files = {"cert": tmp / "server.crt", "key": tmp / "server.key", "ca": tmp / "ca.crt",
-             "encrypted": tmp / "encrypted.key"}
+    files = {
+        "cert": tmp / "server.crt",
+        "key": tmp / "server.key",
+        "ca": tmp / "ca.crt",
+        "encrypted": tmp / "encrypted.key",
+    }
     server.cert_chain_pems[0].write_to_path(files["cert"])
     server.private_key_pem.write_to_path(files["key"])
     ca.cert_pem.write_to_path(files["ca"])
     key = serialization.load_pem_private_key(server.private_key_pem.bytes(), password=None)
-    files["encrypted"].write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"pass")))
+    files["encrypted"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pass"),
+        )
+    )
     return files
 
 
@@ -55,23 +63,44 @@ def refused(tmp_path: Path, content: dict[str, Any]) -> str:
 
 
 def tls(certs: dict[str, Path], **extra: Any) -> dict[str, Any]:
-    return {"tls_server_config": {"cert_file": str(certs["cert"]),
-                                  "key_file": str(certs["key"]), **extra}}
+    return {
+        "tls_server_config": {
+            "cert_file": str(certs["cert"]),
+            "key_file": str(certs["key"]),
+            **extra,
+        }
+    }
 
 
 def test_a_node_exporter_web_yml_loads_whole(tmp_path: Path, certs: dict[str, Path]) -> None:
-    web = load(tmp_path, {
-        **tls(certs, client_auth_type="RequireAndVerifyClientCert",
-              client_ca_file=str(certs["ca"]), client_allowed_sans=["prometheus@example"],
-              min_version="TLS12", max_version="TLS13",
-              cipher_suites=["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-                             "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"],
-              prefer_server_cipher_suites=True, curve_preferences=["CurveP256", "X25519"]),
-        "http_server_config": {"http2": True, "headers": {
-            "X-Frame-Options": "deny", "Strict-Transport-Security": "max-age=31536000"}},
-        "basic_auth_users": {"prometheus": HASH},
-        "rate_limit": {"interval": "100ms", "burst": 10},
-    })
+    web = load(
+        tmp_path,
+        {
+            **tls(
+                certs,
+                client_auth_type="RequireAndVerifyClientCert",
+                client_ca_file=str(certs["ca"]),
+                client_allowed_sans=["prometheus@example"],
+                min_version="TLS12",
+                max_version="TLS13",
+                cipher_suites=[
+                    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+                ],
+                prefer_server_cipher_suites=True,
+                curve_preferences=["CurveP256", "X25519"],
+            ),
+            "http_server_config": {
+                "http2": True,
+                "headers": {
+                    "X-Frame-Options": "deny",
+                    "Strict-Transport-Security": "max-age=31536000",
+                },
+            },
+            "basic_auth_users": {"prometheus": HASH},
+            "rate_limit": {"interval": "100ms", "burst": 10},
+        },
+    )
     assert isinstance(web.ssl_context, ssl.SSLContext)
     assert web.ssl_context.verify_mode == ssl.CERT_REQUIRED
     assert web.ssl_context.options & ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -83,11 +112,18 @@ def test_a_node_exporter_web_yml_loads_whole(tmp_path: Path, certs: dict[str, Pa
     assert any("http2" in key for key in web.unapplied)
 
 
-def test_inline_certificate_key_and_ca_are_loaded(tmp_path: Path,
-                                                  certs: dict[str, Path]) -> None:
-    web = load(tmp_path, {"tls_server_config": {
-        "cert": certs["cert"].read_text(), "key": certs["key"].read_text(),
-        "client_ca": certs["ca"].read_text(), "client_auth_type": "VerifyClientCertIfGiven"}})
+def test_inline_certificate_key_and_ca_are_loaded(tmp_path: Path, certs: dict[str, Path]) -> None:
+    web = load(
+        tmp_path,
+        {
+            "tls_server_config": {
+                "cert": certs["cert"].read_text(),
+                "key": certs["key"].read_text(),
+                "client_ca": certs["ca"].read_text(),
+                "client_auth_type": "VerifyClientCertIfGiven",
+            }
+        },
+    )
     assert web.ssl_context is not None and web.ssl_context.verify_mode == ssl.CERT_OPTIONAL
 
 
@@ -102,47 +138,68 @@ def test_client_allowed_sans_match_exactly() -> None:
     assert WebSettings().client_allowed(None)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ({"basic_auth_users": {"bob": "plain"}},
-     "basic_auth_users: user 'bob': the password must be a bcrypt hash"),
-    ({"basic_auth_users": {"bob": "$2b$10$" + "x" * 53}},
-     "basic_auth_users: user 'bob': bcrypt cannot read this hash"),
-    ({"basic_auth_users": {"bob": HASH.replace("$04$", "$31$")}}, "bcrypt cost 31 is outside"),
-    ({"tls_server_config": {"cert_file": "/nope.crt", "key_file": "/nope.key"}},
-     "tls_server_config.cert_file: Value error, /nope.crt: no such file"),
-    ({"cipher_suites": []}, "cipher_suites: unknown field"),
-    ({"http_server_config": {"headers": {"X-Evil": "a\r\nSet-Cookie: x=1"}}},
-     "a header value cannot hold line breaks"),
-    ({"http_server_config": {"headers": {"X-Name": "café ☕"}}}, "must be Latin-1"),
-    ({"http_server_config": {"headers": {"Content-Length": "0"}}},
-     "Content-Length is set by the server"),
-    ({"http_server_config": {"headers": {"Bad Name": "x"}}}, "is not a valid header name"),
-    ({"rate_limit": {"interval": "soon", "burst": 1}}, "is not a duration"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            {"basic_auth_users": {"bob": "plain"}},
+            "basic_auth_users: user 'bob': the password must be a bcrypt hash",
+        ),
+        (
+            {"basic_auth_users": {"bob": "$2b$10$" + "x" * 53}},
+            "basic_auth_users: user 'bob': bcrypt cannot read this hash",
+        ),
+        ({"basic_auth_users": {"bob": HASH.replace("$04$", "$31$")}}, "bcrypt cost 31 is outside"),
+        (
+            {"tls_server_config": {"cert_file": "/nope.crt", "key_file": "/nope.key"}},
+            "tls_server_config.cert_file: Value error, /nope.crt: no such file",
+        ),
+        ({"cipher_suites": []}, "cipher_suites: unknown field"),
+        (
+            {"http_server_config": {"headers": {"X-Evil": "a\r\nSet-Cookie: x=1"}}},
+            "a header value cannot hold line breaks",
+        ),
+        ({"http_server_config": {"headers": {"X-Name": "café ☕"}}}, "must be Latin-1"),
+        (
+            {"http_server_config": {"headers": {"Content-Length": "0"}}},
+            "Content-Length is set by the server",
+        ),
+        ({"http_server_config": {"headers": {"Bad Name": "x"}}}, "is not a valid header name"),
+        ({"rate_limit": {"interval": "soon", "burst": 1}}, "is not a duration"),
+    ],
+)
 def test_bad_web_config_is_one_line_naming_the_file_and_field(
     tmp_path: Path, content: dict[str, Any], message: str
 ) -> None:
     assert message.replace("Value error, ", "") in refused(tmp_path, content)
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ({"min_version": "TLS13", "max_version": "TLS12"},
-     "min_version TLS13 is above max_version TLS12"),
-    ({"min_version": "SSL3"}, "tls_server_config.min_version"),
-    ({"client_auth_type": "RequireAndVerifyClientCert"}, "needs client_ca_file"),
-    ({"client_allowed_sans": ["x"]}, "client_allowed_sans needs client_auth_type"),
-    ({"cipher_suites": ["TLS_RSA_WITH_RC4_128_SHA"]}, "unknown or insecure cipher suite"),
-    ({"curve_preferences": ["CurveP999"]}, "unknown curve 'CurveP999'"),
-])
-def test_bad_tls_settings_are_refused(tmp_path: Path, certs: dict[str, Path],
-                                      extra: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"min_version": "TLS13", "max_version": "TLS12"},
+            "min_version TLS13 is above max_version TLS12",
+        ),
+        ({"min_version": "SSL3"}, "tls_server_config.min_version"),
+        ({"client_auth_type": "RequireAndVerifyClientCert"}, "needs client_ca_file"),
+        ({"client_allowed_sans": ["x"]}, "client_allowed_sans needs client_auth_type"),
+        ({"cipher_suites": ["TLS_RSA_WITH_RC4_128_SHA"]}, "unknown or insecure cipher suite"),
+        ({"curve_preferences": ["CurveP999"]}, "unknown curve 'CurveP999'"),
+    ],
+)
+def test_bad_tls_settings_are_refused(
+    tmp_path: Path, certs: dict[str, Path], extra: dict[str, Any], message: str
+) -> None:
     assert message in refused(tmp_path, tls(certs, **extra))
 
 
-def test_an_encrypted_key_is_an_error_never_a_prompt(tmp_path: Path,
-                                                     certs: dict[str, Path]) -> None:
-    content = {"tls_server_config": {"cert_file": str(certs["cert"]),
-                                     "key_file": str(certs["encrypted"])}}
+def test_an_encrypted_key_is_an_error_never_a_prompt(
+    tmp_path: Path, certs: dict[str, Path]
+) -> None:
+    content = {
+        "tls_server_config": {"cert_file": str(certs["cert"]), "key_file": str(certs["encrypted"])}
+    }
     assert "the key is encrypted" in refused(tmp_path, content)
 
 
@@ -162,7 +219,8 @@ def test_a_missing_or_broken_file_is_refused(tmp_path: Path) -> None:
         load_web_config(path)
 
 
-@pytest.mark.parametrize(("text", "value"), [("1s", 1.0), ("250ms", 0.25), ("1m30s", 90.0),
-                                             ("0", 0.0), (2, 2.0)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("1s", 1.0), ("250ms", 0.25), ("1m30s", 90.0), ("0", 0.0), (2, 2.0)]
+)
 def test_go_durations(text: str | int, value: float) -> None:
     assert seconds(text) == value
