@@ -1,200 +1,380 @@
-"""Deterministic synthetic accounts, and the server processes the benchmarks measure.
+"""The processes the benchmarks measure, each run as `python -m benchmarks.workloads KIND`.
 
-Run as `python -m benchmarks.workloads KIND ...`; each kind prints one line (its port
-or URL) and serves until terminated, so that the benchmark client never shares a GIL
-with the server it measures.
+Each kind prints one line (its URL or port) and serves until terminated, so that the
+benchmark's own client never shares a GIL with what it measures.
 
-  ours P N         the exporter's own HTTP stack over a store of P projects x N products
-  gauges P N       the same samples in labelled Gauges behind prometheus_client's
-                   start_http_server: how most hand-written exporters do it
-  floor P N        the same exposition bytes, pre-rendered, from a minimal server
-  fakeapi P N LAT  the simulated Latitude API with P projects x N products, LAT seconds
-                   of latency per request; P=0 gives an empty team
-  churn CYCLES     poll a churning simulated API CYCLES times in-process, printing RSS
+  api P N LAT [TEAMS]  a fast fake Latitude API: TEAMS keys ("bench-0", ...) of P
+                       projects x N products each, LAT seconds of latency per request.
+                       Every answer carries a new sequence number as its price in cents
+                       (the poll changes the data, as in life); /__bench__/log tells
+                       what was served when; POST {"storm": [key, ...]} answers those
+                       keys 429 until the next POST, {"latency": seconds} sets LAT.
+  floor FILE ENC       FILE's bytes, already encoded (ENC: gzip or identity), as /metrics
+                       from a minimal server: the floor of a scrape
+  gauges P N           the same samples in labelled Gauges behind prometheus_client's
+                       start_http_server: how most hand-written exporters do it
+  churn CYCLES         poll a churning fake API CYCLES times in-process, printing RSS
 """
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import threading
+import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-
-from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, start_http_server
-from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
-from exporter.cli import build_exposition
-from exporter.collector import BillingCollector, ExporterCollector
-from exporter.demo import DemoAccount, DemoApi, DemoProduct, DemoProject, DemoServer, Fault
-from exporter.server import HttpServer, MetricsApp
-from exporter.snapshot import (
-    DiscountInfo,
-    ProductUsage,
-    ServerInfo,
-    SnapshotStore,
-    UsageSnapshot,
-)
+from urllib.parse import parse_qs, urlsplit
 
 PLANS = ("c2-small-x86", "c3-medium-x86", "g3-h100-large", "m4-metal-large")
 RESOURCES = ("bare_metal", "virtual_machine", "object_storage", "elastic_ip")
+SEQ = b"424242424242"  # replaced by each answer's sequence number (same width)
 
 
-def synthetic_store(projects: int, products: int) -> SnapshotStore:
-    rng = random.Random(7)
+def project_body(team: int, index: int, products: int) -> bytes:
+    """One project's billing answer, with SEQ where the figures change per poll."""
+    project_id = f"proj_b{team:02d}_{index:05d}"
+    lines = []
+    for i in range(products):
+        plan = PLANS[i % len(PLANS)]
+        lines.append(
+            {
+                "id": f"si_{index:05d}_{i:03d}",
+                "resource": RESOURCES[i % len(RESOURCES)],
+                "name": f"{plan} #{i}",
+                "description": f"{plan} server",
+                "proration": True,
+                "discounts": (
+                    [{"description": "Monthly Discount", "type": "percent", "value": 5}]
+                    if i % 10 == 0
+                    else []
+                ),
+                "discountable": i % 10 == 0,
+                "amount_without_discount": 1000 + i,
+                "start": "2026-11-01T00:00:00+00:00",
+                "end": None,
+                "unit": "hour",
+                "unit_amount": 20,
+                "unit_price": 20,
+                "usage_type": "metered",
+                "quantity": 720 + i,
+                "amount": 1000 + i,
+                "price": 1000 + i,
+                "metadata": {
+                    "servers": [
+                        {
+                            "id": f"sv_{index}_{i}",
+                            "hostname": f"host-{index}-{i}",
+                            "plan": plan,
+                            "tags": ["web", f"team-{i % 5}"],
+                        }
+                    ]
+                },
+            }
+        )
+    document = {
+        "data": {
+            "id": "",
+            "type": "billing_usage",
+            "attributes": {
+                "project": {
+                    "id": project_id,
+                    "slug": f"bench-{team}-{index}",
+                    "name": f"Bench {team}.{index}",
+                },
+                "period": {
+                    "start": "2026-11-01T00:00:00+00:00",
+                    "end": "2026-12-01T00:00:00+00:00",
+                },
+                "available_credit_balance": 500_000,
+                "amount": 0,
+                "threshold": 10_000_000,
+                "products": lines,
+                "price": 0,
+            },
+        },
+        "meta": {},
+    }
+    text = json.dumps(document).encode()
+    # the project's price and its first product's quantity move with every poll
+    text = text.replace(b'"amount": 0, "threshold"', b'"amount": 1, "threshold"')
+    text = text.replace(b'"price": 0}', b'"price": ' + SEQ + b"}")
+    return text.replace(b'"quantity": 720,', b'"quantity": ' + SEQ + b",", 1)
+
+
+class BenchApi:
+    """The fake API's state: prebuilt answers, the log of what was served when."""
+
+    def __init__(self, projects: int, products: int, latency: float, teams: int) -> None:
+        self.latency = latency
+        self.keys = {f"bench-{t}": t for t in range(teams)}
+        self.ids = {t: [f"proj_b{t:02d}_{i:05d}" for i in range(projects)] for t in range(teams)}
+        self.bodies = {
+            pid: project_body(t, i, products)
+            for t, ids in self.ids.items()
+            for i, pid in enumerate(ids)
+        }
+        self.lock = threading.Lock()
+        self.seq = 10**11  # twelve digits, the width of SEQ
+        self.requests: dict[str, deque[float]] = {key: deque(maxlen=500_000) for key in self.keys}
+        self.pages: dict[str, deque[float]] = {key: deque(maxlen=100_000) for key in self.keys}
+        #: (project, sequence number, monotonic time) of every billing answer, in order
+        self.served: deque[tuple[str, int, float]] = deque(maxlen=2_000_000)
+        self.storm: set[str] = set()  # keys answered 429 for now
+
+    def log(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "requests": {k: list(v) for k, v in self.requests.items()},
+                "pages": {k: list(v) for k, v in self.pages.items()},
+                "served": list(self.served),
+            }
+
+
+class BenchHandler(BaseHTTPRequestHandler):
+    server: BenchServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        api = self.server.api
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        with api.lock:
+            if "storm" in body:
+                api.storm = set(body["storm"])
+            if "latency" in body:
+                api.latency = float(body["latency"])
+        self.send(200, b"{}")
+
+    def do_GET(self) -> None:
+        api = self.server.api
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        if url.path == "/__bench__/log":
+            self.send(200, json.dumps(api.log()).encode())
+            return
+        key = self.headers.get("Authorization") or ""
+        team = api.keys.get(key)
+        now = time.monotonic()
+        if team is None:
+            self.send(401, b'{"errors": [{"title": "Unauthorized"}]}')
+            return
+        with api.lock:
+            api.requests[key].append(now)
+            storm = key in api.storm
+        if api.latency:
+            time.sleep(api.latency)
+        if storm:
+            self.send(429, b'{"errors": [{"meta": {"retry_after": 2}}]}', {"Retry-After": "2"})
+            return
+        if url.path == "/projects":
+            with api.lock:
+                api.pages[key].append(now)
+            size = int((query.get("page[size]") or ["100"])[0])
+            number = int((query.get("page[number]") or ["1"])[0])
+            ids = api.ids[team][(number - 1) * size : number * size]
+            page = [
+                {
+                    "id": pid,
+                    "type": "projects",
+                    "attributes": {
+                        "name": pid,
+                        "slug": pid.replace("_", "-"),
+                        "team": {"slug": f"team-{team}", "currency": {"code": "USD"}},
+                    },
+                }
+                for pid in ids
+            ]
+            self.send(200, json.dumps({"data": page, "meta": {}}).encode())
+            return
+        project = (query.get("filter[project]") or [""])[0]
+        body = api.bodies.get(project)
+        if body is None:
+            self.send(404, b'{"errors": [{"title": "Not Found"}]}')
+            return
+        with api.lock:
+            api.seq += 1
+            seq = api.seq
+            api.served.append((project, seq, time.monotonic()))
+        self.send(200, body.replace(SEQ, str(seq).encode()))
+
+    def send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/vnd.api+json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class BenchServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, api: BenchApi) -> None:
+        super().__init__(("127.0.0.1", 0), BenchHandler)
+        self.api = api
+
+
+class FloorHandler(BaseHTTPRequestHandler):
+    server: FloorServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        if self.server.encoding != "identity":
+            self.send_header("Content-Encoding", self.server.encoding)
+        self.send_header("Content-Length", str(len(self.server.body)))
+        self.end_headers()
+        self.wfile.write(self.server.body)
+
+
+class FloorServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, body: bytes, encoding: str) -> None:
+        super().__init__(("127.0.0.1", 0), FloorHandler)
+        self.body = body
+        self.encoding = encoding
+
+
+def synthetic_store(projects: int, products: int) -> Any:
+    """A store holding P x N, as a poll of `project_body` answers would leave it."""
+    from exporter.models import BillingUsageDocument, parse_document
+    from exporter.snapshot import SnapshotStore, build_usage
+
     store = SnapshotStore()
-    ids = [f"proj_bench_{p:05d}" for p in range(projects)]
-    store.set_projects(ids)
-    for p, pid in enumerate(ids):
-        lines = []
-        for i in range(products):
-            plan = PLANS[i % len(PLANS)]
-            lines.append(ProductUsage(
-                product_id=f"si_{p:05d}_{i:03d}", name=f"{plan} #{i}",
-                resource=RESOURCES[i % len(RESOURCES)], unit="hour", usage_type="metered",
-                plan=plan, hostname=f"host-{p}-{i}", price=rng.uniform(1, 500),
-                amount=rng.uniform(1, 500), price_without_discount=rng.uniform(1, 600),
-                unit_price=rng.uniform(0.01, 5), quantity=float(rng.randint(1, 720)),
-                discounts=(DiscountInfo("Monthly Discount", 0.05, None),) if i % 10 == 0
-                else (),
-                servers=(ServerInfo(f"sv_{p}_{i}", f"host-{p}-{i}", plan),),
-            ))
-        store.record_success(UsageSnapshot(
-            project_id=pid, project_slug=f"bench-{p}", project_name=f"Bench {p}",
-            currency="USD", price=rng.uniform(100, 9000), amount=rng.uniform(100, 9000),
-            available_credit_balance=rng.uniform(-10, 5000), threshold=10_000.0,
-            period_start=1_793_491_200.0, period_end=1_796_083_200.0,
-            products=tuple(lines),
-        ), duration=0.2, now=1_795_000_000.0)
+    store.add_team("bench")
+    ids = [f"proj_b00_{i:05d}" for i in range(projects)]
+    store.set_projects("bench", ((pid, "") for pid in ids))
+    for index, pid in enumerate(ids):
+        body = project_body(0, index, products).replace(SEQ, b"100000000001")
+        attributes = parse_document(BillingUsageDocument, body).usage_for(pid)
+        assert attributes is not None
+        store.record_success(
+            build_usage(pid, attributes, currency="USD"), duration=0.2, now=1_795_000_000.0
+        )
     return store
 
 
-def synthetic_account(projects: int, products: int) -> DemoAccount:
-    team = []
-    for p in range(projects):
-        lines = [DemoProduct(f"si_{p}_{i}", f"product {i}", RESOURCES[i % 4], "hour",
-                             "metered", unit_price=1 + i % 50, rate=1,
-                             servers=(DemoServer(f"sv_{p}_{i}", f"host-{p}-{i}",
-                                                 PLANS[i % 4]),))
-                 for i in range(products)]
-        team.append(DemoProject(f"proj_bench_{p:05d}", f"bench-{p}", f"Bench {p}",
-                                threshold=1_000_000, credit=0, products=lines))
-    return DemoAccount(team, speed=1.0)
-
-
-def ours(store: SnapshotStore) -> HttpServer:
-    """The exporter's HTTP side exactly as the CLI wires it."""
-    server = HttpServer(MetricsApp(build_exposition(store), ready=lambda: True,
-                                   projects=list), "127.0.0.1", 0)
-    server.start()
-    return server
-
-
-def rendered(store: SnapshotStore) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(BillingCollector(store.view))
-    registry.register(ExporterCollector(store.view))
-    return generate_latest(registry)
-
-
-def gauges(store: SnapshotStore) -> int:
+def gauges(projects: int, products: int) -> int:
     """Every sample of our exposition, set into labelled Gauges of a fresh registry."""
+    from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, start_http_server
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.collector import ProjectCollector, TeamCollector
+
+    store = synthetic_store(projects, products)
+    reference = CollectorRegistry(auto_describe=False)
+    reference.register(ProjectCollector(store.view))
+    reference.register(TeamCollector(store.view))
     registry = CollectorRegistry(auto_describe=False)
-    for family in text_string_to_metric_families(rendered(store).decode()):
+    for family in text_string_to_metric_families(generate_latest(reference).decode()):
         names = sorted({k for s in family.samples for k in s.labels})
-        gauge = Gauge(family.name if family.type != "counter" else family.name + "_total",
-                      family.documentation, names, registry=registry)
+        gauge = Gauge(
+            family.name if family.type != "counter" else family.name + "_total",
+            family.documentation,
+            names,
+            registry=registry,
+        )
         for sample in family.samples:
-            (gauge.labels(**{n: sample.labels.get(n, "") for n in names}) if names
-             else gauge).set(sample.value)
+            (gauge.labels(**{n: sample.labels.get(n, "") for n in names}) if names else gauge).set(
+                sample.value
+            )
     ProcessCollector(registry=registry)
     server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
     return int(server.server_port)
 
 
-def floor(store: SnapshotStore) -> int:
-    body = rendered(store)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return int(server.server_address[1])
-
-
-def busiest_window(times: list[float], window: float) -> int:
-    """The most requests in any half-open window [t, t + window): what a per-minute
-    rate limit counts."""
-    ordered = sorted(times)
-    best = 0
-    start = 0
-    for end, t in enumerate(ordered):
-        while ordered[start] + window <= t:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def churn(cycles: int) -> None:
-    """The exporter's poll → store → render path against an API whose projects,
-    products and hostnames change every refresh."""
+    """The poll → store → exposition path against an API whose projects, products and
+    hostnames change every refresh: RSS every 50 refreshes."""
+    import urllib.request
+
     from pydantic import SecretStr
 
+    from benchmarks.measure import rss_mib
     from exporter.client import LatitudeClient
+    from exporter.demo import DemoAccount, DemoApi, DemoProduct, DemoProject, DemoServer
     from exporter.poller import Poller
     from exporter.ratelimit import RequestBudget
+    from exporter.snapshot import SnapshotStore
 
     rng = random.Random(3)
 
     def account() -> DemoAccount:
         team = []
         for p in rng.sample(range(40), rng.randint(5, 25)):
-            lines = [DemoProduct(f"si_{p}_{i}", f"product {i}", "bare_metal", "hour",
-                                 "metered", unit_price=5, rate=1,
-                                 servers=(DemoServer(f"sv_{i}", f"host-{rng.randint(0, 999)}",
-                                                     rng.choice(PLANS)),))
-                     for i in rng.sample(range(200), rng.randint(5, 50))]
+            lines = [
+                DemoProduct(
+                    f"si_{p}_{i}",
+                    f"product {i}",
+                    "bare_metal",
+                    "hour",
+                    "metered",
+                    unit_price=5,
+                    rate=1,
+                    servers=(
+                        DemoServer(
+                            f"sv_{i}",
+                            f"host-{rng.randint(0, 999)}",
+                            rng.choice(PLANS),
+                            (f"tag-{rng.randint(0, 9)}",),
+                        ),
+                    ),
+                )
+                for i in rng.sample(range(200), rng.randint(5, 50))
+            ]
             team.append(DemoProject(f"proj_{p}", f"churn-{p}", f"Churn {p}", 1000, 0, lines))
         return DemoAccount(team)
 
     api = DemoApi(account()).start()
     store = SnapshotStore()
-    client = LatitudeClient(token=lambda: SecretStr("x"), budget=RequestBudget(1e9),
-                            base_url=api.url)
+    client = LatitudeClient(
+        token=lambda: SecretStr("x"), budget=RequestBudget(1e9), base_url=api.url
+    )
     poller = Poller(client, store, concurrency=4)
-    server = ours(store)
-    import urllib.request
-
+    port = warm_over(store)
     for cycle in range(cycles + 1):
         api.account = account()
-        api.requests.clear()
         poller.refresh()
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics") as answer:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as answer:
             lines = answer.read().count(b"\n")
         if cycle % 50 == 0:
-            print(f"{cycle} {rss_bytes()} {lines}", flush=True)
+            print(f"{cycle} {rss_mib():.1f} {lines}", flush=True)
     poller.stop()
     client.close()
-    server.stop()
     api.stop()
+
+
+def warm_over(store: Any) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from exporter.collector import TeamCollector
+    from exporter.exposition import Exposition
+    from exporter.httpserver import HttpServer
+    from exporter.web import WebApp
+
+    tail = CollectorRegistry(auto_describe=False)
+    tail.register(TeamCollector(store.view))
+    exposition = Exposition(tail)
+    store.subscribe(exposition)
+    server = HttpServer(WebApp(exposition, store.view), "127.0.0.1", 0)
+    server.start()
+    return server.port
 
 
 def main(argv: list[str]) -> None:
@@ -202,17 +382,17 @@ def main(argv: list[str]) -> None:
     if kind == "churn":
         churn(int(args[0]))
         return
-    projects, products = int(args[0]), int(args[1])
-    if kind == "fakeapi":
-        api = DemoApi(synthetic_account(projects, products)).start()
-        if float(args[2]) > 0:
-            api.inject(Fault("delay", delay=float(args[2])), times=None)
-        print(api.url, flush=True)
-    else:
-        store = synthetic_store(projects, products)
-        port = {"ours": lambda: ours(store).port, "gauges": lambda: gauges(store),
-                "floor": lambda: floor(store)}[kind]()
-        print(port, flush=True)
+    if kind == "api":
+        teams = int(args[3]) if len(args) > 3 else 1
+        server = BenchServer(BenchApi(int(args[0]), int(args[1]), float(args[2]), teams))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        print(f"http://127.0.0.1:{server.server_address[1]}", flush=True)
+    elif kind == "floor":
+        floor = FloorServer(Path(args[0]).read_bytes(), args[1])
+        threading.Thread(target=floor.serve_forever, daemon=True).start()
+        print(floor.server_address[1], flush=True)
+    elif kind == "gauges":
+        print(gauges(int(args[0]), int(args[1])), flush=True)
     threading.Event().wait()
 
 
