@@ -142,6 +142,27 @@ def money_targets(
     return targets, overrides
 
 
+def piechart(
+    title: str, description: str, targets: list[dict[str, Any]], overrides: list[Any]
+) -> dict[str, Any]:
+    """A pie of money per something, its legend a table of values and shares."""
+    return {
+        "type": "piechart",
+        "title": title,
+        "description": description,
+        "targets": targets,
+        "fieldConfig": {"defaults": {"decimals": 2}, "overrides": overrides},
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "legend": {
+                "displayMode": "table",
+                "placement": "right",
+                "values": ["value", "percent"],
+            },
+        },
+    }
+
+
 def stat(
     title: str,
     description: str,
@@ -471,22 +492,13 @@ def build() -> dict[str, Any]:
         instant=True,
     )
     layout.add(
-        {
-            "type": "piechart",
-            "title": "Spend by plan",
-            "description": "Product spend of the selected projects per server plan "
+        piechart(
+            "Spend by plan",
+            "Product spend of the selected projects per server plan "
             "(empty: products without a plan, e.g. storage).",
-            "targets": targets,
-            "fieldConfig": {"defaults": {"decimals": 2}, "overrides": overrides},
-            "options": {
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                "legend": {
-                    "displayMode": "table",
-                    "placement": "right",
-                    "values": ["value", "percent"],
-                },
-            },
-        },
+            targets,
+            overrides,
+        ),
         w=6,
         h=10,
     )
@@ -498,22 +510,13 @@ def build() -> dict[str, Any]:
         instant=True,
     )
     layout.add(
-        {
-            "type": "piechart",
-            "title": "Spend by resource",
-            "description": "Product spend of the selected projects per resource type "
+        piechart(
+            "Spend by resource",
+            "Product spend of the selected projects per resource type "
             "(bare metal, virtual machines, storage, IPs, licences).",
-            "targets": targets,
-            "fieldConfig": {"defaults": {"decimals": 2}, "overrides": overrides},
-            "options": {
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                "legend": {
-                    "displayMode": "table",
-                    "placement": "right",
-                    "values": ["value", "percent"],
-                },
-            },
-        },
+            targets,
+            overrides,
+        ),
         w=6,
         h=10,
     )
