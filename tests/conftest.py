@@ -43,6 +43,14 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TOKEN = "lat_test_0123456789abcdef"
+#: Every project of the demo's two teams.
+DEMO_PROJECTS = (
+    "proj_demo_web",
+    "proj_demo_gpu",
+    "proj_demo_data",
+    "proj_demo_dev",
+    "proj_demo_loja",
+)
 #: A fixed instant, so the simulated account's figures are exact.
 FIXED_NOW = 1_795_000_000.0
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

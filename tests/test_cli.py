@@ -16,6 +16,7 @@ import yaml
 
 from exporter import __version__
 from tests.conftest import (
+    DEMO_PROJECTS,
     TOKEN,
     ExporterProcess,
     api_env,
@@ -150,13 +151,7 @@ def test_demo_once_prints_valid_metrics_for_both_teams() -> None:
     result = run_cli("--demo", "--once")
     assert result.returncode == 0, result.stderr
     samples = parse_samples(result.stdout)
-    for project in (
-        "proj_demo_web",
-        "proj_demo_gpu",
-        "proj_demo_data",
-        "proj_demo_dev",
-        "proj_demo_loja",
-    ):
+    for project in DEMO_PROJECTS:
         assert sample(samples, "latitudesh_up", project_id=project) == 1.0
     assert (
         sample(

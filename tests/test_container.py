@@ -29,6 +29,7 @@ import yaml
 
 from exporter import __version__
 from tests.conftest import (
+    DEMO_PROJECTS,
     ROOT,
     TOKEN,
     free_port,
@@ -253,13 +254,7 @@ def test_container_serves_demo_metrics(container: tuple[str, str]) -> None:
     status, _, body = http_get(url + "/metrics")
     assert status == 200
     samples = parse_samples(body.decode())
-    for project in (
-        "proj_demo_web",
-        "proj_demo_gpu",
-        "proj_demo_data",
-        "proj_demo_dev",
-        "proj_demo_loja",
-    ):
+    for project in DEMO_PROJECTS:
         assert sample(samples, "latitudesh_up", project_id=project) == 1.0
     assert http_get(url + "/healthz")[0] == 200
 
