@@ -238,6 +238,11 @@ class KeyCheck:
     team: str | None
 
 
+#: The client's own generator: backoff jitter never draws from (or disturbs) the global
+#: `random` state that the application or a test framework may rely on.
+_JITTER = random.Random()
+
+
 class LatitudeClient:
     def __init__(
         self,
@@ -256,7 +261,7 @@ class LatitudeClient:
         on_request: RequestObserver | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
-        jitter: Callable[[], float] = random.random,
+        jitter: Callable[[], float] = _JITTER.random,
         max_connections: int = 10,
     ) -> None:
         self._token = token

@@ -4,6 +4,7 @@ answers bounded in time, size and values, each request counted once."""
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -116,6 +117,23 @@ def test_server_errors_are_retried_then_succeed(client_for: ClientFor) -> None:
     assert client.billing_usage(PROJECT).price == 51230
     assert len(recorder.requests) == 3
     assert seen == [("/billing/usage", "500"), ("/billing/usage", "503"), ("/billing/usage", "200")]
+
+
+def test_backoff_jitter_leaves_the_global_random_state_alone(make_client: MakeClient) -> None:
+    """Threads of the daemon retry while the application (or Hypothesis, in this suite)
+    relies on the global generator: the client draws its jitter from its own."""
+    recorder = Recorder(httpx.Response(503), httpx.Response(503), ok())
+    client = make_client(
+        "https://api.example",
+        transport=httpx.MockTransport(recorder),
+        budget=RequestBudget(1e6),
+        backoff_base=0.001,
+    )
+    random.seed(7)
+    before = random.getstate()
+    assert client.billing_usage(PROJECT).price == 51230
+    assert len(recorder.requests) == 3
+    assert random.getstate() == before
 
 
 def test_retries_stop_after_max_retries(client_for: ClientFor) -> None:
