@@ -46,6 +46,9 @@ MAX_TARGET_BYTES = 8 * 1024
 REFUSAL_LOG_SECONDS = 60.0
 #: Bytes of a streamed body produced per hop to the worker pool.
 STREAM_BATCH = 1 << 20
+#: Bytes a response may have waiting in the transport before the next chunk waits for
+#: the client (bounded by `write_timeout`); asyncio's own high-water mark.
+WRITE_HIGH = 64 * 1024
 #: What ends a connection without a word: clients hang up, stall, speak TLS badly.
 _ROUTINE = (
     TimeoutError,
@@ -307,7 +310,12 @@ class HttpServer:
         if not head:
             async for chunk in self._chunks(response.body):
                 writer.writelines(peer.send_with_data_passthrough(h11.Data(data=chunk)) or ())
-                await asyncio.wait_for(writer.drain(), self._write_timeout)
+                # Waiting is only needed once the client stops taking data as fast as it
+                # comes (or is gone): a timed drain per chunk costs a task each, which
+                # was milliseconds a scrape.
+                transport = writer.transport
+                if transport.is_closing() or transport.get_write_buffer_size() >= WRITE_HIGH:
+                    await asyncio.wait_for(writer.drain(), self._write_timeout)
         writer.write(peer.send(h11.EndOfMessage()))
         await asyncio.wait_for(writer.drain(), self._write_timeout)
 

@@ -5,29 +5,36 @@ never keep Prometheus out."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import gzip
 import http.client
 import logging
+import re
 import resource
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 
+from exporter.snapshot import SnapshotStore
 from exporter.webconfig import WebSettings, load_web_config
 from tests.conftest import (
     ExporterProcess,
     golden_store,
     http_get,
+    load_fixture,
     parse_samples,
     reference_exposition,
     sample,
     serving,
+    store_with,
     wait_for,
 )
 
@@ -282,6 +289,68 @@ def test_a_slowloris_client_does_not_stop_scrapes_and_is_cut_off() -> None:
 
         assert wait_for(cut_off, timeout=10, message="the slow client to be cut off")
         slow.close()
+
+
+def big_store(projects: int) -> SnapshotStore:
+    """Enough projects that plain text outgrows what the kernel buffers on loopback."""
+    answer = load_fixture("billing_usage_new.json")
+
+    def project(index: int) -> tuple[str, dict[str, Any], str]:
+        payload = copy.deepcopy(answer)
+        payload["data"]["attributes"]["project"]["id"] = f"proj_{index}"
+        return f"proj_{index}", payload, "USD"
+
+    return store_with(*map(project, range(projects)))
+
+
+@pytest.fixture(scope="module")
+def big() -> SnapshotStore:
+    return big_store(600)  # about 6 MB of plain text
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_others_still_served(
+    big: SnapshotStore,
+) -> None:
+    with serving(big, write_timeout=1.0) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect(("127.0.0.1", server.port))
+        stuck.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
+        assert http_get(url + "/healthz", timeout=5)[0] == 200
+
+        assert wait_for(
+            lambda: server.connections == 0, timeout=15, message="the stuck client dropped"
+        )
+        stuck.settimeout(10)
+        received = b""
+        while chunk := stuck.recv(1 << 20):  # what the kernel had buffered, then the end
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+        assert 0 < len(body) < length
+        stuck.close()
+        status, _, body = http_get(url + "/metrics", timeout=30)
+        assert status == 200
+        assert body.count(b"\nlatitudesh_billing_price{") == 600
+
+
+def test_clients_hanging_up_mid_body_are_routine(
+    big: SnapshotStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with serving(big) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        for accept in (b"", b"Accept-Encoding: gzip\r\n"):
+            for _ in range(3):
+                gone = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                gone.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + accept + b"\r\n")
+                assert gone.recv(65536)
+                gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                gone.close()  # a reset, with most of the body unsent
+        assert http_get(url + "/metrics", timeout=30)[0] == 200
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not noisy, [r.getMessage() for r in noisy]
 
 
 def test_at_the_limit_the_longest_waiting_connection_makes_room(
