@@ -163,6 +163,36 @@ def piechart(
     }
 
 
+def money_in(colour: str) -> dict[str, Any]:
+    """Field defaults of money bars drawn in one colour (units come per currency)."""
+    return {
+        "decimals": 2,
+        "thresholds": {"mode": "absolute", "steps": [{"color": colour, "value": None}]},
+    }
+
+
+def bargauge(
+    title: str,
+    description: str,
+    targets: list[dict[str, Any]],
+    defaults: dict[str, Any],
+    overrides: list[Any],
+) -> dict[str, Any]:
+    """Horizontal gradient bars of the last value per series."""
+    return {
+        "type": "bargauge",
+        "title": title,
+        "description": description,
+        "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": overrides},
+        "options": {
+            "orientation": "horizontal",
+            "displayMode": "gradient",
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        },
+    }
+
+
 def stat(
     title: str,
     description: str,
@@ -374,26 +404,21 @@ def build() -> dict[str, Any]:
         h=5,
     )
     layout.add(
-        {
-            "type": "bargauge",
-            "title": "Share of threshold used",
-            "description": "Spend as a share of each project's charging threshold "
+        bargauge(
+            "Share of threshold used",
+            "Spend as a share of each project's charging threshold "
             "(latitudesh:billing_threshold_used:ratio): green under 80 %, orange "
             "up to 100 %, red beyond. Alerts fire at 80 % and 100 %.",
-            "targets": [
+            [
                 target(
                     one("latitudesh:billing_threshold_used:ratio{" + SELECTED + "}"),
                     legend="{{project_slug}}",
                     instant=True,
                 )
             ],
-            "fieldConfig": {"defaults": threshold_share, "overrides": []},
-            "options": {
-                "orientation": "horizontal",
-                "displayMode": "gradient",
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            },
-        },
+            threshold_share,
+            [],
+        ),
         w=6,
         h=5,
     )
@@ -547,27 +572,16 @@ def build() -> dict[str, Any]:
         instant=True,
     )
     layout.add(
-        {
-            "type": "bargauge",
-            "title": "Spend by tag",
-            "description": "Spend of the servers carrying each tag. A server counts "
+        bargauge(
+            "Spend by tag",
+            "Spend of the servers carrying each tag. A server counts "
             "under each of its tags, so tags overlap and do not add up. "
             "__untagged__: servers without tags; __unattributed__: lines "
             "without servers (storage, IPs, licences).",
-            "targets": targets,
-            "fieldConfig": {
-                "defaults": {
-                    "decimals": 2,
-                    "thresholds": {"mode": "absolute", "steps": [{"color": "blue", "value": None}]},
-                },
-                "overrides": overrides,
-            },
-            "options": {
-                "orientation": "horizontal",
-                "displayMode": "gradient",
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            },
-        },
+            targets,
+            money_in("blue"),
+            overrides,
+        ),
         w=12,
         h=9,
     )
@@ -627,28 +641,13 @@ def build() -> dict[str, Any]:
         instant=True,
     )
     layout.add(
-        {
-            "type": "bargauge",
-            "title": "Storage by bucket and location",
-            "description": "Spend of product lines that bill for a storage bucket, per "
-            "bucket and location.",
-            "targets": targets,
-            "fieldConfig": {
-                "defaults": {
-                    "decimals": 2,
-                    "thresholds": {
-                        "mode": "absolute",
-                        "steps": [{"color": "purple", "value": None}],
-                    },
-                },
-                "overrides": overrides,
-            },
-            "options": {
-                "orientation": "horizontal",
-                "displayMode": "gradient",
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            },
-        },
+        bargauge(
+            "Storage by bucket and location",
+            "Spend of product lines that bill for a storage bucket, per bucket and location.",
+            targets,
+            money_in("purple"),
+            overrides,
+        ),
         w=8,
         h=9,
     )
