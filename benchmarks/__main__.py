@@ -35,7 +35,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,54 +78,43 @@ ALL_HOSTILE = (
     "10,000 products, the cap",
     "10,001 products",
 )
+FULL = Mode(
+    steady=1000,
+    big=5000,
+    products=50,
+    phase=40.0,
+    scrapers=8,
+    big_seconds=120.0,
+    scrape_interval=15.0,
+    scrape_timeout=10.0,
+    warm_scrapes=40,
+    gauges=100,
+    interval_projects=250,
+    interval_rpm=600,
+    interval_periods=4,
+    budget_seconds=130.0,
+    teams=10,
+    team_projects=100,
+    team_rpm=600,
+    team_seconds=75.0,
+    isolation_seconds=40.0,
+    hostile=ALL_HOSTILE,
+    slow_connections=1000,
+    churn_cycles=500,
+    startups=5,
+)
 MODES = {
-    "full": Mode(
-        steady=1000,
-        big=5000,
-        products=50,
-        phase=40.0,
-        scrapers=8,
-        big_seconds=120.0,
-        scrape_interval=15.0,
-        scrape_timeout=10.0,
-        warm_scrapes=40,
-        gauges=100,
-        interval_projects=250,
-        interval_rpm=600,
-        interval_periods=4,
-        budget_seconds=130.0,
-        teams=10,
-        team_projects=100,
-        team_rpm=600,
-        team_seconds=75.0,
-        isolation_seconds=40.0,
-        hostile=ALL_HOSTILE,
-        slow_connections=1000,
-        churn_cycles=500,
-        startups=5,
-    ),
-    "quick": Mode(
-        steady=1000,
-        big=5000,
-        products=50,
+    "full": FULL,
+    # the same sizes, shorter phases
+    "quick": replace(
+        FULL,
         phase=15.0,
-        scrapers=8,
         big_seconds=45.0,
-        scrape_interval=15.0,
-        scrape_timeout=10.0,
         warm_scrapes=15,
-        gauges=100,
-        interval_projects=250,
-        interval_rpm=600,
         interval_periods=2,
         budget_seconds=65.0,
-        teams=10,
-        team_projects=100,
-        team_rpm=600,
         team_seconds=40.0,
         isolation_seconds=25.0,
-        hostile=ALL_HOSTILE,
-        slow_connections=1000,
         churn_cycles=150,
         startups=3,
     ),
