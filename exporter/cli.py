@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import gc
 import logging
 import os
@@ -501,8 +502,10 @@ def _tune_runtime(scheduler: BackgroundScheduler) -> None:
 M_ARENA_MAX = -8
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
-    """glibc, where there is one (not musl, not macOS): for mallopt and malloc_trim."""
+    """glibc, where there is one (not musl, not macOS): for mallopt and malloc_trim;
+    looked up once, not at every minute's trim."""
     if not sys.platform.startswith("linux"):
         return None
     try:
