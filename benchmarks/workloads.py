@@ -34,6 +34,12 @@ RESOURCES = ("bare_metal", "virtual_machine", "object_storage", "elastic_ip")
 SEQ = b"424242424242"  # replaced by each answer's sequence number (same width)
 
 
+def _limits() -> Any:
+    from exporter.usage import Limits
+
+    return Limits(products=1000, servers=1000, tags_per_server=20)
+
+
 def project_body(team: int, index: int, products: int) -> bytes:
     """One project's billing answer, with SEQ where the figures change per poll."""
     project_id = f"proj_b{team:02d}_{index:05d}"
@@ -253,7 +259,8 @@ class FloorServer(ThreadingHTTPServer):
 def synthetic_store(projects: int, products: int) -> Any:
     """A store holding P x N, as a poll of `project_body` answers would leave it."""
     from exporter.models import BillingUsageDocument, parse_document
-    from exporter.snapshot import SnapshotStore, build_usage
+    from exporter.store import SnapshotStore
+    from exporter.usage import build_usage
 
     store = SnapshotStore()
     store.add_team("bench")
@@ -264,7 +271,10 @@ def synthetic_store(projects: int, products: int) -> Any:
         attributes = parse_document(BillingUsageDocument, body).usage_for(pid)
         assert attributes is not None
         store.record_success(
-            build_usage(pid, attributes, currency="USD"), duration=0.2, now=1_795_000_000.0
+            "bench",
+            build_usage(pid, attributes, currency="USD", limits=_limits()),
+            duration=0.2,
+            now=1_795_000_000.0,
         )
     return store
 
@@ -308,10 +318,11 @@ def churn(cycles: int) -> None:
 
     from benchmarks.measure import rss_mib
     from exporter.client import LatitudeClient
+    from exporter.config import ApiSettings
     from exporter.demo import DemoAccount, DemoApi, DemoProduct, DemoProject, DemoServer
     from exporter.poller import Poller
     from exporter.ratelimit import RequestBudget
-    from exporter.snapshot import SnapshotStore
+    from exporter.store import SnapshotStore
 
     rng = random.Random(3)
 
@@ -344,9 +355,20 @@ def churn(cycles: int) -> None:
     api = DemoApi(account()).start()
     store = SnapshotStore()
     client = LatitudeClient(
-        token=lambda: SecretStr("x"), budget=RequestBudget(1e9), base_url=api.url
+        token=lambda: SecretStr("x"),
+        budget=RequestBudget(1e9),
+        api=ApiSettings(base_url=api.url),
     )
-    poller = Poller(client, store, concurrency=4)
+    poller = Poller(
+        client,
+        store,
+        team=None,
+        interval=300,
+        concurrency=4,
+        limits=_limits(),
+        budget_seconds=lambda requests: 0.0,
+        grace=15,
+    )
     port = warm_over(store)
     for cycle in range(cycles + 1):
         api.account = account()

@@ -8,15 +8,13 @@ stderr, no traceback), 130 when `--once` is interrupted.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import functools
-import gc
 import logging
 import os
 import platform
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -28,11 +26,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 from pydantic import SecretStr
 
-from exporter import __version__, errors
+from exporter import __version__, errors, runtime
 from exporter.client import LatitudeClient
 from exporter.collector import TeamCollector
 from exporter.config import (
     DEFAULT_CONFIG_FILE,
+    ApiSettings,
     ConfigError,
     Settings,
     TeamConfig,
@@ -47,7 +46,11 @@ from exporter.httpserver import HttpServer
 from exporter.logs import Redactor, setup_logging
 from exporter.poller import Poller, Target
 from exporter.ratelimit import RequestBudget
-from exporter.snapshot import Limits, SnapshotStore
+from exporter.schedule import Schedule
+from exporter.store import SnapshotStore
+from exporter.usage import Limits
+from exporter.watchdog import Team as WatchedTeam
+from exporter.watchdog import Watchdog
 from exporter.web import WebApp
 from exporter.webconfig import WebConfigError, WebSettings, load_web_config
 
@@ -138,7 +141,8 @@ class Setup:
     teams: list[TeamConfig]
     listen: tuple[str, int]
     web: WebSettings
-    base_url: str
+    #: The `api` section, its base URL the demo's in demo mode.
+    api: ApiSettings
     demo: DemoApi | None = None
 
 
@@ -149,6 +153,8 @@ class App:
     store: SnapshotStore
     exposition: Exposition
     pollers: list[Poller]
+    schedules: list[Schedule]
+    watchdog: Watchdog
     clients: list[LatitudeClient]
     scheduler: BackgroundScheduler
     stop: threading.Event
@@ -158,10 +164,18 @@ class App:
 
     def close(self) -> bool:
         self.stop.set()
+        self.watchdog.stop()
+        for schedule in self.schedules:
+            schedule.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        stopped = [poller.stop(timeout=SHUTDOWN_SECONDS) for poller in self.pollers]
-        idle = all(stopped)  # every poller told to stop first, then waited for
+        deadline = time.monotonic() + SHUTDOWN_SECONDS
+        for poller in self.pollers:  # every poller told to stop first, then waited for
+            poller.stop(timeout=0)
+        stopped = [
+            poller.stop(timeout=max(deadline - time.monotonic(), 0)) for poller in self.pollers
+        ]
+        idle = all(stopped)
         for client in self.clients:
             client.close()
         if self.server is not None:
@@ -173,7 +187,7 @@ class App:
 
 def parse_listen_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"web.listen-address: {value!r} is not HOST:PORT")
     host = host.strip("[]") or "0.0.0.0"  # noqa: S104 (an exporter listens on all by default)
     return host, int(port)
@@ -198,7 +212,7 @@ def build_app(setup: Setup) -> App:
     exposition = Exposition(tail)
     store.subscribe(exposition)
     settings = setup.settings
-    scheduler = BackgroundScheduler(timezone=UTC)
+    api = setup.api
     limits = Limits(
         products=settings.max_products_per_project,
         servers=settings.max_servers_per_project,
@@ -207,19 +221,14 @@ def build_app(setup: Setup) -> App:
     interval = settings.poll.interval_seconds
     if setup.demo and "interval_seconds" not in settings.poll.model_fields_set:
         interval = DEMO_INTERVAL_SECONDS
-    pollers, clients = [], []
-    for team in setup.teams:
+    pollers, schedules, clients, watched = [], [], [], []
+    for rank, team in enumerate(setup.teams):
         budget = RequestBudget(team.requests_per_minute, stop=stop)
-        api = settings.api
         poller_box: list[Poller] = []
         client = LatitudeClient(
             token=team.token.get,
             budget=budget,
-            base_url=setup.base_url,
-            timeout=api.timeout_seconds,
-            max_retries=api.max_retries,
-            max_retry_wait=api.max_retry_wait_seconds,
-            max_response_bytes=api.max_response_bytes,
+            api=api,
             on_request=_recorder(poller_box),
             stop=stop,
             max_connections=settings.poll.concurrency,
@@ -228,6 +237,7 @@ def build_app(setup: Setup) -> App:
             client,
             store,
             team=team.name,
+            rank=rank,
             targets=[Target(p.id, plan=p.plan, products=tuple(p.products)) for p in team.projects],
             currency=team.currency,
             interval=interval,
@@ -235,21 +245,32 @@ def build_app(setup: Setup) -> App:
             limits=limits,
             budget_seconds=budget.seconds_for,
             grace=api.timeout_seconds,
-            scheduler=scheduler,
         )
         poller_box.append(poller)
+        schedule = Schedule(team.label, poller.refresh, poller.effective_interval)
         pollers.append(poller)
+        schedules.append(schedule)
         clients.append(client)
+        watched.append(WatchedTeam(poller, schedule))
+    watchdog = Watchdog(watched, store, margin=stall_margin(api))
     return App(
         store,
         exposition,
         pollers,
+        schedules,
+        watchdog,
         clients,
-        scheduler,
+        BackgroundScheduler(timezone=UTC),
         stop,
         demo=setup.demo,
         tokens=[team.token for team in setup.teams],
     )
+
+
+def stall_margin(api: ApiSettings) -> float:
+    """What one poll may take beyond its interval before it counts as stalled: every
+    attempt at its timeout."""
+    return api.timeout_seconds * (1 + api.max_retries)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -296,10 +317,11 @@ def _configure(args: argparse.Namespace, redactor: Redactor) -> Setup:
             TeamConfig(account.team.slug, TokenSource(static=SecretStr(token)), rate, None, ())
             for account, token in zip(demo.accounts, DEMO_TOKENS, strict=True)
         ]
-        base_url = demo.url
+        api = settings.api.model_copy(update={"base_url": demo.url})
     else:
         teams = resolve_teams(settings)
-        base_url = settings.api.base_url
+        api = settings.api
+        base_url = api.base_url
         for team in teams:
             redactor.watch(team.token.current)
             if (warning := team.token.permission_warning()) is not None:
@@ -314,7 +336,7 @@ def _configure(args: argparse.Namespace, redactor: Redactor) -> Setup:
             )
     for key in web.unapplied:
         log.warning("web config key accepted but not applied", extra={"key": key})
-    return Setup(settings, teams, listen, web, base_url, demo)
+    return Setup(settings, teams, listen, web, api, demo)
 
 
 def _check(args: argparse.Namespace, setup: Setup, redactor: Redactor) -> int:
@@ -328,13 +350,13 @@ def _check(args: argparse.Namespace, setup: Setup, redactor: Redactor) -> int:
         f"  web config:        {web.path or 'none'} (tls: {web.ssl_context is not None}, "
         f"basic auth users: {len(web.users)})"
     )
-    print(f"  api.base_url:      {setup.base_url}")
+    print(f"  api.base_url:      {setup.api.base_url}")
     print(
         f"  poll:              every {settings.poll.interval_seconds:g}s, "
         f"{settings.poll.concurrency} at once per team"
     )
     print(f"  listen address:    {args.listen}{args.telemetry_path}")
-    rejected = False
+    failed = False
     for team in setup.teams:
         source = (
             f"file {team.token.path}"
@@ -346,16 +368,14 @@ def _check(args: argparse.Namespace, setup: Setup, redactor: Redactor) -> int:
         projects = f"{len(team.projects)} configured" if team.projects else "discovered"
         with LatitudeClient(
             token=team.token.get,
-            budget=RequestBudget(60),
-            base_url=setup.base_url,
-            timeout=settings.api.timeout_seconds,
-            max_retries=1,
+            budget=RequestBudget(team.requests_per_minute),
+            api=setup.api,
         ) as client:
             try:
                 found = client.check_key()
             except errors.LatitudeError as exc:
-                rejected = True
-                verdict = f"REJECTED ({exc.reason}: {redactor(str(exc))})"
+                failed = True
+                verdict = _verdict(exc, redactor)
             else:
                 verdict = (
                     f"accepted; sees {'at least one project' if found.sees_projects else 'no project'}"  # noqa: E501
@@ -366,7 +386,23 @@ def _check(args: argparse.Namespace, setup: Setup, redactor: Redactor) -> int:
             f"  team {team.label}: key from {source}, {team.requests_per_minute:g} "
             f"requests/minute, projects {projects}: {verdict}"
         )
-    return EXIT_CONFIG if rejected else 0
+    return EXIT_CONFIG if failed else 0
+
+
+def _verdict(exc: errors.LatitudeError, redactor: Redactor) -> str:
+    """What one failed check says: a key the API refused, or an answer that says
+    nothing about the key (rate limited, timed out, unreachable)."""
+    detail = redactor(str(exc))
+    if isinstance(exc, errors.Unauthorized | errors.Forbidden):
+        return f"REJECTED ({exc.reason}: {detail})"
+    if isinstance(exc, errors.RateLimited):
+        wait = f"; the API asks to wait {exc.retry_after:g}s" if exc.retry_after else ""
+        return f"NOT CHECKED: rate limited{wait} ({detail}); try again later"
+    if isinstance(exc, errors.Timeout):
+        return f"NOT CHECKED: timed out ({detail})"
+    if isinstance(exc, errors.NetworkError):
+        return f"NOT CHECKED: the API is unreachable ({detail})"
+    return f"NOT CHECKED: {exc.reason} ({detail})"
 
 
 def _run_once(app: App) -> int:
@@ -411,7 +447,8 @@ def _exit_now(code: int) -> NoReturn:
 
 
 def _serve(app: App, setup: Setup, args: argparse.Namespace, redactor: Redactor) -> int:
-    _tune_runtime(app.scheduler)
+    runtime.tune(app.scheduler)
+    runtime.raise_file_limit()
     host, port = setup.listen
     web_app = WebApp(
         app.exposition, app.store.view, telemetry_path=args.telemetry_path, web=setup.web
@@ -428,11 +465,11 @@ def _serve(app: App, setup: Setup, args: argparse.Namespace, redactor: Redactor)
         log.info("shutting down", extra={"signal": signal.Signals(signum).name})
         app.stop.set()
 
+    reloader = Reloader(lambda: _reload(app, web_app, args), app.stop)
+
     def on_reload(signum: int, frame: FrameType | None) -> None:
         del signum, frame
-        threading.Thread(
-            target=_reload, args=(app, web_app, args), name="reload", daemon=True
-        ).start()
+        reloader.request()
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
@@ -454,8 +491,10 @@ def _serve(app: App, setup: Setup, args: argparse.Namespace, redactor: Redactor)
         log.info(
             "demo mode: polling the built-in simulated Latitude.sh API", extra={"api": app.demo.url}
         )
-    for poller in app.pollers:
-        poller.start()
+    reloader.start()
+    for schedule in app.schedules:
+        schedule.start()
+    app.watchdog.start()
     app.scheduler.start()
     app.stop.wait()
     idle = app.close()
@@ -467,59 +506,38 @@ def _serve(app: App, setup: Setup, args: argparse.Namespace, redactor: Redactor)
     return 0
 
 
-#: Seconds between full garbage collections, which free what reference cycles leave.
-FULL_COLLECTION_SECONDS = 60
+class Reloader:
+    """SIGHUP's work, one reload at a time in one thread.
 
-
-def _tune_runtime(scheduler: BackgroundScheduler) -> None:
-    """Set CPython up for a daemon whose heap is mostly the store, replaced poll by poll.
-
-    The store is a million small objects at a large account and holds no reference
-    cycles. By default CPython scans the whole heap each time a quarter of it is new,
-    which at a busy account is every few seconds, stopping every thread (scrapes too)
-    for a tenth of a second; so young objects are collected less often, what start-up
-    built is frozen out of every scan, and a full collection runs on a timer instead.
-    Poll threads are CPU-bound: at the default 5 ms switch interval the HTTP thread
-    waits up to 5 ms each of the dozen times a scrape needs the interpreter.
+    A signal that arrives while a reload runs asks for one more after it; any number of
+    them ask for just that one. So the newest file always wins (an older, slower reload
+    can never finish after a newer one), and a storm of signals costs two reloads, not
+    a thread each.
     """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 1_000_000)
-    sys.setswitchinterval(0.001)
-    # glibc gives each thread that allocates under contention an arena of its own (up
-    # to eight per core), and freed memory stays spread over them: two arenas hold the
-    # same heap in about 15 % less RSS; trimming after each full collection gives back
-    # what a large plain-text scrape or a refresh left free.
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(M_ARENA_MAX, 2)
-    scheduler.add_job(
-        _collect_and_trim, "interval", seconds=FULL_COLLECTION_SECONDS, id="gc", coalesce=True
-    )
 
+    def __init__(self, work: Callable[[], None], stop: threading.Event) -> None:
+        self._work = work
+        self._stop = stop
+        self._wanted = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reload", daemon=True)
+        #: Reloads done, for tests.
+        self.done = 0
 
-#: glibc's mallopt parameter for the most arenas (malloc.h).
-M_ARENA_MAX = -8
+    def start(self) -> None:
+        self._thread.start()
 
+    def request(self) -> None:
+        """Called from the signal handler: only sets a flag."""
+        self._wanted.set()
 
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    """glibc, where there is one (not musl, not macOS): for mallopt and malloc_trim;
-    looked up once, not at every minute's trim."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") else None
-
-
-def _collect_and_trim() -> None:
-    gc.collect()
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            if self._stop.is_set():
+                return
+            self._wanted.clear()
+            self._work()
+            self.done += 1
 
 
 def _reload(app: App, web_app: WebApp, args: argparse.Namespace) -> None:

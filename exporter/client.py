@@ -16,26 +16,24 @@ import email.utils
 import logging
 import math
 import random
-import ssl
 import sys
 import threading
 import time
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import certifi
-import httpcore
 import httpx
 from pydantic import SecretStr
 
 from exporter import __version__, errors
+from exporter.config import ApiSettings
 from exporter.models import (
     MAX_PRODUCTS_PER_ANSWER,
+    PROJECTS_ENDPOINT,
+    USAGE_ENDPOINT,
     BillingUsageDocument,
     PayloadError,
     ProjectResource,
@@ -45,11 +43,10 @@ from exporter.models import (
     parse_error_document,
 )
 from exporter.ratelimit import RequestBudget
+from exporter.transport import NETWORK_ERRORS, TIMEOUTS, Deadlines, DeadlineTransport
 
 log = logging.getLogger(__name__)
 
-USAGE_ENDPOINT = "/billing/usage"
-PROJECTS_ENDPOINT = "/projects"
 #: Pins the response shape; see the spec's info.version.
 API_VERSION = "2023-06-01"
 PROJECTS_PAGE_SIZE = 100
@@ -70,164 +67,6 @@ TokenGetter = Callable[[], SecretStr]
 Params = list[tuple[str, str | int | float | bool | None]]
 M = TypeVar("M")
 
-# What the transport below raises, as well as httpx's own (tests use httpx.MockTransport).
-_TIMEOUTS = (httpx.TimeoutException, httpcore.TimeoutException)
-_NETWORK = (
-    httpx.HTTPError,
-    httpcore.NetworkError,
-    httpcore.ProtocolError,
-    httpcore.ProxyError,
-    httpcore.UnsupportedProtocol,
-    OSError,
-)
-
-
-class _Deadlines:
-    """The deadline of the request the current thread is making, applied to every
-    socket operation: httpx's timeouts bound each read, not the whole request."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._local = threading.local()
-        self._clock = clock
-
-    @contextmanager
-    def until(self, deadline: float) -> Iterator[None]:
-        self._local.deadline = deadline
-        try:
-            yield
-        finally:
-            self._local.deadline = None
-
-    def left(self, timeout: float | None) -> float | None:
-        deadline: float | None = getattr(self._local, "deadline", None)
-        if deadline is None:
-            return timeout
-        left = deadline - self._clock()
-        if left <= 0:
-            raise httpcore.ReadTimeout("the request's deadline has passed")
-        return left if timeout is None else min(timeout, left)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    def __init__(self, inner: httpcore.NetworkStream, deadlines: _Deadlines) -> None:
-        self._inner = inner
-        self._deadlines = deadlines
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._deadlines.left(timeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._deadlines.left(timeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        inner = self._inner.start_tls(ssl_context, server_hostname, self._deadlines.left(timeout))
-        return _DeadlineStream(inner, self._deadlines)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    def __init__(self, deadlines: _Deadlines) -> None:
-        self._inner = httpcore.SyncBackend()
-        self._deadlines = deadlines
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_tcp(
-            host, port, self._deadlines.left(timeout), local_address, socket_options
-        )
-        return _DeadlineStream(stream, self._deadlines)
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_unix_socket(
-            path, self._deadlines.left(timeout), socket_options
-        )
-        return _DeadlineStream(stream, self._deadlines)
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-class _Body(httpx.SyncByteStream):
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self._stream
-
-    def close(self) -> None:
-        self._stream.close()
-
-
-class _DeadlineTransport(httpx.BaseTransport):
-    """httpx's HTTP/1.1 transport over httpcore, with `_Deadlines` on every socket.
-
-    Proxies from the environment (HTTPS_PROXY, NO_PROXY) are honoured as httpx does.
-    """
-
-    def __init__(self, base_url: str, deadlines: _Deadlines, max_connections: int) -> None:
-        context = ssl.create_default_context(cafile=certifi.where())
-        backend = _DeadlineBackend(deadlines)
-        url = httpx.URL(base_url)
-        proxy = urllib.request.getproxies().get(url.scheme)
-        if proxy and not urllib.request.proxy_bypass(url.host):
-            self._pool: httpcore.ConnectionPool = httpcore.HTTPProxy(
-                proxy_url=proxy,
-                ssl_context=context,
-                max_connections=max_connections,
-                network_backend=backend,
-            )
-        else:
-            self._pool = httpcore.ConnectionPool(
-                ssl_context=context,
-                max_connections=max_connections,
-                keepalive_expiry=30.0,
-                network_backend=backend,
-            )
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.SyncByteStream)
-        answer = self._pool.handle_request(
-            httpcore.Request(
-                method=request.method,
-                url=httpcore.URL(
-                    scheme=request.url.raw_scheme,
-                    host=request.url.raw_host,
-                    port=request.url.port,
-                    target=request.url.raw_path,
-                ),
-                headers=request.headers.raw,
-                content=request.stream,
-                extensions=request.extensions,
-            )
-        )
-        return httpx.Response(
-            status_code=answer.status,
-            headers=answer.headers,
-            stream=_Body(answer.stream),
-            extensions=answer.extensions,
-        )
-
-    def close(self) -> None:
-        self._pool.close()
-
 
 @dataclass(frozen=True, slots=True)
 class KeyCheck:
@@ -244,16 +83,29 @@ _JITTER = random.Random()
 
 
 class LatitudeClient:
+    """The Latitude.sh API as the exporter uses it: billing usage, projects, a key check.
+
+    Parameters:
+        token: returns the current API key (re-read from a file when it changes).
+        budget: the key's request budget; every request, retries included, takes a slot.
+        api: the `api` section of the config: base URL, timeout, retries, retry-wait
+            cap and the decoded size cap of an answer.
+        backoff_base, backoff_cap: the exponential backoff of retries, in seconds.
+        unauthorized_backoff: seconds a key the API refused (401) is not sent again.
+        transport: an httpx transport in place of the deadline transport (tests).
+        on_request: told `(endpoint, code)` once per request, when its outcome is known.
+        stop: set when the exporter stops: waits end and requests are cancelled.
+        clock: the monotonic clock of deadlines and back-offs.
+        jitter: the random source of backoff jitter.
+        max_connections: connections kept to the API (the team's poll concurrency).
+    """
+
     def __init__(
         self,
         *,
         token: TokenGetter,
         budget: RequestBudget,
-        base_url: str = "https://api.latitude.sh",
-        timeout: float = 15.0,
-        max_retries: int = 3,
-        max_retry_wait: float = 120.0,
-        max_response_bytes: int = 16 * 1024 * 1024,
+        api: ApiSettings = ApiSettings(),  # noqa: B008 (frozen)
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         unauthorized_backoff: float = 300.0,
@@ -264,12 +116,14 @@ class LatitudeClient:
         jitter: Callable[[], float] = _JITTER.random,
         max_connections: int = 10,
     ) -> None:
+        base_url = api.base_url
+        timeout = api.timeout_seconds
+        self._max_retries = api.max_retries
+        self._max_retry_wait = api.max_retry_wait_seconds
+        self._max_bytes = api.max_response_bytes
         self._token = token
         self._budget = budget
         self._timeout = timeout
-        self._max_retries = max_retries
-        self._max_retry_wait = max_retry_wait
-        self._max_bytes = max_response_bytes
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._unauthorized_backoff = unauthorized_backoff
@@ -279,11 +133,11 @@ class LatitudeClient:
         self._jitter = jitter
         self._rejected: tuple[int, float] | None = None
         self._rejected_lock = threading.Lock()
-        self._deadlines = _Deadlines(clock)
+        self._deadlines = Deadlines(clock)
         self._http = httpx.Client(
             base_url=base_url,
             timeout=httpx.Timeout(timeout),
-            transport=transport or _DeadlineTransport(base_url, self._deadlines, max_connections),
+            transport=transport or DeadlineTransport(base_url, self._deadlines, max_connections),
             follow_redirects=False,
             headers={
                 "Accept": "application/vnd.api+json, application/json;q=0.9",
@@ -321,6 +175,11 @@ class LatitudeClient:
                 f"GET {USAGE_ENDPOINT}: the answer holds {len(usage.products)} product "
                 f"lines, over the cap of {MAX_PRODUCTS_PER_ANSWER}"
             )
+        if not usage.has_figures:
+            raise errors.InvalidResponse(
+                f"GET {USAGE_ENDPOINT}: the answer holds no usable figure (no price, "
+                "amount, credit or product line)"
+            )
         return usage
 
     def projects(self) -> list[ProjectResource]:
@@ -351,14 +210,19 @@ class LatitudeClient:
 
     def check_key(self) -> KeyCheck:
         """One request, `GET /projects?page[size]=1`: is the key accepted, and by whom."""
-        page = self._get(PROJECTS_ENDPOINT, [("page[size]", "1")], ProjectsPage)
+        # No retry: a check says what the API answered (a 429 asking an hour's wait
+        # is "rate limited" at once, not an hour of waiting).
+        page = self._get(PROJECTS_ENDPOINT, [("page[size]", "1")], ProjectsPage, retries=0)
         first = next((p for p in page.data if p.id), None)
         team = first.team if first else None
         return KeyCheck(
             first is not None, first.currency if first else None, team.slug if team else None
         )
 
-    def _get(self, endpoint: str, params: Params, model: type[M]) -> M:
+    def _get(
+        self, endpoint: str, params: Params, model: type[M], *, retries: int | None = None
+    ) -> M:
+        retries = self._max_retries if retries is None else retries
         attempt = 0
         token: SecretStr | None = None
         while True:
@@ -370,7 +234,7 @@ class LatitudeClient:
             except errors.LatitudeError as exc:
                 if isinstance(exc, errors.Unauthorized) and exc.status == 401 and token:
                     self._remember_rejected(token)
-                if not exc.retryable or attempt >= self._max_retries:
+                if not exc.retryable or attempt >= retries:
                     raise
                 delay = self._delay(exc, attempt)
                 log.debug(
@@ -426,7 +290,7 @@ class LatitudeClient:
             ):
                 body = self._read(endpoint, response)
             code = str(response.status_code)
-        except _TIMEOUTS:
+        except TIMEOUTS:
             code = "timeout"
             raise errors.Timeout(
                 f"GET {endpoint}: no complete answer in {self._timeout:g}s"
@@ -434,7 +298,7 @@ class LatitudeClient:
         except errors.InvalidResponse:
             code = str(response.status_code)
             raise
-        except _NETWORK as exc:
+        except NETWORK_ERRORS as exc:
             raise errors.NetworkError(f"GET {endpoint}: {type(exc).__name__}") from None
         finally:
             self._on_request(endpoint, code)

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.errors import POLL_ERROR_REASONS
+from exporter.models import MAX_ID_CHARS
 from exporter.snapshot import (
     BucketInfo,
     DiscountInfo,
@@ -449,6 +450,22 @@ TEAM_FAMILIES: tuple[Family[TeamStatus, Any], ...] = (
         ("team",),
         TEAM,
         lambda t: t.refresh_duration,
+    ),
+    Family(
+        "latitudesh_schedule_restarts_total",
+        "Times the watchdog restarted the team's refresh schedule: no refresh had started "
+        "within the effective interval plus the stall margin.",
+        ("team",),
+        TEAM,
+        lambda t: float(t.restarts),
+        type="counter",
+    ),
+    Family(
+        "latitudesh_discovery_refused_projects",
+        f"Project ids the last discovery refused: longer than {MAX_ID_CHARS} characters.",
+        ("team",),
+        TEAM,
+        lambda t: float(t.refused_ids),
     ),
 )
 

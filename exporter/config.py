@@ -42,10 +42,13 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 
 from exporter.errors import TokenUnavailable
+from exporter.models import MAX_ID_CHARS
 
 ENV_PREFIX = "LATITUDESH_EXPORTER_"
 TOKEN_ENV = "LATITUDESH_AUTH_TOKEN"  # noqa: S105 (a variable name, not a secret)
 DEFAULT_CONFIG_FILE = Path("config.yaml")
+#: The `team` label of a single team that is not named and has no slug from /projects.
+DEFAULT_TEAM = "default"
 _TOKEN_KEYS = frozenset({"token", "auth_token", "api_token", "api_key", TOKEN_ENV.lower()})
 _TOKEN_HINT = f"set the {TOKEN_ENV} environment variable or api.token_file"
 #: A config file holds a few dozen values; anything much larger is a mistake or an attack
@@ -168,7 +171,7 @@ class PollSettings(_Section):
 
 class ProjectSettings(_Section):
     id: str = Field(
-        min_length=1, max_length=128, description="Project id, e.g. proj_r0MK4O4kDa95w."
+        min_length=1, max_length=MAX_ID_CHARS, description="Project id, e.g. proj_r0MK4O4kDa95w."
     )
     plan: str | None = Field(None, max_length=128, description="Optional filter[plan].")
     products: list[str] = Field(
@@ -541,7 +544,7 @@ def clean_token(raw: str, field: str) -> str:
 class TeamConfig:
     """One API key and what to poll with it, resolved from the settings and env."""
 
-    #: The `team` label; None takes the team's slug from /projects ("default" without).
+    #: The `team` label; None takes the team's slug from /projects (DEFAULT_TEAM without).
     name: str | None
     token: TokenSource
     requests_per_minute: float
@@ -550,7 +553,7 @@ class TeamConfig:
 
     @property
     def label(self) -> str:
-        return self.name or "default"
+        return self.name or DEFAULT_TEAM
 
 
 def resolve_teams(settings: Settings, environ: Mapping[str, str] | None = None) -> list[TeamConfig]:

@@ -28,6 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
+from exporter.models import PROJECTS_ENDPOINT, USAGE_ENDPOINT
+
 log = logging.getLogger(__name__)
 
 HOUR = 3600.0
@@ -37,8 +39,6 @@ PERIOD = 30 * DAY
 START_ELAPSED = 12 * DAY
 #: Simulated seconds per real second: one real minute is a simulated hour.
 DEFAULT_SPEED = 60.0
-USAGE_PATH = "/billing/usage"
-PROJECTS_PATH = "/projects"
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,12 +470,12 @@ class DemoHandler(BaseHTTPRequestHandler):
         self.send(self.answer(url.path, parse_qs(url.query)))
 
     def answer(self, path: str, query: dict[str, list[str]]) -> Answer:
-        if path not in (USAGE_PATH, PROJECTS_PATH):
+        if path not in (USAGE_ENDPOINT, PROJECTS_ENDPOINT):
             return Answer(404, error_body(404, "Not Found", "no such route"))
         account = self.api.account_for(self.headers.get("Authorization"))
         if account is None:
             return Answer(401, error_body(401, "Unauthorized", "invalid or missing API key"))
-        if path == PROJECTS_PATH:
+        if path == PROJECTS_ENDPOINT:
             return _projects_page(account, query)
         project = account.projects.get(query.get("filter[project]", [""])[0])
         if project is None:

@@ -16,14 +16,21 @@ The hierarchy:
      ├── InvalidResponse              invalid_response  bad JSON, wrong shape, too large
      ├── TokenUnavailable             token_unreadable  token file missing, empty, unreadable
      ├── Unexpected                   invalid_response  any other exception in a poll
+     │   (no error class)             stalled           no outcome within the interval (watchdog)
      └── Cancelled                    cancelled         the exporter is shutting down
 
-Callers catch by class and read `reason`; nobody matches on message text. Messages
+Callers catch by class and read `reason`; nobody matches on message text. `attempt` is
+the poll boundary: whatever a poll or a discovery raises comes back as one of these. Messages
 never contain the API token: the client builds them from the method, path and status,
 and scrubs the API's own words of the token before it shortens them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 #: Every reason a poll or a discovery can fail with, in the order the metrics list them.
 POLL_ERROR_REASONS: tuple[str, ...] = (
@@ -36,6 +43,7 @@ POLL_ERROR_REASONS: tuple[str, ...] = (
     "network",
     "invalid_response",
     "token_unreadable",
+    "stalled",
 )
 #: What a failure that is not a `LatitudeError` (a bug, or a hostile answer that found a
 #: way past the parser) is counted as: the answer could not be used.
@@ -130,3 +138,21 @@ class Cancelled(LatitudeError):
     """The exporter is shutting down; the request was not (or no longer) made."""
 
     reason = "cancelled"
+
+
+def attempt(call: Callable[[], T]) -> T | LatitudeError:
+    """`call()`, or the error it ended in, as a `LatitudeError` with a reason.
+
+    The poll boundary's broad catch: a poll or a discovery must never end without a
+    counted reason, and a hostile answer that finds an exception nobody thought of is
+    still a failed poll, not a frozen one. The exception is kept as `__cause__` for
+    the traceback (logged at debug level only).
+    """
+    try:
+        return call()
+    except LatitudeError as exc:
+        return exc
+    except Exception as exc:
+        unexpected = Unexpected(f"unexpected {type(exc).__name__}")
+        unexpected.__cause__ = exc
+        return unexpected

@@ -30,6 +30,14 @@ from pydantic import ConfigDict, GetCoreSchemaHandler, TypeAdapter, ValidationEr
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import PydanticCustomError, core_schema
 
+#: The two endpoints the exporter reads (paths under the API's base URL).
+USAGE_ENDPOINT = "/billing/usage"
+PROJECTS_ENDPOINT = "/projects"
+ENDPOINTS = (USAGE_ENDPOINT, PROJECTS_ENDPOINT)
+#: Longest project id the exporter accepts, configured or discovered: the API's ids are
+#: about 18 characters; a longer one is refused (and counted), never cut, because a cut
+#: id would no longer name the project its poll was for.
+MAX_ID_CHARS = 128
 #: JSON values (objects, arrays and comma-separated items) one answer may hold, counted
 #: before anything is parsed: bounds the memory of parsing a body that is small in
 #: bytes but made of millions of `{}` (10,000 product lines take about 300,000).
@@ -241,6 +249,18 @@ class UsageAttributes:
     amount: Number = None
     threshold: Number = None
     products: Annotated[list[Product], _Objects()] = field(default_factory=list)
+
+    @property
+    def has_figures(self) -> bool:
+        """Whether the answer says anything about money: a price, an amount, a credit
+        balance, or a product line with one. An answer without (`attributes: {}`, or
+        every value of the wrong type) must fail the poll, not blank the project."""
+        if any(v is not None for v in (self.price, self.amount, self.available_credit_balance)):
+            return True
+        return any(
+            p.price is not None or p.amount is not None or p.quantity is not None
+            for p in self.products
+        )
 
 
 @pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)

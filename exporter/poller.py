@@ -1,11 +1,9 @@
-"""Schedules refreshes of one team, polls its projects with bounded concurrency, writes
-outcomes to the store; knows nothing of Prometheus.
+"""One team's refresh: discovery, then every project polled with bounded concurrency and deadlines.
 
-One `Poller` per API key: its own targets (configured or discovered), currency, request
-budget (through its client), thread pool and schedule, so that one team's failure never
-slows, pauses or blanks another's. A refresh polls every project once; the next one is
-scheduled one effective interval after this one started (at once if it overran), so a
-run is never skipped and the exported interval is the real one.
+One `Poller` per API key: its own targets (see `discovery.py`), currency, request
+budget (through its client) and thread pool, so that one team's failure never slows,
+pauses or blanks another's. `Schedule` runs its refreshes; the `Watchdog` asks it which
+projects are overdue. Knows nothing of Prometheus.
 
 This module is the poll boundary: whatever goes wrong in a poll or a discovery, typed
 error or not, ends as one counted reason, `latitudesh_up 0` for what it affects, the last
@@ -20,24 +18,17 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Protocol, TypeVar
-
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter import errors
-from exporter.models import ProjectResource, UsageAttributes
-from exporter.snapshot import DEFAULT_TEAM, Limits, SnapshotStore, build_usage
+from exporter.config import DEFAULT_TEAM
+from exporter.discovery import Discovery, Target, UsageSource
+from exporter.store import SnapshotStore
+from exporter.usage import Limits, build_usage
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-#: /projects answers at most this many projects a page (see client.PROJECTS_PAGE_SIZE).
-PROJECTS_PER_PAGE = 100
-#: A next refresh closer than this is run in the same job, not scheduled: a job can't
-#: be scheduled to start before its own run has ended.
-MIN_SCHEDULE_SECONDS = 1.0
+__all__ = ["HINTS", "Poller", "Target", "UsageSource"]
+
 #: What the one log line of a failed poll tells the operator to do, by reason.
 HINTS = {
     "unauthorized": "the API rejected the token: set a valid LATITUDESH_AUTH_TOKEN or "
@@ -55,149 +46,177 @@ HINTS = {
 }
 
 
-class UsageSource(Protocol):
-    def billing_usage(
-        self, project_id: str, *, plan: str | None = None, products: Sequence[str] = ()
-    ) -> UsageAttributes: ...
-
-    def projects(self) -> list[ProjectResource]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    project_id: str
-    plan: str | None = None
-    products: tuple[str, ...] = ()
-    slug: str | None = None
-    name: str | None = None
-
-
-def attempt(call: Callable[[], T]) -> T | errors.LatitudeError:
-    """`call()`, or the error it ended in, as a `LatitudeError` with a reason.
-
-    One of the exporter's two broad catches (the other is the HTTP handler): a poll or
-    a discovery must never end without a counted reason, and a hostile answer that
-    finds an exception nobody thought of is still a failed poll, not a frozen one.
-    """
-    try:
-        return call()
-    except errors.LatitudeError as exc:
-        return exc
-    except Exception as exc:
-        log.debug("unexpected error", exc_info=True)  # the traceback, at debug only
-        return errors.Unexpected(f"unexpected {type(exc).__name__}")
-
-
 class Poller:
+    """Refreshes one team: its discovery and a poll of each of its projects.
+
+    Parameters:
+        source: the API (`LatitudeClient`).
+        store: where outcomes go.
+        team: the `team` label, or None to take the team's slug from /projects.
+        rank: the team's place in the config (it decides who owns a shared project).
+        targets: the configured projects; none discovers the team's.
+        currency: the configured currency, or None to take the team's.
+        interval: `poll.interval_seconds`.
+        concurrency: `poll.concurrency`, the projects polled at once.
+        limits: the cardinality guards.
+        budget_seconds: how long N requests take at the key's budget.
+        grace: how long a refresh waits for its polls beyond its interval.
+        now: the wall clock, for timestamps.
+        monotonic: the clock of durations and deadlines.
+    """
+
     def __init__(
         self,
         source: UsageSource,
         store: SnapshotStore,
         *,
-        team: str | None = None,
+        team: str | None,
+        interval: float,
+        concurrency: int,
+        limits: Limits,
+        budget_seconds: Callable[[int], float],
+        grace: float,
+        rank: int | None = None,
         targets: Sequence[Target] = (),
         currency: str | None = None,
-        interval: float = 300.0,
-        concurrency: int = 4,
-        limits: Limits = Limits(),  # noqa: B008 (frozen)
-        budget_seconds: Callable[[int], float] = lambda requests: 0.0,
-        grace: float = 15.0,
         now: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        scheduler: BackgroundScheduler | None = None,
     ) -> None:
-        """With no `targets`, every refresh discovers the team's projects first. With no
-        `team`, the team is named after its slug once /projects has answered."""
         self._source = source
         self._store = store
-        self._team = team or DEFAULT_TEAM
-        self._named = team is not None
-        self._configured = tuple(targets)
-        self._discover = not self._configured
-        self._targets: tuple[Target, ...] = self._configured
-        self._currency = currency
-        self._currency_configured = currency is not None
+        store.add_team(team or DEFAULT_TEAM, rank)
+        self._discovery = Discovery(
+            source,
+            store,
+            team=team or DEFAULT_TEAM,
+            named=team is not None,
+            targets=targets,
+            currency=currency,
+            now=now,
+            hints=HINTS,
+        )
         self._interval = interval
         self._limits = limits
         self._budget_seconds = budget_seconds
         self._grace = grace
         self._now = now
         self._monotonic = monotonic
-        self._scheduler = scheduler
         self._stretched = False
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="poll")
-        self._stopped = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
+        self._discoverer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discover")
+        self._discovering: Future[bool] | None = None
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()
-        store.add_team(self._team)
-        if self._configured:
-            store.set_projects(self._team, ((t.project_id, "") for t in self._configured))
+        self._created = monotonic()
+        #: Monotonic time of each project's last poll outcome (the watchdog's baseline).
+        self._outcomes: dict[str, float] = {}
+        self._running = 0
+        self._idle = threading.Event()
+        self._idle.set()
 
     @property
     def team(self) -> str:
-        return self._team
+        return self._discovery.team
 
     @property
-    def job_id(self) -> str:
-        return f"refresh-{id(self)}"
+    def targets(self) -> tuple[Target, ...]:
+        return self._discovery.targets
 
     def record_request(self, endpoint: str, code: str) -> None:
         """The client's `on_request`: every request counted under this team."""
-        self._store.record_request(self._team, endpoint, code)
-
-    def start(self) -> None:
-        """Schedule refreshes, the first one now (the caller starts the scheduler)."""
-        self._schedule(datetime.now(UTC))
+        self._store.record_request(self.team, endpoint, code)
 
     def stop(self, timeout: float = 4.0) -> bool:
-        """Stop scheduling and wait up to `timeout` for a running refresh; True if idle."""
-        self._stopped.set()
-        if self._scheduler is not None and self._scheduler.get_job(self.job_id):
-            self._scheduler.remove_job(self.job_id)
+        """Cancel queued polls and wait up to `timeout` for running ones; True if idle."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._discoverer.shutdown(wait=False, cancel_futures=True)
         return self._idle.wait(timeout)
 
     def effective_interval(self) -> float:
         """The poll interval, stretched when the request budget can't fit a refresh:
         one request per project and every page of /projects a discovery reads."""
-        requests = len(self._targets)
-        if self._needs_project_list():
-            requests += len(self._targets) // PROJECTS_PER_PAGE + 1
+        requests = len(self.targets) + self._discovery.requests()
         return max(self._interval, self._budget_seconds(requests))
 
+    def overdue(self, now: float, allowance: float) -> list[str]:
+        """Projects without a poll outcome for more than `allowance` seconds (counted
+        from when they became targets, if they never had one)."""
+        with self._lock:
+            since = self._outcomes
+            return [
+                t.project_id
+                for t in self.targets
+                if now - since.get(t.project_id, self._created) > allowance
+            ]
+
     def refresh(self) -> bool:
-        """Poll every project once; True when discovery (if any) and every poll succeeded."""
-        self._idle.clear()
+        """Poll every project once; True when discovery (if any) and every poll succeeded.
+
+        Bounded: discovery and polls get until the next refresh is due plus `grace`;
+        what is still running then records its own outcome when it ends, and is not
+        started twice meanwhile.
+        """
+        with self._lock:
+            self._running += 1
+            self._idle.clear()
         started = self._monotonic()
         try:
-            discovered = self._refresh_project_list()
+            effective = self.effective_interval()
+            self._store.record_refresh(self.team, duration=None, effective_interval=effective)
+            deadline = started + effective + self._grace
+            discovered = self._discover(deadline)
             effective = self.effective_interval()
             self._note_stretch(effective)
-            self._store.record_refresh(self._team, duration=None, effective_interval=effective)
-            ok = self._poll_all(deadline=started + effective + self._grace)
+            ok = self._poll_all(deadline)
             self._store.record_refresh(
-                self._team,
+                self.team,
                 duration=self._monotonic() - started,
                 effective_interval=effective,
-                currency=self._currency or "",
+                currency=self._discovery.currency or "",
             )
             return ok and discovered
         finally:
-            self._idle.set()
+            with self._lock:
+                self._running -= 1
+                if not self._running:
+                    self._idle.set()
+
+    def _discover(self, deadline: float) -> bool:
+        if not self._discovery.needed:
+            return True
+        with self._lock:
+            if self._discovering is None or self._discovering.done():
+                try:
+                    self._discovering = self._discoverer.submit(self._discovery.run)
+                except RuntimeError:  # the executor was shut down: stopping
+                    return False
+            future = self._discovering
+        try:
+            return future.result(timeout=max(deadline - self._monotonic(), 0.0))
+        except CancelledError:
+            return False
+        except FutureTimeout:
+            log.warning(
+                "project discovery outlasts its refresh: polling the projects known",
+                extra={"team": self.team, "known_projects": len(self.targets)},
+            )
+            return False
 
     def _poll_all(self, deadline: float) -> bool:
+        targets = self.targets
         with self._lock:
-            targets = [t for t in self._targets if t.project_id not in self._in_flight]
-            self._in_flight.update(t.project_id for t in targets)
+            fresh = [t for t in targets if t.project_id not in self._in_flight]
+            self._in_flight.update(t.project_id for t in fresh)
+            # A project's baseline is its last outcome, or when it became a target.
+            now = self._monotonic()
+            self._outcomes = {t.project_id: self._outcomes.get(t.project_id, now) for t in targets}
         futures: list[tuple[Target, Future[bool]]] = []
-        for target in targets:
+        for target in fresh:
             try:
                 futures.append((target, self._pool.submit(self._poll_and_release, target)))
             except RuntimeError:  # the pool was shut down: the exporter is stopping
                 self._release(target)
-        ok = len(targets) == len(self._targets)
+        ok = len(fresh) == len(targets)
         for target, future in futures:
             # Not concurrent.futures.wait(): it is never woken for futures that
             # shutdown(cancel_futures=True) cancels, and would hang a stopping poller.
@@ -207,11 +226,11 @@ class Poller:
                 self._release(target)
                 ok = False
             except FutureTimeout:
-                # Still polling: it records its own outcome when it ends, and the next
-                # refresh leaves it alone meanwhile. The others don't wait for it.
+                # Still polling (or queued behind polls that are): it records its own
+                # outcome when it ends, and the next refresh leaves it alone meanwhile.
                 log.warning(
                     "poll outlasts its refresh",
-                    extra={"team": self._team, "project_id": target.project_id},
+                    extra={"team": self.team, "project_id": target.project_id},
                 )
                 ok = False
         return ok
@@ -237,26 +256,32 @@ class Poller:
             usage = build_usage(
                 target.project_id,
                 attributes,
-                currency=self._currency or "",
+                currency=self._discovery.currency or "",
                 limits=self._limits,
                 slug=target.slug,
                 name=target.name,
             )
-            self._store.record_success(usage, duration=self._monotonic() - started, now=self._now())
+            self._outcome(target)
+            self._store.record_success(
+                self.team, usage, duration=self._monotonic() - started, now=self._now()
+            )
             return True
 
-        outcome = attempt(fetch)
+        outcome = errors.attempt(fetch)
         if not isinstance(outcome, errors.LatitudeError):
             return outcome
+        if isinstance(outcome, errors.Unexpected):
+            log.debug("unexpected error in a poll", exc_info=outcome.__cause__)
         if isinstance(outcome, errors.Cancelled):
             return False
+        self._outcome(target)
         self._store.record_failure(
-            target.project_id, outcome.reason, duration=self._monotonic() - started
+            self.team, target.project_id, outcome.reason, duration=self._monotonic() - started
         )
         log.warning(
             "poll failed",
             extra={
-                "team": self._team,
+                "team": self.team,
                 "project_id": target.project_id,
                 "reason": outcome.reason,
                 "error": str(outcome),
@@ -265,67 +290,9 @@ class Poller:
         )
         return False
 
-    def _needs_project_list(self) -> bool:
-        return self._discover or not self._currency or not self._named
-
-    def _refresh_project_list(self) -> bool:
-        """Discover projects (and the currency, and the team's name); False on failure."""
-        if not self._needs_project_list():
-            return True
-        outcome = attempt(self._source.projects)
-        if isinstance(outcome, errors.Cancelled):
-            return False  # stopping: nothing to count
-        if isinstance(outcome, errors.LatitudeError):
-            self._store.record_discovery_failure(self._team, outcome.reason)
-            log.warning(
-                "project discovery failed",
-                extra={
-                    "team": self._team,
-                    "reason": outcome.reason,
-                    "error": str(outcome),
-                    "hint": HINTS.get(outcome.reason, ""),
-                    "known_projects": len(self._targets),
-                },
-            )
-            return False
-        projects = outcome
-        if not self._currency_configured:
-            self._currency = next((p.currency for p in projects if p.currency), self._currency)
-        if not self._named:
-            slug = next((p.team.slug for p in projects if p.team and p.team.slug), None)
-            if slug and slug != self._team:
-                self._store.rename_team(self._team, slug)
-                self._team = slug
-        by_id = {p.id: p for p in projects if p.id}
-        if self._discover:
-            found = tuple(Target(pid) for pid in by_id)
-            if {t.project_id for t in found} != {t.project_id for t in self._targets}:
-                log.info("projects discovered", extra={"team": self._team, "projects": len(found)})
-            self._targets = found
-        self._targets = tuple(
-            Target(
-                t.project_id,
-                t.plan,
-                t.products,
-                slug=_attr(by_id, t.project_id, "slug"),
-                name=_attr(by_id, t.project_id, "name"),
-            )
-            for t in self._targets
-        )
-        taken = set(
-            self._store.set_projects(
-                self._team, ((t.project_id, t.slug or "") for t in self._targets)
-            )
-        )
-        refused = [t.project_id for t in self._targets if t.project_id not in taken]
-        if refused:
-            log.warning(
-                "projects seen by another team's key are left to that team",
-                extra={"team": self._team, "projects": ",".join(refused[:10])},
-            )
-            self._targets = tuple(t for t in self._targets if t.project_id in taken)
-        self._store.record_discovery_success(self._team, self._now())
-        return True
+    def _outcome(self, target: Target) -> None:
+        with self._lock:
+            self._outcomes[target.project_id] = self._monotonic()
 
     def _note_stretch(self, effective: float) -> None:
         stretched = effective > self._interval
@@ -333,50 +300,10 @@ class Poller:
             log.warning(
                 "request budget stretches the poll interval",
                 extra={
-                    "team": self._team,
-                    "projects": len(self._targets),
+                    "team": self.team,
+                    "projects": len(self.targets),
                     "interval_seconds": self._interval,
                     "effective_interval_seconds": round(effective, 1),
                 },
             )
         self._stretched = stretched
-
-    def _schedule(self, when: datetime) -> None:
-        if self._scheduler is None or self._stopped.is_set():
-            return
-        self._scheduler.add_job(
-            self._run_scheduled,
-            trigger="date",
-            run_date=when,
-            id=self.job_id,
-            name=f"refresh {self._team}",
-            replace_existing=True,
-            max_instances=1,
-            coalesce=True,
-            # 3.x defaults to 1 s and would silently drop a run that starts late.
-            misfire_grace_time=max(1, int(self._interval)),
-        )
-
-    def _run_scheduled(self) -> None:
-        """Refresh, then schedule the next one an effective interval after this one
-        started; a refresh that overran is followed at once, in this same run."""
-        while not self._stopped.is_set():
-            started = self._monotonic()
-            try:
-                self.refresh()
-            except Exception:  # the scheduled job's own catch: the schedule must go on
-                log.exception("refresh crashed", extra={"team": self._team})
-            wait = started + self.effective_interval() - self._monotonic()
-            if wait >= MIN_SCHEDULE_SECONDS:
-                self._schedule(datetime.now(UTC) + timedelta(seconds=wait))
-                return
-            if self._stopped.wait(max(wait, 0.0)):
-                return
-
-
-def _attr(by_id: dict[str, ProjectResource], project_id: str, name: str) -> str | None:
-    project = by_id.get(project_id)
-    if project is None or project.attributes is None:
-        return None
-    value = getattr(project.attributes, name)
-    return value if isinstance(value, str) else None

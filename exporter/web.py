@@ -13,10 +13,12 @@ import base64
 import binascii
 import hashlib
 import hmac
+import http
 import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -31,15 +33,21 @@ log = logging.getLogger(__name__)
 
 #: bcrypt reads at most 72 bytes of a password; exporter-toolkit refuses longer ones.
 MAX_PASSWORD_BYTES = 72
-_REASONS = {
-    200: "OK",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
+#: Sent with every answer unless the web config's `http_server_config.headers` sets the
+#: same header: the status page needs no script, frame or foreign resource, and no
+#: answer should be sniffed into another type.
+SECURITY_HEADERS = (
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+)
+#: Clients (addresses or users) whose rate-limit buckets are remembered at once.
+MAX_RATE_CLIENTS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,19 +56,27 @@ class Request:
     path: str
     #: Header names in lower case.
     headers: Mapping[str, str] = field(default_factory=dict)
+    query: str = ""
+    #: The client's address, for its own rate-limit bucket.
+    client: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
     headers: list[tuple[str, str]]
-    #: Bytes, or chunks produced as they are sent (plain /metrics is decompressed so).
+    #: Bytes, or chunks produced as they are sent (/metrics is produced so).
     body: Iterable[bytes]
     length: int
+    #: Producing the body is CPU work (plain text inflated): not on the event loop.
+    costly: bool = False
 
     @property
     def reason(self) -> str:
-        return _REASONS.get(self.status, "")
+        try:
+            return http.HTTPStatus(self.status).phrase
+        except ValueError:
+            return ""
 
 
 def reply(
@@ -95,16 +111,28 @@ class BasicAuth:
         self._verified: set[bytes] = set()
         self._lock = threading.Lock()
 
+    def verified_user(self, header: str | None) -> str | None:
+        """The user of credentials already verified (no bcrypt: a lookup), else None."""
+        parsed = _credentials(header)
+        if parsed is None:
+            return None
+        user_raw, password = parsed
+        digest = hmac.new(self._key, user_raw + b"\0" + password, hashlib.sha256).digest()
+        with self._lock:
+            return user_raw.decode() if digest in self._verified else None
+
+    @staticmethod
+    def claimed_user(header: str | None) -> str:
+        """The user name the credentials claim (unverified), or ""."""
+        parsed = _credentials(header)
+        return parsed[0].decode() if parsed is not None else ""
+
     def check(self, header: str | None) -> bool:
-        if not header or not header.startswith("Basic "):
+        parsed = _credentials(header)
+        if parsed is None:
             return False
-        try:
-            user_raw, sep, password = base64.b64decode(header[6:], validate=True).partition(b":")
-            user = user_raw.decode()
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return False
-        if not sep:
-            return False
+        user_raw, password = parsed
+        user = user_raw.decode()
         digest = hmac.new(self._key, user_raw + b"\0" + password, hashlib.sha256).digest()
         with self._lock:
             if digest in self._verified:
@@ -126,12 +154,33 @@ class BasicAuth:
         return ok
 
 
+def _credentials(header: str | None) -> tuple[bytes, bytes] | None:
+    """(user, password) of an `Authorization: Basic` header, or None."""
+    if not header or not header.startswith("Basic "):
+        return None
+    try:
+        user_raw, sep, password = base64.b64decode(header[6:], validate=True).partition(b":")
+        user_raw.decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return (user_raw, password) if sep else None
+
+
 def _cost(hashed: bytes) -> int:
     return int(hashed.split(b"$")[2])
 
 
 class RateLimit:
-    """exporter-toolkit's `rate_limit`: a token bucket over all requests."""
+    """exporter-toolkit's `rate_limit` (a token bucket of `burst` requests, one more
+    every `interval` seconds), one bucket per client.
+
+    exporter-toolkit has one bucket for all: an unauthenticated flood then spends
+    Prometheus's allowance and its scrapes get 429. Here each client has its own: a
+    user whose credentials are already verified is its own client wherever it comes
+    from, any other request is its address (and the user name it claims). At most
+    `MAX_RATE_CLIENTS` buckets are remembered (the least recent is forgotten: a full
+    bucket again, which costs an attacker nothing it did not have).
+    """
 
     def __init__(
         self, interval: float, burst: int, clock: Callable[[], float] = time.monotonic
@@ -139,19 +188,19 @@ class RateLimit:
         self._interval = interval
         self._burst = burst
         self._clock = clock
-        self._tokens = float(burst)
-        self._at = clock()
+        self._buckets: OrderedDict[tuple[str, ...], tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def allow(self) -> bool:
+    def allow(self, client: tuple[str, ...] = ()) -> bool:
         with self._lock:
             now = self._clock()
-            self._tokens = min(self._burst, self._tokens + (now - self._at) / self._interval)
-            self._at = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return True
-            return False
+            tokens, at = self._buckets.pop(client, (float(self._burst), now))
+            tokens = min(self._burst, tokens + (now - at) / self._interval)
+            allowed = tokens >= 1
+            self._buckets[client] = (tokens - 1 if allowed else tokens, now)
+            if len(self._buckets) > MAX_RATE_CLIENTS:
+                self._buckets.popitem(last=False)
+            return allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +211,19 @@ class _Security:
 
 
 class WebApp:
-    #: Probes must work without credentials; they reveal nothing but "ok"/"ready".
-    UNAUTHENTICATED = frozenset({"/healthz", "/readyz"})
+    """Routes a request to its answer; transport-free.
+
+    Parameters:
+        exposition: the bodies of /metrics.
+        view: the store's current view (status page, readiness).
+        telemetry_path: where /metrics is served.
+        web: the web config: users, headers, rate limit (replaced by `configure`).
+        now: the wall clock, for the status page.
+    """
+
+    #: Probes must work without credentials or rate limits; they reveal nothing but
+    #: "ok"/"ready" (or why not ready).
+    PROBES = frozenset({"/healthz", "/readyz"})
 
     def __init__(
         self,
@@ -186,11 +246,18 @@ class WebApp:
 
     @staticmethod
     def _secure(web: WebSettings) -> _Security:
+        configured = {name.lower() for name, _ in web.headers}
+        defaults = tuple((k, v) for k, v in SECURITY_HEADERS if k.lower() not in configured)
         return _Security(
             auth=BasicAuth(web.users) if web.users else None,
-            headers=web.headers,
+            headers=defaults + web.headers,
             limit=RateLimit(*web.rate_limit) if web.rate_limit else None,
         )
+
+    def answers_at_once(self, request: Request) -> bool:
+        """Whether the answer costs nothing (a probe): the server gives it on its event
+        loop, so that no render or bcrypt queued in its pool can delay a probe."""
+        return request.path in self.PROBES and request.method in ("GET", "HEAD")
 
     def handle(self, request: Request) -> Response:
         security = self._security
@@ -206,14 +273,20 @@ class WebApp:
     def _route(self, request: Request, security: _Security) -> Response:
         if request.method not in ("GET", "HEAD"):
             return reply(405, b"only GET and HEAD\n", headers=[("Allow", "GET, HEAD")])
-        if security.limit is not None and not security.limit.allow():
-            return reply(429, b"too many requests\n", headers=[("Retry-After", "1")])
         path = request.path
-        if (
-            security.auth is not None
-            and path not in self.UNAUTHENTICATED
-            and (not security.auth.check(request.headers.get("authorization")))
+        if path == "/healthz":
+            return reply(200, b"ok\n")
+        if path == "/readyz":
+            reason = self._view().not_ready
+            if reason is None:
+                return reply(200, b"ready\n")
+            return reply(503, f"not ready: {reason}\n".encode())
+        authorization = request.headers.get("authorization")
+        if security.limit is not None and not security.limit.allow(
+            self._client(request, security, authorization)
         ):
+            return reply(429, b"too many requests\n", headers=[("Retry-After", "1")])
+        if security.auth is not None and not security.auth.check(authorization):
             return reply(
                 401,
                 b"unauthorized\n",
@@ -228,13 +301,7 @@ class WebApp:
             headers = [("Content-Type", body.content_type), ("Vary", "Accept, Accept-Encoding")]
             if body.gzipped:
                 headers.append(("Content-Encoding", "gzip"))
-            return Response(200, headers, body.chunks, body.length)
-        if path == "/healthz":
-            return reply(200, b"ok\n")
-        if path == "/readyz":
-            if self._view().ready:
-                return reply(200, b"ready\n")
-            return reply(503, b"not ready: the first refresh has not been attempted yet\n")
+            return Response(200, headers, body.chunks, body.length, costly=body.costly)
         if path == "/":
             page = statuspage.render(
                 self._view(),
@@ -244,3 +311,16 @@ class WebApp:
             )
             return reply(200, page, "text/html; charset=utf-8", [("Cache-Control", "no-store")])
         return reply(404, b"not found\n")
+
+    @staticmethod
+    def _client(
+        request: Request, security: _Security, authorization: str | None
+    ) -> tuple[str, ...]:
+        """Whose rate-limit bucket a request spends: a verified user's own, else its
+        address's (with the user name it claims)."""
+        if security.auth is not None:
+            user = security.auth.verified_user(authorization)
+            if user is not None:
+                return ("user", user)
+            return ("client", request.client, BasicAuth.claimed_user(authorization))
+        return ("client", request.client)

@@ -3,9 +3,11 @@ the exporter as a real process, and hostile inputs run under a memory limit."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import socket
@@ -29,12 +31,16 @@ from pydantic import SecretStr
 from exporter import __version__
 from exporter.client import LatitudeClient
 from exporter.collector import ProjectCollector, TeamCollector
+from exporter.config import ApiSettings, Settings
 from exporter.demo import DemoAccount
 from exporter.exposition import Exposition
 from exporter.httpserver import HttpServer
 from exporter.models import BillingUsageDocument, parse_document
+from exporter.poller import Poller, UsageSource
 from exporter.ratelimit import RequestBudget
-from exporter.snapshot import Limits, SnapshotStore, UsageSnapshot, build_usage
+from exporter.snapshot import UsageSnapshot
+from exporter.store import SnapshotStore
+from exporter.usage import Limits, build_usage
 from exporter.web import WebApp
 from exporter.webconfig import WebSettings
 from tests.fakeapi import FakeApi
@@ -127,7 +133,7 @@ def make_client() -> Iterator[Callable[..., LatitudeClient]]:
         client = LatitudeClient(
             token=lambda: SecretStr(token),
             budget=budget or RequestBudget(1e6),
-            base_url=url,
+            api=api_settings(url, kwargs),
             **kwargs,
         )
         made.append(client)
@@ -136,6 +142,45 @@ def make_client() -> Iterator[Callable[..., LatitudeClient]]:
     yield make
     for client in made:
         client.close()
+
+
+#: Client arguments the tests give by their old names, and the api setting each is.
+_API_FIELDS = {
+    "timeout": "timeout_seconds",
+    "max_retries": "max_retries",
+    "max_retry_wait": "max_retry_wait_seconds",
+    "max_response_bytes": "max_response_bytes",
+}
+
+
+def api_settings(url: str, kwargs: dict[str, Any] | None = None) -> ApiSettings:
+    """The `api` section for `url`, taking (and removing) the settings in `kwargs`."""
+    given = kwargs if kwargs is not None else {}
+    fields = {name: given.pop(arg) for arg, name in _API_FIELDS.items() if arg in given}
+    return ApiSettings(base_url=url, **fields)
+
+
+def default_limits(**overrides: int) -> Limits:
+    """The cardinality guards at the config's defaults, or as given."""
+    settings = Settings()
+    values = {
+        "products": settings.max_products_per_project,
+        "servers": settings.max_servers_per_project,
+        "tags_per_server": settings.max_tags_per_server,
+    }
+    return Limits(**{**values, **overrides})
+
+
+def new_poller(source: UsageSource, store: SnapshotStore, **kwargs: Any) -> Poller:
+    """A poller as the CLI builds one, at the config's defaults unless given."""
+    settings = Settings()
+    kwargs.setdefault("team", None)
+    kwargs.setdefault("interval", settings.poll.interval_seconds)
+    kwargs.setdefault("concurrency", settings.poll.concurrency)
+    kwargs.setdefault("limits", default_limits())
+    kwargs.setdefault("budget_seconds", lambda requests: 0.0)
+    kwargs.setdefault("grace", settings.api.timeout_seconds)
+    return Poller(source, store, **kwargs)
 
 
 def usage_of(
@@ -148,7 +193,7 @@ def usage_of(
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     attributes = parse_document(BillingUsageDocument, body).usage_for(project)
     assert attributes is not None
-    return build_usage(project, attributes, currency=currency, limits=limits or Limits())
+    return build_usage(project, attributes, currency=currency, limits=limits or default_limits())
 
 
 def store_with(
@@ -162,6 +207,7 @@ def store_with(
     store.set_projects(team, ((pid, "") for pid, _, _ in payloads))
     for pid, payload, currency in payloads:
         store.record_success(
+            team,
             usage_of(payload, pid, currency=currency, limits=limits),
             duration=0.25,
             now=1_795_000_000.0,
@@ -340,6 +386,11 @@ def api_env(api: FakeApi, **extra: str) -> dict[str, str]:
     }
 
 
+_PROCESSES = itertools.count()
+#: The address in the exporter's "listening" line, logfmt or JSON.
+_LISTENING = re.compile(r'msg"?[=:] ?"?listening"?.*?address"?[=:] ?"?[\w.:\[\]]*:(\d+)')
+
+
 class ExporterProcess:
     """`latitudesh-exporter` as a real process, its output kept for assertions."""
 
@@ -349,11 +400,10 @@ class ExporterProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         tmp: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         folder = tmp or Path(os.environ.get("TMPDIR", "/tmp"))
-        self.log_path = folder / f"exporter-{self.port}-{os.getpid()}.log"
+        self.log_path = folder / f"exporter-{os.getpid()}-{next(_PROCESSES)}.log"
         full_env = {
             k: v
             for k, v in os.environ.items()
@@ -361,20 +411,35 @@ class ExporterProcess:
         }
         full_env.update(env or {})
         self._log = self.log_path.open("wb")
+        self._port: int | None = None
+        # Port 0: the exporter binds a free port itself and says which in its log, so
+        # no other test can take it between a pick and the bind.
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "--web.listen-address",
-                f"127.0.0.1:{self.port}",
-                *args,
-            ],
+            [sys.executable, "-m", "exporter", "--web.listen-address", "127.0.0.1:0", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
             cwd=cwd or ROOT,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 (limits for the child only)
         )
+
+    @property
+    def port(self) -> int:
+        """The port the exporter bound, read from its "listening" log line."""
+        if self._port is None:
+
+            def bound() -> int | None:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"exporter exited with {self.proc.returncode}:\n{self.output()}")
+                match = _LISTENING.search(self.output())
+                return int(match.group(1)) if match else None
+
+            self._port = wait_for(bound, 30, "the exporter to listen")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         def ready() -> bool:

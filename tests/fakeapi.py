@@ -464,8 +464,10 @@ from pydantic import SecretStr
 from exporter import errors
 from exporter.client import LatitudeClient
 from exporter.ratelimit import RequestBudget
+from exporter.config import ApiSettings
 client = LatitudeClient(token=lambda: SecretStr({token!r}), budget=RequestBudget(1e6),
-                        base_url={url!r}, max_retries=0, timeout={timeout!r})
+                        api=ApiSettings(base_url={url!r}, max_retries=0,
+                                        timeout_seconds={timeout!r}))
 started = time.monotonic()
 try:
     client.billing_usage({project!r})

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from exporter import errors
 from exporter.client import API_VERSION, MAX_PROJECT_PAGES, PROJECTS_PAGE_SIZE, LatitudeClient
+from exporter.config import ApiSettings
 from exporter.models import MAX_PRODUCTS_PER_ANSWER
 from exporter.ratelimit import RequestBudget
 from tests.conftest import TOKEN, load_fixture
@@ -240,7 +241,7 @@ def test_a_rotated_token_is_tried_at_once_after_a_401() -> None:
     with LatitudeClient(
         token=lambda: SecretStr(current[0]),
         budget=RequestBudget(1e6),
-        base_url="https://x",
+        api=ApiSettings(base_url="https://x"),
         transport=httpx.MockTransport(recorder),
     ) as client:
         with pytest.raises(errors.Unauthorized):

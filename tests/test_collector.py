@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from exporter.collector import ALL_METRICS, PROJECT_FAMILIES, TEAM_FAMILIES
-from exporter.snapshot import SnapshotStore
+from exporter.store import SnapshotStore
 from tests.conftest import (
     GOLDEN,
     NEW,
@@ -249,7 +249,7 @@ def test_a_vanished_product_vanishes_from_the_exposition() -> None:
     store = store_with((NEW, payload, "USD"))
     assert 'product_id="si_on0fybnq"' in render(store)
     del payload["data"]["attributes"]["products"][1]
-    store.record_success(usage_of(payload, NEW), duration=0.1, now=2.0)
+    store.record_success("default", usage_of(payload, NEW), duration=0.1, now=2.0)
     text = render(store)
     assert 'product_id="si_on0fybnq"' not in text
     assert "bkt_1" not in text and 'product_id="si_aslft06m"' in text
@@ -257,7 +257,7 @@ def test_a_vanished_product_vanishes_from_the_exposition() -> None:
 
 def test_failed_poll_keeps_last_values_and_sets_up_to_zero() -> None:
     store = golden_store()
-    store.record_failure("proj_old", "server_error", duration=3.0)
+    store.record_failure("default", "proj_old", "server_error", duration=3.0)
     samples = parse_samples(render(store))
     assert sample(samples, "latitudesh_up", project_id="proj_old") == 0.0
     assert sample(samples, "latitudesh_billing_price", project_id="proj_old") == 120.505
@@ -274,7 +274,7 @@ def test_a_project_never_polled_successfully_has_no_billing_series() -> None:
     store = SnapshotStore()
     store.add_team("t")
     store.set_projects("t", [("proj_new", "")])
-    store.record_failure("proj_new", "not_found", duration=0.1)
+    store.record_failure("t", "proj_new", "not_found", duration=0.1)
     samples = parse_samples(render(store))
     assert sample(samples, "latitudesh_up", project_id="proj_new") == 0.0
     assert not any(n.startswith("latitudesh_billing") for n, _ in samples)

@@ -22,7 +22,7 @@ from exporter.exposition import (
     escape,
     go_float,
 )
-from exporter.snapshot import SnapshotStore
+from exporter.store import SnapshotStore
 from tests.conftest import (
     GOLDEN,
     golden_store,
@@ -98,7 +98,9 @@ def test_a_changed_column_is_recombined_and_unchanged_ones_are_not() -> None:
     payload = load_fixture("billing_usage_old.json")
     for price in (1_000, 2_000, 2_000):
         payload["data"]["attributes"]["price"] = price
-        store.record_success(usage_of(payload, "proj_old"), duration=0.1, now=1_795_000_100.0)
+        store.record_success(
+            "default", usage_of(payload, "proj_old"), duration=0.1, now=1_795_000_100.0
+        )
         data = b"".join(exposition.render("", "gzip").chunks)
         assert zlib.decompress(data, zlib.MAX_WBITS | 16) == reference_exposition(store)
 
@@ -119,7 +121,7 @@ def test_a_landing_poll_changes_only_its_project_and_is_served_at_once() -> None
     payload = load_fixture("billing_usage_old.json")
     payload["data"]["attributes"]["price"] = 99_900
     store.record_success(
-        usage_of(payload, "proj_old", currency="BRL"), duration=0.1, now=1_795_000_100.0
+        "default", usage_of(payload, "proj_old", currency="BRL"), duration=0.1, now=1_795_000_100.0
     )
     after = body(exposition, "", "gzip")
     assert after != before
@@ -236,9 +238,9 @@ def test_any_answer_renders_exactly_as_prometheus_client(
                 }
             }
         }
-        store.record_success(usage_of(payload, pid), duration=0.5, now=1.0)
+        store.record_success("t", usage_of(payload, pid), duration=0.5, now=1.0)
         if data.draw(st.booleans()):
-            store.record_failure(pid, "timeout", duration=1.0)
+            store.record_failure("t", pid, "timeout", duration=1.0)
     text = body(exposition)
     assert text == reference_exposition(store)
     assert body(exposition, OPENMETRICS, "gzip") == reference_openmetrics(store)
@@ -254,6 +256,6 @@ def test_unencodable_names_never_break_the_exposition() -> None:
     store.add_team("t")
     store.set_projects("t", [("p", "")])
     exposition = wired(store)
-    store.record_success(usage_of(raw, "p"), duration=0.1, now=1.0)
+    store.record_success("t", usage_of(raw, "p"), duration=0.1, now=1.0)
     assert body(exposition) == reference_exposition(store)
     assert "\ufffd" in body(exposition).decode()

@@ -17,13 +17,15 @@ from exporter.demo import DemoAccount, DemoProduct, DemoProject, DemoServer
 from exporter.errors import POLL_ERROR_REASONS
 from exporter.httpserver import HttpServer
 from exporter.poller import Poller
-from exporter.snapshot import OTHER, SnapshotStore
+from exporter.snapshot import OTHER
+from exporter.store import SnapshotStore
 from tests.conftest import (
     TOKEN,
     ExporterProcess,
     api_env,
     frozen_account,
     http_get,
+    new_poller,
     parse_samples,
     run_bounded,
     sample,
@@ -60,7 +62,7 @@ def rig(make_client) -> Iterator[Rig]:  # type: ignore[no-untyped-def]
         max_response_bytes=10 * 1024 * 1024,
     )
     clock = [1000.0]
-    poller = Poller(client, store, concurrency=4, now=lambda: clock[0])
+    poller = new_poller(client, store, concurrency=4, now=lambda: clock[0])
     box.append(poller)
     with serving(store) as server:
         yield Rig(api, store, poller, server, f"http://127.0.0.1:{server.port}/metrics", clock)
@@ -186,7 +188,7 @@ def test_endless_project_pages_stop_at_the_cap(make_client) -> None:  # type: ig
     with FakeApi(frozen_account(token=TOKEN)) as api:
         api.inject(Fault("pages"), project="/projects", times=None)
         store = SnapshotStore()
-        poller = Poller(make_client(api.url, max_retries=0), store)
+        poller = new_poller(make_client(api.url, max_retries=0), store)
         assert not poller.refresh()
         assert api.request_count("/projects") == 100
         (team,) = store.view().teams
@@ -197,7 +199,7 @@ def test_endless_project_pages_stop_at_the_cap(make_client) -> None:  # type: ig
 def test_a_bad_key_is_not_hammered(make_client) -> None:  # type: ignore[no-untyped-def]
     with FakeApi(frozen_account(token="the-real-token")) as api:
         store = SnapshotStore()
-        poller = Poller(
+        poller = new_poller(
             make_client(api.url, token="a-wrong-token", max_retries=3), store, concurrency=2
         )
         for _ in range(5):
@@ -318,8 +320,7 @@ def test_churn_leaves_no_stale_series_and_memory_flat(make_client) -> None:  # t
     rng = random.Random(20261125)
     with FakeApi(churn_account(rng)) as api:
         store = SnapshotStore()
-        poller = Poller(make_client(api.url), store, concurrency=4, team="t", currency="USD")
-        poller._discover = True
+        poller = new_poller(make_client(api.url), store, concurrency=4, team="t", currency="USD")
         sizes = []
         tracemalloc.start()
         try:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import trustme
 
-from exporter.snapshot import SnapshotStore
+from exporter.store import SnapshotStore
 from exporter.webconfig import WebSettings, load_web_config
 from tests.conftest import (
     ExporterProcess,

@@ -17,9 +17,17 @@ from pydantic import SecretStr
 
 from exporter import errors
 from exporter.client import LatitudeClient
+from exporter.config import ApiSettings
 from exporter.ratelimit import RequestBudget
-from exporter.snapshot import UNATTRIBUTED, Limits, build_usage
-from tests.conftest import parse_samples, reference_exposition, require_binary, store_with
+from exporter.snapshot import UNATTRIBUTED
+from exporter.usage import build_usage
+from tests.conftest import (
+    default_limits,
+    parse_samples,
+    reference_exposition,
+    require_binary,
+    store_with,
+)
 from tests.spec import billing_schema
 
 json_values = st.recursive(
@@ -93,7 +101,7 @@ def poll(document: Any) -> tuple[str, Any] | None:
     with LatitudeClient(
         token=lambda: SecretStr("t"),
         budget=RequestBudget(1e9),
-        base_url="https://api.example",
+        api=ApiSettings(base_url="https://api.example"),
         transport=httpx.MockTransport(lambda request: httpx.Response(200, content=body)),
     ) as client:
         try:
@@ -107,7 +115,7 @@ def check(document: Any) -> None:
     if polled is None:
         return
     project, attributes = polled
-    usage = build_usage(project, attributes, currency="USD", limits=Limits(servers=3))
+    usage = build_usage(project, attributes, currency="USD", limits=default_limits(servers=3))
     # additive to the cent: servers + what belongs to no server = the product lines
     lines = sum((p.price or 0) for p in attributes.products) / 100
     unattributed = next(t.price for t in usage.tags if t.tag == UNATTRIBUTED)

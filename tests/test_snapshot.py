@@ -7,17 +7,9 @@ from typing import Any
 
 import pytest
 
-from exporter.snapshot import (
-    OTHER,
-    UNATTRIBUTED,
-    UNTAGGED,
-    Limits,
-    ProjectStatus,
-    SnapshotStore,
-    UsageSnapshot,
-    label,
-)
-from tests.conftest import load_fixture, usage_of
+from exporter.snapshot import OTHER, UNATTRIBUTED, UNTAGGED, ProjectStatus, UsageSnapshot, label
+from exporter.store import SnapshotStore
+from tests.conftest import default_limits, load_fixture, usage_of
 
 
 def new_usage(**kwargs: Any) -> UsageSnapshot:
@@ -98,7 +90,7 @@ def test_products_beyond_the_limit_fold_into_other() -> None:
         }
         for i in range(1, 21)
     ]
-    usage = usage_of(answer(*products), "p", limits=Limits(products=5))
+    usage = usage_of(answer(*products), "p", limits=default_limits(products=5))
     assert len(usage.products) == 6
     assert usage.products_folded == 15
     kept = [p.product_id for p in usage.products[:5]]
@@ -224,7 +216,9 @@ def test_servers_and_tags_beyond_the_limits_fold_and_are_counted() -> None:
             ]
         },
     }
-    usage = usage_of(answer(*lines, many_tags), "p", limits=Limits(servers=4, tags_per_server=3))
+    usage = usage_of(
+        answer(*lines, many_tags), "p", limits=default_limits(servers=4, tags_per_server=3)
+    )
     assert usage.servers_folded == 7
     assert [s.server_id for s in usage.servers] == ["sv_tagged", "sv_9", "sv_8", "sv_7", OTHER]
     assert usage.servers[-1].price == sum(range(1, 8))  # the seven cheapest, summed
@@ -270,8 +264,8 @@ def test_store_keeps_last_good_usage_through_a_failure() -> None:
     store = SnapshotStore()
     store.add_team("t")
     store.set_projects("t", [("proj_r0MK4O4kDa95w", "")])
-    store.record_success(new_usage(), duration=0.5, now=1000.0)
-    store.record_failure("proj_r0MK4O4kDa95w", "timeout", duration=15.0)
+    store.record_success("t", new_usage(), duration=0.5, now=1000.0)
+    store.record_failure("t", "proj_r0MK4O4kDa95w", "timeout", duration=15.0)
     (status,) = store.view().projects
     assert status.usage is not None and status.usage.price == 512.30
     assert (status.up, status.last_success, status.last_error) == (False, 1000.0, "timeout")
@@ -284,7 +278,7 @@ def test_store_forgets_projects_that_are_gone_and_tells_its_listeners() -> None:
     store.subscribe(recorder)
     store.add_team("t")
     store.set_projects("t", [("a", ""), ("b", "")])
-    store.record_failure("a", "network", duration=1)
+    store.record_failure("t", "a", "network", duration=1)
     store.set_projects("t", [("b", ""), ("c", "")])
     assert [p.project_id for p in store.view().projects] == ["b", "c"]
     assert recorder.orders[-1] == ["b", "c"]
@@ -295,8 +289,8 @@ def test_a_project_belongs_to_one_team_only() -> None:
     store = SnapshotStore()
     store.add_team("one")
     store.add_team("two")
-    assert store.set_projects("one", [("p", "")]) == ["p"]
-    assert store.set_projects("two", [("p", ""), ("q", "")]) == ["q"]
+    assert store.set_projects("one", [("p", "")]).taken == ["p"]
+    assert store.set_projects("two", [("p", ""), ("q", "")]).taken == ["q"]
     assert {p.project_id: p.team for p in store.view().projects} == {"p": "one", "q": "two"}
 
 
@@ -331,7 +325,7 @@ def test_views_are_immutable_snapshots() -> None:
     store.add_team("t")
     store.set_projects("t", [("a", "")])
     before = store.view()
-    store.record_failure("a", "timeout", duration=1)
+    store.record_failure("t", "a", "timeout", duration=1)
     assert before.projects[0].errors == (0,) * len(before.projects[0].errors)
     assert store.view().projects[0].errors != before.projects[0].errors
     with pytest.raises(AttributeError):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from exporter import statuspage
-from exporter.snapshot import SnapshotStore
+from exporter.store import SnapshotStore
 from tests.conftest import IN_CI, ROOT, ExporterProcess, golden_store, usage_of
 
 SCREENSHOT = ROOT / "docs" / "status-page.png"
@@ -55,7 +55,7 @@ def test_every_api_string_is_escaped() -> None:
             }
         }
     }
-    store.record_success(usage_of(hostile, "p"), duration=0.1, now=NOW)
+    store.record_success("t", usage_of(hostile, "p"), duration=0.1, now=NOW)
     html = page_of(store)
     assert "<script>alert" not in html and "<img" not in html
     assert "&lt;script&gt;" in html
@@ -70,7 +70,7 @@ def test_no_external_asset_and_it_reloads_itself() -> None:
 
 def test_a_failing_project_shows_its_last_error_and_keeps_its_money() -> None:
     store = golden_store()
-    store.record_failure("proj_old", "rate_limited", duration=1)
+    store.record_failure("default", "proj_old", "rate_limited", duration=1)
     card = card_of(page_of(store), "proj_old")
     assert "down</span>" in card and "last error: rate_limited" in card
     assert "120.50 BRL" in card

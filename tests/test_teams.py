@@ -11,18 +11,20 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import SecretStr
 
 from exporter.client import LatitudeClient
 from exporter.demo import DemoAccount, DemoTeam, brazil_projects
 from exporter.poller import Poller
 from exporter.ratelimit import RequestBudget
-from exporter.snapshot import SnapshotStore
+from exporter.schedule import Schedule
+from exporter.store import SnapshotStore
 from tests.conftest import (
     FIXED_NOW,
     ExporterProcess,
+    api_settings,
     http_get,
+    new_poller,
     parse_samples,
     run_cli,
     sample,
@@ -168,22 +170,19 @@ def pollers(
         client = LatitudeClient(
             token=partial(SecretStr, key),
             budget=budget,
-            base_url=api.url,
-            max_retries=1,
+            api=api_settings(api.url, {"max_retries": 1, "max_retry_wait": 5}),
             backoff_base=0.01,
             unauthorized_backoff=300,
-            max_retry_wait=5,
             on_request=partial(_record_on, box),
             stop=stop,
         )
         clients.append(client)
-        poller = Poller(
+        poller = new_poller(
             client,
             store,
             team=name,
             interval=0.1,
             budget_seconds=budget.seconds_for,
-            scheduler=None,
         )
         box.append(poller)
         made[name] = poller
@@ -290,11 +289,9 @@ def test_scheduler_keeps_each_teams_own_interval(
     store = SnapshotStore()
     stop = threading.Event()
     teams = pollers(two_teams, store, stop, closing)
-    scheduler = BackgroundScheduler()
-    for poller in teams.values():
-        poller._scheduler = scheduler
-        poller.start()
-    scheduler.start()
+    schedules = [Schedule(p.team, p.refresh, p.effective_interval) for p in teams.values()]
+    for schedule in schedules:
+        schedule.start()
     try:
         wait_for(
             lambda: len(two_teams.times("/projects", key=KEY_BR)) >= 3,
@@ -303,9 +300,10 @@ def test_scheduler_keeps_each_teams_own_interval(
         )
     finally:
         stop.set()
+        for schedule in schedules:
+            schedule.stop()
         for poller in teams.values():
             poller.stop()
-        scheduler.shutdown(wait=False)
     intervals = {t.name: t.effective_interval for t in store.view().teams}
     assert intervals["us"] == pytest.approx(0.5)  # 4 projects + 1 page at 0.1 s
     assert intervals["br"] == pytest.approx(0.2)  # 1 project + 1 page

@@ -9,7 +9,7 @@ from typing import Any
 import bcrypt
 import pytest
 
-from exporter.snapshot import SnapshotStore
+from exporter.store import SnapshotStore
 from exporter.web import BasicAuth, RateLimit, Request, Response, WebApp
 from exporter.webconfig import WebSettings
 from tests.conftest import exposition_of, golden_store
@@ -177,6 +177,7 @@ def test_rate_limit_answers_429_beyond_the_burst() -> None:
     now[0] += 1.0
     assert limit.allow()
     app = app_for(web=WebSettings(rate_limit=(60.0, 1)))
-    assert get(app, "/healthz").status == 200
-    limited = get(app, "/healthz")
+    assert get(app, "/metrics").status == 200
+    limited = get(app, "/metrics")
     assert limited.status == 429 and ("Retry-After", "1") in limited.headers
+    assert all(get(app, probe).status in (200, 503) for probe in ("/healthz", "/readyz") * 5)

@@ -1,0 +1,183 @@
+"""What a team polls: its configured or discovered projects, its currency and its name.
+
+One answer of `/projects` serves three purposes: the projects (when none are
+configured), the team's currency (when none is configured) and the team's name for the
+`team` label (its slug, when the config names none). The ids are claimed in the store,
+which decides who owns a project that two keys see (see `store.py`). An id longer than
+`MAX_ID_CHARS` is refused and counted: it would be cut in labels, and a cut id no
+longer names the project the poll was for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from exporter import errors
+from exporter.models import MAX_ID_CHARS, ProjectResource, UsageAttributes
+from exporter.store import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+#: /projects answers at most this many projects a page (see client.PROJECTS_PAGE_SIZE).
+PROJECTS_PER_PAGE = 100
+
+
+class UsageSource(Protocol):
+    """The API as the poller sees it (`LatitudeClient`, or a fake in tests)."""
+
+    def billing_usage(
+        self, project_id: str, *, plan: str | None = None, products: Sequence[str] = ()
+    ) -> UsageAttributes: ...
+
+    def projects(self) -> list[ProjectResource]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One project to poll, with the filters of its config and the names discovery saw."""
+
+    project_id: str
+    plan: str | None = None
+    products: tuple[str, ...] = ()
+    slug: str | None = None
+    name: str | None = None
+
+
+class Discovery:
+    """A team's targets, kept current by `run()`.
+
+    Parameters:
+        source: the API.
+        store: where the team's projects are claimed.
+        team: the `team` label, or None to take the team's slug from /projects.
+        targets: the configured projects; none means every project /projects lists.
+        currency: the configured currency, or None to take the team's.
+        now: the wall clock, for the discovery's timestamp.
+        hints: the hint of each failure reason, for the log line.
+    """
+
+    def __init__(
+        self,
+        source: UsageSource,
+        store: SnapshotStore,
+        *,
+        team: str,
+        named: bool,
+        targets: Sequence[Target],
+        currency: str | None,
+        now: Callable[[], float],
+        hints: dict[str, str],
+    ) -> None:
+        self._source = source
+        self._store = store
+        self.team = team
+        self._named = named
+        self._configured = tuple(targets)
+        self.targets: tuple[Target, ...] = self._configured
+        self.currency = currency
+        self._currency_configured = currency is not None
+        self._now = now
+        self._hints = hints
+        self._warned: set[str] = set()
+        if self._configured:
+            self._claim(configured=True)
+
+    @property
+    def needed(self) -> bool:
+        """Whether /projects must be read: to find projects, the currency or the name."""
+        return not self._configured or not self.currency or not self._named
+
+    def requests(self) -> int:
+        """Requests one discovery makes: a page per hundred projects (and a last one)."""
+        return len(self.targets) // PROJECTS_PER_PAGE + 1 if self.needed else 0
+
+    def run(self) -> bool:
+        """Read /projects once and apply what it says; False when it failed."""
+        outcome = errors.attempt(self._source.projects)
+        if isinstance(outcome, errors.Unexpected):
+            log.debug("unexpected error in discovery", exc_info=outcome.__cause__)
+        if isinstance(outcome, errors.Cancelled):
+            return False  # stopping: nothing to count
+        if isinstance(outcome, errors.LatitudeError):
+            self._store.record_discovery_failure(self.team, outcome.reason)
+            log.warning(
+                "project discovery failed",
+                extra={
+                    "team": self.team,
+                    "reason": outcome.reason,
+                    "error": str(outcome),
+                    "hint": self._hints.get(outcome.reason, ""),
+                    "known_projects": len(self.targets),
+                },
+            )
+            return False
+        self._apply(outcome)
+        return True
+
+    def _apply(self, projects: list[ProjectResource]) -> None:
+        if not self._currency_configured:
+            self.currency = next((p.currency for p in projects if p.currency), self.currency)
+        if not self._named:
+            slug = next((p.team.slug for p in projects if p.team and p.team.slug), None)
+            if slug and slug != self.team:
+                self._store.rename_team(self.team, slug)
+                self.team = slug
+        by_id: dict[str, ProjectResource] = {}
+        too_long = 0
+        for project in projects:
+            if not project.id:
+                continue
+            if len(project.id) > MAX_ID_CHARS:
+                too_long += 1
+                continue
+            by_id.setdefault(project.id, project)
+        if too_long:
+            log.warning(
+                "project ids refused: longer than the API's ids can be",
+                extra={"team": self.team, "count": too_long, "max_chars": MAX_ID_CHARS},
+            )
+        found = self._configured if self._configured else tuple(Target(pid) for pid in by_id)
+        if not self._configured and {t.project_id for t in found} != {
+            t.project_id for t in self.targets
+        }:
+            log.info("projects discovered", extra={"team": self.team, "projects": len(found)})
+        self.targets = tuple(
+            replace(
+                t, slug=_attr(by_id, t.project_id, "slug"), name=_attr(by_id, t.project_id, "name")
+            )
+            for t in found
+        )
+        self._claim(configured=bool(self._configured))
+        self._store.record_discovery_success(self.team, self._now(), refused_ids=too_long)
+
+    def _claim(self, *, configured: bool) -> None:
+        claims = self._store.set_projects(
+            self.team, ((t.project_id, t.slug or "") for t in self.targets), configured=configured
+        )
+        refused = set(claims.refused)
+        news = sorted(refused - self._warned)
+        if news:
+            log.warning(
+                "projects another team's key sees too are left to that team",
+                extra={
+                    "team": self.team,
+                    "projects": ",".join(news[:10]),
+                    "count": len(news),
+                    "hint": "a project belongs to the team that configures it, else to "
+                    "the team listed first",
+                },
+            )
+        self._warned = refused
+        self.targets = tuple(t for t in self.targets if t.project_id not in refused)
+
+
+def _attr(by_id: dict[str, ProjectResource], project_id: str, name: str) -> str | None:
+    project = by_id.get(project_id)
+    if project is None or project.attributes is None:
+        return None
+    value = getattr(project.attributes, name)
+    return value if isinstance(value, str) else None

@@ -1,0 +1,338 @@
+"""The store: the seam between the writer (poller) and the readers (exposition, status page).
+
+Neither side imports the other. Every write replaces whole immutable rows under a
+short lock; a reader gets one consistent `StoreView`. Listeners (the exposition, which
+formats and compresses a project's lines when its poll lands, about 3 ms a project of
+fifty products) are told of every change *outside* that lock, one change at a time and
+in the order the changes happened: a scrape or the status page reading the view never
+waits behind a render, and no listener ever sees an older change after a newer one.
+
+Ownership: a project belongs to one team. When two teams' keys both see it, the owner
+is stable and documented, whichever discovery lands first: a team that lists the
+project in its config beats one that discovered it, and among equals the team listed
+first in the config wins. Writes from a team that does not own a project are ignored.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from exporter.errors import POLL_ERROR_REASONS
+from exporter.snapshot import ProjectStatus, StoreView, TeamStatus, UsageSnapshot, label
+
+STALLED = "stalled"
+
+
+class StoreListener(Protocol):
+    """Told of every change, in the order they happened, one at a time."""
+
+    def project_changed(self, status: ProjectStatus) -> None: ...
+
+    def projects_changed(self, projects: Sequence[ProjectStatus]) -> None: ...
+
+
+@dataclass(slots=True)
+class _Team:
+    status: TeamStatus
+    #: Rank among teams: its place in the config; lower wins a shared project.
+    rank: int
+    project_ids: list[str] = field(default_factory=list)
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What `set_projects` did with the ids a team asked for."""
+
+    taken: list[str]
+    #: Ids a team with a better claim owns (see the module docstring).
+    refused: list[str]
+
+
+class SnapshotStore:
+    """The latest status of every project and team.
+
+    Parameters:
+        listeners: told of every change (more can `subscribe` later).
+    """
+
+    def __init__(self, listeners: Sequence[StoreListener] = ()) -> None:
+        self._lock = threading.Lock()
+        self._teams: dict[str, _Team] = {}
+        self._projects: dict[str, ProjectStatus] = {}
+        #: project id → (0 when configured, 1 when discovered; the owner's rank)
+        self._claims: dict[str, tuple[int, int]] = {}
+        self._listeners = list(listeners)
+        self._version = 0
+        self._view: StoreView | None = None
+        self._changes: deque[ProjectStatus | tuple[ProjectStatus, ...]] = deque()
+        self._telling = threading.Lock()
+
+    def subscribe(self, listener: StoreListener) -> None:
+        with self._telling, self._lock:
+            self._listeners.append(listener)
+            projects = tuple(self._projects.values())
+        listener.projects_changed(projects)
+
+    # --- teams ----------------------------------------------------------------
+
+    def add_team(self, name: str, rank: int | None = None) -> None:
+        """A team, ranked by its place in the config (default: after every other)."""
+        with self._lock:
+            if name not in self._teams:
+                team = _Team(TeamStatus(name), rank if rank is not None else len(self._teams))
+                team.requests = dict(team.status.api_requests)
+                self._teams[name] = team
+                self._changed()
+
+    def rename_team(self, old: str, new: str) -> None:
+        """The team's name became known (its slug, from /projects): carry its figures over."""
+        with self._lock:
+            if old == new or old not in self._teams or new in self._teams:
+                return
+            team = self._teams[old]
+            team.status = replace(team.status, name=new)
+            self._teams = {(new if name == old else name): t for name, t in self._teams.items()}
+            for pid in team.project_ids:
+                self._projects[pid] = replace(self._projects[pid], team=new)
+            self._reorder()
+        self._tell()
+
+    def set_projects(
+        self, team: str, projects: Iterable[tuple[str, str]], *, configured: bool = False
+    ) -> Claims:
+        """Track exactly these (id, slug) projects for `team`: new ones appear unpolled,
+        gone ones vanish, a project another team has a weaker claim on moves here."""
+        with self._lock:
+            owner = self._teams[team]
+            claim = (0 if configured else 1, owner.rank)
+            wanted: dict[str, str] = {}
+            refused: list[str] = []
+            for pid, slug in projects:
+                held = self._claims.get(pid)
+                current = self._projects.get(pid)
+                if current is not None and current.team != team and held is not None:
+                    if held <= claim:
+                        refused.append(pid)
+                        continue
+                    self._release(current.team, pid)
+                wanted.setdefault(pid, slug)
+            changed = list(wanted) != owner.project_ids
+            for pid, slug in wanted.items():
+                current = self._projects.get(pid)
+                self._claims[pid] = claim
+                if current is None:
+                    self._projects[pid] = ProjectStatus(pid, team=team, slug=label(slug))
+                    changed = True
+                elif current.team != team:  # taken over: the figures are the project's
+                    self._projects[pid] = replace(current, team=team, slug=label(slug))
+                    changed = True
+                elif slug and current.slug != slug:
+                    self._projects[pid] = replace(current, slug=label(slug))
+            for pid in set(owner.project_ids) - set(wanted):
+                self._projects.pop(pid, None)
+                self._claims.pop(pid, None)
+            owner.project_ids = list(wanted)
+            if changed:
+                self._reorder()
+        self._tell()
+        return Claims(list(wanted), refused)
+
+    def _release(self, team: str, pid: str) -> None:
+        loser = self._teams.get(team)
+        if loser is not None and pid in loser.project_ids:
+            loser.project_ids.remove(pid)
+
+    # --- polls ------------------------------------------------------------------
+
+    def record_success(
+        self, team: str, usage: UsageSnapshot, *, duration: float, now: float
+    ) -> None:
+        with self._lock:
+            previous = self._owned(team, usage.project_id)
+            if previous is not None:
+                self._update(
+                    replace(
+                        previous,
+                        usage=usage,
+                        up=True,
+                        polled=True,
+                        last_success=now,
+                        poll_duration=duration,
+                        last_error=None,
+                    )
+                )
+        self._tell()
+
+    def record_failure(self, team: str, project_id: str, reason: str, *, duration: float) -> None:
+        with self._lock:
+            previous = self._owned(team, project_id)
+            if previous is not None:
+                self._update(
+                    replace(
+                        previous,
+                        up=False,
+                        polled=True,
+                        poll_duration=duration,
+                        last_error=reason,
+                        errors=_bump(previous.errors, reason),
+                    )
+                )
+        self._tell()
+
+    def record_stalled(self, team: str, project_ids: Iterable[str]) -> int:
+        """The watchdog found no poll outcome in time: `up` 0 and one `stalled` count
+        per episode (a project already stalled, with no outcome since, is left as is).
+        Returns how many projects were newly marked."""
+        marked = 0
+        with self._lock:
+            for pid in project_ids:
+                previous = self._owned(team, pid)
+                if previous is None or previous.last_error == STALLED:
+                    continue
+                self._update(
+                    replace(
+                        previous,
+                        up=False,
+                        last_error=STALLED,
+                        errors=_bump(previous.errors, STALLED),
+                    )
+                )
+                marked += 1
+        self._tell()
+        return marked
+
+    def record_team_stalled(self, team: str) -> int:
+        """The team's refresh did not start in time: every project of it stalled, and
+        the team not ready until its next refresh starts. Returns the projects marked."""
+        with self._lock:
+            owner = self._teams.get(team)
+            if owner is None:
+                return 0
+            owner.status = replace(owner.status, stalled=True, restarts=owner.status.restarts + 1)
+            self._changed()
+            ids = list(owner.project_ids)
+        return self.record_stalled(team, ids)
+
+    # --- the exporter's own figures ---------------------------------------------
+
+    def record_discovery_failure(self, team: str, reason: str) -> None:
+        with self._lock:
+            owner = self._teams[team]
+            owner.status = replace(
+                owner.status, discovery_errors=_bump(owner.status.discovery_errors, reason)
+            )
+            self._changed()
+
+    def record_discovery_success(self, team: str, now: float, *, refused_ids: int = 0) -> None:
+        with self._lock:
+            owner = self._teams[team]
+            owner.status = replace(owner.status, discovery_success=now, refused_ids=refused_ids)
+            self._changed()
+
+    def record_request(self, team: str, endpoint: str, code: str) -> None:
+        with self._lock:
+            owner = self._teams.get(team)
+            if owner is None:
+                return
+            key = (endpoint, code)
+            owner.requests[key] = owner.requests.get(key, 0) + 1
+            owner.status = replace(owner.status, api_requests=tuple(owner.requests.items()))
+            self._changed()
+
+    def record_refresh(
+        self,
+        team: str,
+        *,
+        duration: float | None,
+        effective_interval: float,
+        currency: str | None = None,
+    ) -> None:
+        """A refresh of `team` ended (`duration`) or starts (`duration` None); a start
+        ends a stall."""
+        with self._lock:
+            owner = self._teams[team]
+            status = owner.status
+            owner.status = replace(
+                status,
+                effective_interval=effective_interval,
+                refresh_duration=duration if duration is not None else status.refresh_duration,
+                refreshed=status.refreshed or duration is not None,
+                currency=currency if currency is not None else status.currency,
+                stalled=status.stalled and duration is not None,
+            )
+            self._changed()
+
+    def view(self) -> StoreView:
+        with self._lock:
+            if self._view is None:
+                self._view = StoreView(
+                    projects=tuple(self._projects.values()),
+                    teams=tuple(team.status for team in self._teams.values()),
+                    version=self._version,
+                )
+            return self._view
+
+    # --- under the lock -----------------------------------------------------------
+
+    def _owned(self, team: str, project_id: str) -> ProjectStatus | None:
+        """The project's status if `team` owns it; None when it was dropped from
+        discovery, or moved to another team, while its poll ran."""
+        status = self._projects.get(project_id)
+        return status if status is not None and status.team == team else None
+
+    def _update(self, status: ProjectStatus) -> None:
+        self._projects[status.project_id] = status
+        self._changed()
+        self._changes.append(status)
+
+    def _reorder(self) -> None:
+        """Projects in team order, each team's in the order it listed them."""
+        self._projects = {
+            pid: self._projects[pid]
+            for team in self._teams.values()
+            for pid in team.project_ids
+            if pid in self._projects
+        }
+        self._changed()
+        self._changes.append(tuple(self._projects.values()))
+
+    def _changed(self) -> None:
+        self._version += 1
+        self._view = None
+
+    # --- telling the listeners ------------------------------------------------------
+
+    def _tell(self) -> None:
+        """Deliver the queued changes, in order, outside the store's lock.
+
+        Whoever holds `_telling` delivers every change queued meanwhile, its own and
+        other threads'; a thread that finds it taken leaves its change to the holder,
+        and the holder looks once more after letting go, so no change is left behind.
+        """
+        while self._changes:
+            if not self._telling.acquire(blocking=False):
+                return
+            try:
+                while True:
+                    with self._lock:
+                        if not self._changes:
+                            break
+                        change = self._changes.popleft()
+                        listeners = list(self._listeners)
+                    for listener in listeners:
+                        if isinstance(change, tuple):
+                            listener.projects_changed(change)
+                        else:
+                            listener.project_changed(change)
+            finally:
+                self._telling.release()
+
+
+def _bump(counts: tuple[int, ...], reason: str) -> tuple[int, ...]:
+    index = POLL_ERROR_REASONS.index(reason)
+    return (*counts[:index], counts[index] + 1, *counts[index + 1 :])
