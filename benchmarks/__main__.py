@@ -68,7 +68,7 @@ from benchmarks.measure import (
     median,
     status_kib,
 )
-from benchmarks.workloads import SEQ, project_body
+from tests.fakeapi import SEQ, project_body
 
 ALL_HOSTILE = (
     "gzip bomb, two layers",

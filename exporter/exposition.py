@@ -57,8 +57,8 @@ _TRAILER = struct.Struct("<II")
 LEVEL = 1
 #: Projects per block of a family's pieces.
 BLOCK = 32
-#: Bytes of body produced at a time: what one send hands the kernel.
-GROUP = 64 * 1024
+#: Bytes of body produced at a time (what an answer in progress holds of its own).
+GROUP = 32 * 1024
 _ZEROS = bytes(1 << 16)
 
 

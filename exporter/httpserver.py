@@ -7,10 +7,11 @@ Prometheus. The bounds:
 - a client has `header_timeout` seconds from its first byte (or from connecting, the
   TLS handshake included) to send a complete request head; an idle kept-alive
   connection may wait `idle_timeout` for its next request;
-- an answer is handed to the kernel `GROUP` bytes at a time, the next only once the
-  last has left the process: a client that reads slowly, or never, holds at most one
-  group in the process (and produces no more plain text than it reads); one that makes
-  no progress for `write_timeout` seconds is dropped;
+- an answer is produced a group of `exposition.GROUP` bytes at a time and handed to
+  the kernel `SEND_BYTES` at a time, the next only once the last has left the
+  process: a client that reads slowly, or never, holds at most one group and one send
+  in the process (and produces no more plain text than it reads); one that makes no
+  progress for `write_timeout` seconds is dropped;
 - at most `max_connections` are held; at the limit, the connection that has waited
   longest without progress (idle, reading a head, or blocked writing to a client that
   does not read) is closed to make room, so newcomers (Prometheus) always get in;
@@ -53,8 +54,9 @@ MAX_HEADERS = 100
 MAX_TARGET_BYTES = 8 * 1024
 #: Bytes read from a socket at a time (and the most a client's head may hold).
 READ_BYTES = MAX_HEAD_BYTES
-#: Bytes of an answer handed to the kernel at a time (see the module docstring).
-GROUP = 64 * 1024
+#: Bytes of an answer handed to the kernel at a time (see the module docstring): what
+#: the kernel does not take at once is copied into the transport's buffer.
+SEND_BYTES = 16 * 1024
 #: Seconds between two "connections refused" log lines.
 REFUSAL_LOG_SECONDS = 60.0
 #: Descriptors kept free of connections (the log, the API's sockets, files).
@@ -66,6 +68,11 @@ MIN_CONNECTIONS = 16
 LINGER_SECONDS = 2.0
 #: Connections the kernel queues before they are accepted.
 BACKLOG = 1024
+#: Bytes the kernel may hold unsent for a connection (TCP_NOTSENT_LOWAT): the kernel
+#: then takes no more from a client that does not read, so its plain text is not
+#: inflated ahead of it (without it, the kernel's send buffer grows to 4 MiB each on
+#: Linux, and 100 such clients cost 4 CPU-s); data in flight is not limited by it.
+NOTSENT_LOWAT = 128 * 1024
 #: What ends a connection without a word: clients hang up, stall, speak TLS badly.
 _ROUTINE = (
     TimeoutError,
@@ -88,11 +95,21 @@ class _Connection:
     since: float = field(default_factory=time.monotonic)
     #: Blocked writing to a client that has not taken the last group, since when.
     blocked_since: float | None = None
+    #: Writing an answer, since when.
+    writing_since: float | None = None
 
-    def stalled_since(self) -> float | None:
-        """Since when it has made no progress, if it may be closed to make room (a
-        request being handled never is: its answer is about to be written)."""
-        return self.since if self.waiting else self.blocked_since
+    def eviction_order(self) -> tuple[int, float] | None:
+        """Where it stands in line to be closed to make room, or None (a request being
+        handled never is: its answer is about to be written). First whoever has made
+        no progress the longest (idle, a head incomplete, or blocked writing to a
+        client that does not read), then the answer that has been written longest."""
+        if self.waiting:
+            return (0, self.since)
+        if self.blocked_since is not None:
+            return (0, self.blocked_since)
+        if self.writing_since is not None:
+            return (1, self.writing_since)
+        return None
 
 
 class HttpServer:
@@ -213,8 +230,13 @@ class HttpServer:
             return
         self._connections[connection] = None
         # Pause (and so wait in drain) whenever anything is left in the process: the
-        # kernel's buffer is the only one an answer in progress fills.
+        # kernel's buffer is the only one an answer in progress fills, and it is kept
+        # to what the client reads.
         writer.transport.set_write_buffer_limits(high=0)
+        sock = writer.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
         graceful = False
         try:
             graceful = await self._serve(connection)
@@ -247,7 +269,7 @@ class HttpServer:
         if len(self._connections) < self._max_connections:
             return True
         candidates = [
-            (since, c) for c in self._connections if (since := c.stalled_since()) is not None
+            (order, c) for c in self._connections if (order := c.eviction_order()) is not None
         ]
         if not candidates:
             return False
@@ -294,7 +316,9 @@ class HttpServer:
                 response = self._app.handle(request)
             else:
                 response = await self._loop.run_in_executor(self._pool, self._app.handle, request)
+            connection.writing_since = time.monotonic()
             await self._send(peer, connection, response, head=request.method == "HEAD")
+            connection.writing_since = None
             if peer.our_state is not h11.DONE or peer.their_state is not h11.DONE:
                 return peer.our_state in (h11.DONE, h11.MUST_CLOSE)
             peer.start_next_cycle()
@@ -367,8 +391,8 @@ class HttpServer:
             async for chunk in self._chunks(response):
                 for data in peer.send_with_data_passthrough(h11.Data(data=chunk)) or ():
                     view = memoryview(data)
-                    for start in range(0, len(view), GROUP):
-                        writer.write(view[start : start + GROUP])
+                    for start in range(0, len(view), SEND_BYTES):
+                        writer.write(view[start : start + SEND_BYTES])
                         await self._drain(connection)
         writer.write(peer.send(h11.EndOfMessage()))
         await self._drain(connection)
