@@ -356,7 +356,7 @@ def _check(args: argparse.Namespace, setup: Setup, redactor: Redactor) -> int:
         f"{settings.poll.concurrency} at once per team"
     )
     print(f"  listen address:    {args.listen}{args.telemetry_path}")
-    failed = False
+    rejected = unchecked = False
     for team in setup.teams:
         source = (
             f"file {team.token.path}"
@@ -374,7 +374,8 @@ def _check(args: argparse.Namespace, setup: Setup, redactor: Redactor) -> int:
             try:
                 found = client.check_key()
             except errors.LatitudeError as exc:
-                failed = True
+                refused = isinstance(exc, errors.Unauthorized | errors.Forbidden)
+                rejected, unchecked = rejected or refused, unchecked or not refused
                 verdict = _verdict(exc, redactor)
             else:
                 verdict = (
@@ -386,7 +387,8 @@ def _check(args: argparse.Namespace, setup: Setup, redactor: Redactor) -> int:
             f"  team {team.label}: key from {source}, {team.requests_per_minute:g} "
             f"requests/minute, projects {projects}: {verdict}"
         )
-    return EXIT_CONFIG if failed else 0
+    # A refused key is a bad config (2); one the API could not answer for is not (1).
+    return EXIT_CONFIG if rejected else 1 if unchecked else 0
 
 
 def _verdict(exc: errors.LatitudeError, redactor: Redactor) -> str:

@@ -250,7 +250,8 @@ class WebApp:
         defaults = tuple((k, v) for k, v in SECURITY_HEADERS if k.lower() not in configured)
         return _Security(
             auth=BasicAuth(web.users) if web.users else None,
-            headers=defaults + web.headers,
+            # A configured header replaces the default of its name; "" leaves it out.
+            headers=defaults + tuple((k, v) for k, v in web.headers if v),
             limit=RateLimit(*web.rate_limit) if web.rate_limit else None,
         )
 

@@ -338,7 +338,7 @@ def _apply(parsed: WebConfigFile, path: Path) -> WebSettings:
             name: hashed.get_secret_value().encode()
             for name, hashed in parsed.basic_auth_users.items()
         },
-        headers=tuple((k, v) for k, v in parsed.http_server_config.headers.items() if v),
+        headers=tuple(parsed.http_server_config.headers.items()),
         rate_limit=(interval, max(rate.burst, 1)) if rate is not None and interval > 0 else None,
         unapplied=tuple(unapplied),
     )

@@ -386,3 +386,28 @@ def test_daemon_polls_again_on_schedule(fake_api: FakeApi, tmp_path: Path) -> No
         assert sample(samples, "latitudesh_up", project_id="proj_demo_gpu") == 1.0
     finally:
         exporter.stop()
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        (Fault("rate_limited", retry_after=600, where="both"), "NOT CHECKED: rate limited"),
+        (Fault("delay", delay=30), "NOT CHECKED: timed out"),
+    ],
+    ids=["slow-429", "hanging"],
+)
+def test_check_config_is_bounded_and_says_why_a_key_was_not_checked(
+    fake_api: FakeApi, tmp_path: Path, fault: Fault, said: str
+) -> None:
+    """Before: a 429 asking ten minutes held the check 120 s and said REJECTED, as for
+    a refused key. Now one request, no waiting out the answer, and the truth."""
+    fake_api.inject(fault, project="/projects", times=None)
+    env = {**api_env(fake_api), "LATITUDESH_EXPORTER_API__TIMEOUT_SECONDS": "1"}
+    started = time.monotonic()
+    result = run_cli("--check-config", env=env, cwd=tmp_path)
+    took = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert said in result.stdout and "REJECTED" not in result.stdout
+    assert took < 25, f"the check took {took:.0f}s"  # typically 1-2 s
+    # One request, never retried (a delayed answer is logged only once it is sent).
+    assert fake_api.request_count(path="/projects") == (fault.kind == "rate_limited")

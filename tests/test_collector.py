@@ -14,6 +14,8 @@ from exporter.store import SnapshotStore
 from tests.conftest import (
     GOLDEN,
     NEW,
+    default_limits,
+    exposition_of,
     golden_store,
     load_fixture,
     parse_samples,
@@ -295,3 +297,68 @@ def test_metric_names_follow_prometheus_conventions(spec: Any) -> None:
     assert (spec.type == "counter") == name.endswith("_total")
     assert spec.help.strip() and "\n" not in spec.help
     assert len(set(spec.labels)) == len(spec.labels)
+
+
+def series(text: str) -> list[tuple[str, frozenset[tuple[str, str]]]]:
+    """Every sample's identity, duplicates kept (a dict would merge them silently)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        (s.name, frozenset(s.labels.items()))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def test_values_from_the_api_never_collide_with_the_exporters_markers() -> None:
+    """A real product, server or tag named like a marker: before, duplicate series with
+    different values (Prometheus keeps one, silently) and real tags swallowed into the
+    untagged bucket."""
+    line = {
+        "resource": "bare_metal",
+        "unit": "hour",
+        "usage_type": "metered",
+        "quantity": 1,
+    }
+    answer: dict[str, Any] = {
+        "data": {
+            "attributes": {
+                "price": 600,
+                "products": [
+                    {
+                        **line,
+                        "id": "__other__",
+                        "name": "a",
+                        "price": 100,
+                        "metadata": {"servers": [{"id": "__other__", "tags": ["__untagged__"]}]},
+                    },
+                    {
+                        **line,
+                        "id": "si_b",
+                        "name": "b",
+                        "price": 200,
+                        "metadata": {"servers": [{"id": "sv_2", "tags": []}]},
+                    },
+                    {**line, "id": "si_c", "name": "c", "price": 300},
+                ],
+            }
+        }
+    }
+    answer["data"]["attributes"]["products"][0]["price"] = 250  # the biggest server
+    folded = store_with(("proj_markers", answer, "USD"), limits=default_limits(servers=1))
+    text = render(folded)
+    found = series(text)
+    assert len(found) == len(set(found)), "duplicate series"
+    samples = parse_samples(text)
+    server = "latitudesh_billing_server_price"
+    assert sample(samples, server, server_id="___other__") == 2.5  # the API's own
+    assert sample(samples, server, server_id="__other__") == 2.0  # folded by the cap
+    tag = "latitudesh_billing_tag_price"
+    assert sample(samples, tag, tag="___untagged__") == 2.5  # a real tag, kept apart
+    assert sample(samples, tag, tag="__other__") == 2.0  # the folded server's
+    assert sample(samples, tag, tag="__unattributed__") == 3.0  # lines without servers
+    product = "latitudesh_billing_product_price"
+    assert sample(samples, product, product_id="___other__") == 2.5
+    store = folded
+    ours = b"".join(exposition_of(store).render().chunks).decode()
+    assert sorted(series(ours)) == sorted(found)  # the served exposition agrees

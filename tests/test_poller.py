@@ -3,6 +3,7 @@ health whatever goes wrong, bounded refreshes, true intervals."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -404,3 +405,85 @@ def test_stop_during_a_refresh_with_queued_polls_returns_promptly(
     assert poller.stop(timeout=10)  # idle: the refresh noticed the cancelled polls
     refreshing.join(timeout=10)
     assert not refreshing.is_alive()
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {},
+        {"price": "x", "amount": [], "available_credit_balance": {}, "products": "none"},
+        {"period": {"start": "2026-11-01T00:00:00+00:00"}},
+    ],
+    ids=["empty", "wrong-typed", "no-figure"],
+)
+def test_an_answer_with_no_usable_figure_fails_the_poll_and_keeps_the_last_figures(
+    poller: Poller, store: SnapshotStore, fake_api: FakeApi, attributes: dict[str, Any]
+) -> None:
+    """Before, a 200 with `attributes: {}` was a success: every money series vanished
+    while `up` said 1."""
+    assert poller.refresh()
+    before = status(store, "proj_demo_web").usage
+    assert before is not None and before.price is not None
+    body = json.dumps({"data": {"id": "x", "type": "billing_usage", "attributes": attributes}})
+    fake_api.inject(Fault("body", body=body), project="proj_demo_web", times=None)
+    poller.refresh()
+    web = status(store, "proj_demo_web")
+    assert not web.up
+    assert errors_of(store, "proj_demo_web") == {"invalid_response": 1}
+    assert web.usage == before  # the last good figures stay
+    assert status(store, "proj_demo_gpu").up
+
+
+def test_a_project_id_longer_than_the_apis_is_refused_counted_and_said(
+    poller: Poller, store: SnapshotStore, fake_api: FakeApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One rule for ids everywhere: before, a 20,000-character id was polled, its
+    answers dropped silently (up 0 forever) and its `up` series carried it uncut."""
+    long_id = "proj_" + "x" * 20_000
+    body = json.dumps(
+        {
+            "data": [
+                {"id": long_id, "type": "projects", "attributes": {"name": "long"}},
+                {"id": "proj_demo_web", "type": "projects", "attributes": {"name": "web"}},
+            ],
+            "meta": {},
+        }
+    )
+    fake_api.inject(Fault("body", body=body), project="/projects", times=None)
+    with caplog.at_level(logging.WARNING):
+        poller.refresh()
+    view = store.view()
+    assert [p.project_id for p in view.projects] == ["proj_demo_web"]
+    assert team(view).refused_ids == 1
+    assert status(store, "proj_demo_web").up
+    assert fake_api.request_count(project=long_id) == 0  # never spent a request on it
+    (line,) = [r for r in caplog.records if "project ids refused" in r.getMessage()]
+    assert line.__dict__["count"] == 1
+
+
+def test_a_project_two_teams_see_belongs_to_the_first_and_is_warned_about_once(
+    fake_api: FakeApi,
+    store: SnapshotStore,
+    make_client: MakeClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before, a shared project went to whichever discovery landed first (it could
+    change between starts) and the other team warned at every refresh, forever."""
+    pollers = [
+        new_poller(make_client(fake_api.url), store, team=name, rank=rank, now=lambda: FIXED_NOW)
+        for rank, name in ((1, "second"), (0, "first"))  # the second lands first
+    ]
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                for poller in pollers:
+                    poller.refresh()
+        view = store.view()
+        assert {p.team for p in view.projects} == {"first"}
+        assert [p.project_id for p in view.projects] == DEMO_IDS
+        warned = [r for r in caplog.records if "another team's key sees" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].__dict__["team"] == "second"
+        assert all(p.up for p in view.projects)
+    finally:
+        for poller in pollers:
+            poller.stop(timeout=5)

@@ -115,7 +115,11 @@ def test_the_demo_page_in_a_real_browser(browser: object, tmp_path: Path) -> Non
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         requests: list[str] = []
         page.on("request", lambda request: requests.append(request.url))
-        page.goto(exporter.url + "/")
+        console: list[str] = []
+        page.on("console", lambda message: console.append(message.text))
+        response = page.goto(exporter.url + "/")
+        assert response is not None
+        assert "default-src 'none'" in response.headers["content-security-policy"]
         teams = page.locator("section[data-team]")
         assert [teams.nth(i).get_attribute("data-team") for i in range(teams.count())] == [
             "demo-us",
@@ -139,6 +143,8 @@ def test_the_demo_page_in_a_real_browser(browser: object, tmp_path: Path) -> Non
         assert "BRL" in loja.locator('[data-field="spend"]').inner_text()
         assert "projected" in page.content()
         assert all(url.startswith(exporter.url) for url in requests)  # nothing external
+        # The page works under its own strict default policy: nothing was blocked.
+        assert not [line for line in console if "Content Security Policy" in line]
         shot = tmp_path / "status-page.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000

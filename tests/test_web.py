@@ -10,7 +10,7 @@ import bcrypt
 import pytest
 
 from exporter.store import SnapshotStore
-from exporter.web import BasicAuth, RateLimit, Request, Response, WebApp
+from exporter.web import SECURITY_HEADERS, BasicAuth, RateLimit, Request, Response, WebApp
 from exporter.webconfig import WebSettings
 from tests.conftest import exposition_of, golden_store
 
@@ -83,6 +83,22 @@ def test_configured_headers_go_on_every_answer() -> None:
     app = app_for(web=WebSettings(headers=(("X-Frame-Options", "deny"),)))
     for path in ("/metrics", "/", "/healthz", "/nope"):
         assert ("X-Frame-Options", "deny") in get(app, path).headers
+
+
+def test_safe_security_headers_by_default_and_each_overridable() -> None:
+    """Before, no answer carried a Content-Security-Policy, X-Content-Type-Options or
+    X-Frame-Options."""
+    defaults = dict(SECURITY_HEADERS)
+    app = app_for()
+    for path in ("/metrics", "/", "/healthz", "/readyz", "/nope"):
+        found = dict(get(app, path).headers)
+        assert {k: found.get(k) for k in defaults} == defaults
+    custom = app_for(web=WebSettings(headers=(("x-frame-options", "SAMEORIGIN"),)))
+    answer = list(get(custom, "/").headers)
+    assert [v for k, v in answer if k.lower() == "x-frame-options"] == ["SAMEORIGIN"]
+    assert dict(answer)["Content-Security-Policy"] == defaults["Content-Security-Policy"]
+    without = app_for(web=WebSettings(headers=(("Referrer-Policy", ""),)))
+    assert "Referrer-Policy" not in dict(get(without, "/").headers)
 
 
 def auth_app() -> WebApp:
@@ -181,3 +197,23 @@ def test_rate_limit_answers_429_beyond_the_burst() -> None:
     limited = get(app, "/metrics")
     assert limited.status == 429 and ("Retry-After", "1") in limited.headers
     assert all(get(app, probe).status in (200, 503) for probe in ("/healthz", "/readyz") * 5)
+
+
+def test_one_client_never_spends_another_clients_allowance() -> None:
+    """Before, one bucket for everyone: an unauthenticated flood got Prometheus's
+    credentialed scrapes and the probes 429."""
+    users = {"prometheus": FAST}
+    app = app_for(web=WebSettings(users=users, rate_limit=(60.0, 2)))
+    good = basic("prometheus", PASSWORD)
+
+    def ask(client: str, path: str = "/metrics", **headers: str) -> int:
+        return app.handle(Request("GET", path, headers, client=client)).status
+
+    assert ask("10.0.0.1", authorization=good) == 200  # verified once
+    flood = [ask("10.0.0.9") for _ in range(20)]
+    assert flood.count(401) == 2 and flood.count(429) == 18  # the flood's own bucket
+    wrong = [ask("10.0.0.9", authorization=basic("prometheus", "guess")) for _ in range(5)]
+    assert 429 in wrong  # guessing passwords is limited too
+    assert ask("10.0.0.9", authorization=good) == 200  # a verified user is its own client
+    assert ask("10.0.0.1", authorization=good) == 200
+    assert all(ask("10.0.0.9", probe) in (200, 503) for probe in ("/healthz", "/readyz") * 10)
