@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
-from types import FrameType
 from typing import NoReturn
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -47,6 +46,7 @@ from exporter.logs import Redactor, setup_logging
 from exporter.poller import Poller, Target
 from exporter.ratelimit import RequestBudget
 from exporter.schedule import Schedule
+from exporter.signals import Inbox
 from exporter.store import SnapshotStore
 from exporter.usage import Limits
 from exporter.watchdog import Team as WatchedTeam
@@ -462,20 +462,8 @@ def _serve(app: App, setup: Setup, args: argparse.Namespace, redactor: Redactor)
         app.close()
         return EXIT_CONFIG
 
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        del frame
-        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
-        app.stop.set()
-
     reloader = Reloader(lambda: _reload(app, web_app, args), app.stop)
-
-    def on_reload(signum: int, frame: FrameType | None) -> None:
-        del signum, frame
-        reloader.request()
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_reload)
+    inbox = Inbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     app.server.start()
     log.info(
         "listening",
@@ -498,7 +486,14 @@ def _serve(app: App, setup: Setup, args: argparse.Namespace, redactor: Redactor)
         schedule.start()
     app.watchdog.start()
     app.scheduler.start()
-    app.stop.wait()
+    while not app.stop.is_set():
+        for received in inbox.wait():
+            if received == signal.SIGHUP:
+                reloader.request()
+            elif not app.stop.is_set():
+                log.info("shutting down", extra={"signal": received.name})
+                app.stop.set()
+    reloader.request()  # wakes the reload thread, which sees the stop and ends
     idle = app.close()
     log.info("stopped", extra={"clean": idle})
     if not idle:
@@ -529,7 +524,7 @@ class Reloader:
         self._thread.start()
 
     def request(self) -> None:
-        """Called from the signal handler: only sets a flag."""
+        """Ask for a reload (from the main thread, never from a signal handler)."""
         self._wanted.set()
 
     def _run(self) -> None:
