@@ -57,6 +57,10 @@ MAX_PROJECT_PAGES = 100
 MAX_ENCODINGS = 2
 #: Characters of the API's own error text kept for the log, after secrets are scrubbed.
 MAX_DETAIL_CHARS = 200
+#: Same-origin redirects followed for one request (each one counted against the
+#: budget); the official SDK follows redirects, so a moved path must not fail polls.
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = (
     f"latitudesh-exporter/{__version__} "
     f"(python {sys.version_info.major}.{sys.version_info.minor}; httpx {httpx.__version__})"
@@ -134,6 +138,7 @@ class LatitudeClient:
         self._rejected: tuple[int, float] | None = None
         self._rejected_lock = threading.Lock()
         self._deadlines = Deadlines(clock)
+        self._origin = _origin(httpx.URL(base_url))
         self._http = httpx.Client(
             base_url=base_url,
             timeout=httpx.Timeout(timeout),
@@ -185,7 +190,8 @@ class LatitudeClient:
     def projects(self) -> list[ProjectResource]:
         """Every project the key can see.
 
-        The API gives no page count: a short page ends the list. A page that brings no
+        A short page ends the list (the spec's `stats[total]=count` would give a total,
+        but a count from the answer bounds nothing a hostile API does). A page that brings no
         project not seen before (an API that ignores page[number]) and more than
         `MAX_PROJECT_PAGES` pages are errors, never a silent cut.
         """
@@ -223,14 +229,24 @@ class LatitudeClient:
         self, endpoint: str, params: Params, model: type[M], *, retries: int | None = None
     ) -> M:
         retries = self._max_retries if retries is None else retries
-        attempt = 0
+        attempt = hops = 0
         token: SecretStr | None = None
+        target: str | httpx.URL = endpoint
+        query: Params | None = params
         while True:
             try:
                 token = self._token()
                 self._refuse_rejected_token(endpoint, token)
                 self._budget.acquire()
-                return self._get_once(endpoint, params, token, model)
+                return self._get_once(endpoint, target, query, token, model)
+            except _Redirect as redirect:
+                hops += 1
+                if hops > MAX_REDIRECTS:
+                    raise errors.Redirected(
+                        f"GET {endpoint}: more than {MAX_REDIRECTS} redirects",
+                        status=redirect.status,
+                    ) from None
+                target, query = redirect.url, None  # the new URL carries its own query
             except errors.LatitudeError as exc:
                 if isinstance(exc, errors.Unauthorized) and exc.status == 401 and token:
                     self._remember_rejected(token)
@@ -280,13 +296,22 @@ class LatitudeClient:
                 self._clock() + self._unauthorized_backoff,
             )
 
-    def _get_once(self, endpoint: str, params: Params, token: SecretStr, model: type[M]) -> M:
+    def _get_once(
+        self,
+        endpoint: str,
+        target: str | httpx.URL,
+        params: Params | None,
+        token: SecretStr,
+        model: type[M],
+    ) -> M:
+        """One request to `target` (the endpoint, or where it redirected), counted
+        under `endpoint`."""
         headers = {"Authorization": token.get_secret_value()}
         code = "network"
         try:
             with (
                 self._deadlines.until(self._clock() + self._timeout),
-                self._http.stream("GET", endpoint, params=params, headers=headers) as response,
+                self._http.stream("GET", target, params=params, headers=headers) as response,
             ):
                 body = self._read(endpoint, response)
             code = str(response.status_code)
@@ -302,6 +327,8 @@ class LatitudeClient:
             raise errors.NetworkError(f"GET {endpoint}: {type(exc).__name__}") from None
         finally:
             self._on_request(endpoint, code)
+        if response.status_code in _REDIRECTS and "Location" in response.headers:
+            raise self._redirect(endpoint, response)
         if not response.is_success:
             raise self._status_error(endpoint, response, body, token)
         try:
@@ -352,6 +379,25 @@ class LatitudeClient:
             ) from None
         return bytes(body)
 
+    def _redirect(self, endpoint: str, response: httpx.Response) -> Exception:
+        """Where a redirect leads, if it may be followed: only within the API's origin,
+        so that the key is never sent to another host."""
+        status = response.status_code
+        try:
+            url = response.url.join(response.headers["Location"])
+        except (httpx.InvalidURL, UnicodeError, ValueError):
+            return errors.Redirected(
+                f"GET {endpoint}: HTTP {status} to an invalid URL", status=status
+            )
+        if _origin(url) != self._origin:
+            scheme, host, port = _origin(url)
+            return errors.Redirected(
+                f"GET {endpoint}: HTTP {status} to another origin, {scheme}://{host}:{port}: "
+                "not followed (the key is never sent elsewhere)",
+                status=status,
+            )
+        return _Redirect(url, status)
+
     def _status_error(
         self, endpoint: str, response: httpx.Response, body: bytes, token: SecretStr
     ) -> errors.ApiStatusError:
@@ -379,6 +425,21 @@ class LatitudeClient:
 
 class _TooLarge(Exception):
     pass
+
+
+class _Redirect(Exception):
+    """A same-origin redirect to follow: caught by `_get`, never leaves the client."""
+
+    def __init__(self, url: httpx.URL, status: int) -> None:
+        super().__init__(str(url))
+        self.url = url
+        self.status = status
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    """(scheme, host, port), the port filled in: what must match for a redirect."""
+    default = 443 if url.scheme == "https" else 80
+    return url.scheme, url.host.lower(), url.port or default
 
 
 def _inflate(chunks: Iterator[bytes], *, deflate: bool, cap: int) -> Iterator[bytes]:

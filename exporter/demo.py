@@ -300,21 +300,39 @@ class DemoAccount:
         start = now - into / self.speed
         return start, start + PERIOD / self.speed, into / HOUR
 
-    def usage(self, project: DemoProject, shape: str | None = None) -> dict[str, Any]:
+    def usage(
+        self,
+        project: DemoProject,
+        shape: str | None = None,
+        *,
+        plan: str | None = None,
+        products: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """The answer to `GET /billing/usage` for `project`, filtered as the spec says:
+        `plan` (`filter[plan]`, a plan name: a line of that product name or of a server
+        on that plan) and `products` (`filter[products][]`, product ids); the totals
+        are those of the lines kept."""
         shape = shape or self.shape
         start, end, hours = self.period()
-        products = [_product(p, hours, start, shape) for p in project.products]
-        price = sum(p["price"] for p in products)
+        lines = [
+            p
+            for p in project.products
+            if (not products or p.id in products)
+            and (plan is None or plan == p.name or plan in {s.plan for s in p.servers})
+        ]
+        answered = [_product(p, hours, start, shape) for p in lines]
+        price = sum(p["price"] for p in answered)
         attributes: dict[str, Any] = {
             "project": {"id": project.id, "slug": project.slug, "name": project.name},
             "period": {"start": _iso(start), "end": _iso(end)},
             "available_credit_balance": math.floor(project.credit - price),
             "price": round(price, 2),
             "threshold": project.threshold,
-            "products": products,
+            "products": answered,
         }
-        if shape == "new":
-            attributes["amount"] = round(price, 2)
+        # Both shapes: the 2025-10-13 spec's example and today's documentation show a
+        # top-level `amount` beside the older schema too.
+        attributes["amount"] = round(price, 2)
         return {"data": {"id": "", "type": "billing_usage", "attributes": attributes}, "meta": {}}
 
     def project_resources(self) -> list[dict[str, Any]]:
@@ -480,7 +498,9 @@ class DemoHandler(BaseHTTPRequestHandler):
         project = account.projects.get(query.get("filter[project]", [""])[0])
         if project is None:
             return Answer(404, error_body(404, "Not Found", "Specified Record Not Found"))
-        return Answer(200, json.dumps(account.usage(project)))
+        plan = query.get("filter[plan]", [None])[0]
+        wanted = tuple(query.get("filter[products][]", []))
+        return Answer(200, json.dumps(account.usage(project, plan=plan, products=wanted)))
 
     def send(self, answer: Answer) -> None:
         data = answer.body.encode()

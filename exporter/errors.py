@@ -9,6 +9,7 @@ The hierarchy:
      │    ├── NotFound                not_found         404
      │    ├── RateLimited             rate_limited      429, carries retry_after
      │    ├── ServerError             server_error      5xx
+     │    ├── Redirected              redirected        3xx to another origin, or too many
      │    └── UnexpectedStatus        invalid_response  any other non-2xx
      ├── TransportError               (no complete HTTP answer)
      │    ├── Timeout                 timeout           over api.timeout_seconds, end to end
@@ -44,6 +45,7 @@ POLL_ERROR_REASONS: tuple[str, ...] = (
     "invalid_response",
     "token_unreadable",
     "stalled",
+    "redirected",
 )
 #: What a failure that is not a `LatitudeError` (a bug, or a hostile answer that found a
 #: way past the parser) is counted as: the answer could not be used.
@@ -91,6 +93,13 @@ class RateLimited(ApiStatusError):
 class ServerError(ApiStatusError):
     reason = "server_error"
     retryable = True
+
+
+class Redirected(ApiStatusError):
+    """A redirect that is not followed: to another origin (the key is never sent
+    there) or one hop too many."""
+
+    reason = "redirected"
 
 
 class UnexpectedStatus(ApiStatusError):

@@ -2,10 +2,11 @@
 
 The billing_usage schema has moved under our feet (`tests/fixtures/spec/` keeps both
 generations): `amount` appeared, `unit` gained `GB`, product `metadata` changed shape,
-and live accounts may still answer in the older shape. Nothing in the spec is required.
-So every field is optional, unknown fields are ignored, enums are plain strings, and a
-field whose value has the wrong type reads as missing: one odd value drops one metric,
-never the whole project.
+and live accounts may still answer in the older shape. The spec requires little (only a
+discount's `description`, `type` and `value`), and an answer that breaks even that must
+cost one series, not the project. So every field is optional, unknown fields are
+ignored, enums are plain strings, and a field whose value has the wrong type reads as
+missing: one odd value drops one metric, never the whole project.
 
 The tolerance is built into the core schema (`with_default(on_error="default")`) rather
 than written as Python validators, because a poll of a large account validates hundreds
@@ -178,7 +179,8 @@ class Period:
 @pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class Discount:
     description: Text = None
-    #: `percent` or `amount` per the spec; `fixed` has been seen in the wild.
+    #: `percent` or `amount`, the spec's closed enum; any other value (or none) is
+    #: not read as money, only counted (`latitudesh_billing_discounts_unknown_type`).
     type: Text = None
     value: Number = None
 
@@ -189,6 +191,12 @@ class Server:
     hostname: Text = None
     plan: Text = None
     tags: Texts = field(default_factory=list)
+
+
+#: Product `resource`s whose old-shape `metadata.id` alone names a server, and those
+#: where it names a bucket (the values the API and its documentation use).
+SERVER_RESOURCES = frozenset({"bare_metal", "virtual_machine"})
+STORAGE_RESOURCES = frozenset({"object_storage", "filesystem", "block_storage"})
 
 
 @pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
@@ -211,16 +219,27 @@ class ProductMetadata:
     bucket: Annotated[Bucket | None, _Lenient()] = None
     billing_unit_divisor: Number = None
 
-    def all_servers(self) -> list[Server]:
-        """The servers behind the product line, whichever shape the API used."""
+    def all_servers(self, resource: str | None) -> list[Server]:
+        """The servers behind the product line of `resource`, whichever shape the API
+        used.
+
+        The old shape names a server as `{id, hostname, plan, tags}`, but puts a
+        storage bucket's id in `id` too, with hostname and plan null: an id alone is a
+        server only on a server's line (`SERVER_RESOURCES`)."""
         if self.servers:
             return list(self.servers)
-        if self.id or self.hostname or self.plan:
-            # Old-shape storage lines carry the bucket's id here and nothing else.
-            if self.id and not (self.hostname or self.plan) and self.bucket is not None:
-                return []
+        if self.hostname or self.plan or (self.id and resource in SERVER_RESOURCES):
             return [Server(id=self.id, hostname=self.hostname, plan=self.plan, tags=self.tags)]
         return []
+
+    def storage_bucket(self, resource: str | None) -> Bucket | None:
+        """The bucket behind the product line: the new shape's `bucket`, or the old
+        shape's bare `id` on a storage line (`STORAGE_RESOURCES`)."""
+        if self.bucket is not None:
+            return self.bucket
+        if self.id and not (self.hostname or self.plan) and resource in STORAGE_RESOURCES:
+            return Bucket(id=self.id)
+        return None
 
 
 @pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
@@ -235,6 +254,7 @@ class Product:
     price: Number = None
     amount: Number = None
     unit_price: Number = None
+    unit_amount: Number = None
     amount_without_discount: Number = None
     discounts: Annotated[list[Discount], _Objects()] = field(default_factory=list)
     metadata: Annotated[ProductMetadata | None, _Lenient()] = None
@@ -330,7 +350,8 @@ class ProjectResource:
 
 @pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)
 class ProjectsPage:
-    """One page of `GET /projects`; the API gives no pagination metadata.
+    """One page of `GET /projects`. The spec offers a total in `meta.stats.total.count`
+    (asked with `stats[total]=count`); it is not asked for: a short page ends the list.
 
     Unlike everything else here, `data` is required and must be a list: a 200 whose
     body has no list would otherwise read as "the team has no projects" and blank

@@ -41,6 +41,8 @@ HINTS = {
     "timeout": "the Latitude.sh API did not answer in api.timeout_seconds",
     "network": "could not reach the Latitude.sh API",
     "invalid_response": "the API answered with something that is not usable",
+    "redirected": "the API redirected elsewhere than its own origin (not followed: the "
+    "key is never sent to another host), or in a loop: check api.base_url",
     "token_unreadable": "the token file is missing, empty or unreadable: check the "
     "mounted secret (it is read again at every request)",
 }

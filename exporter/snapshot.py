@@ -73,6 +73,8 @@ class ProductUsage:
     unit_price: float | None
     quantity: float | None
     servers: tuple[ServerInfo, ...] = ()
+    #: The API's `unit_amount` ("the unit amount of the product in cents").
+    unit_amount: float | None = None
 
     @property
     def identity(self) -> tuple[str, ...]:
@@ -163,6 +165,8 @@ class UsageSnapshot:
     products: tuple[ProductUsage, ...]
     products_folded: int = 0
     discounts: tuple[DiscountInfo, ...] = ()
+    #: Discounts whose `type` is neither `percent` nor `amount`: not read as money.
+    discounts_unknown: int = 0
     buckets: tuple[BucketInfo, ...] = ()
     divisors: tuple[UnitDivisor, ...] = ()
     servers: tuple[ServerSpend, ...] = ()

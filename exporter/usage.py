@@ -29,9 +29,18 @@ from exporter.snapshot import (
     unique,
 )
 
+#: The discount `type`s the spec defines (a closed enum); others are counted, not read.
+DISCOUNT_TYPES = frozenset({"percent", "amount"})
+
 
 def _money(cents: float | None) -> float | None:
-    """The API counts in cents of the team's currency; Prometheus users want main units."""
+    """The API counts in cents of the team's currency; Prometheus users want main units.
+
+    The spec says "in cents" of `price`, `amount`, `available_credit_balance`,
+    `threshold`, `unit_price` and `unit_amount`. It states no unit for
+    `amount_without_discount` or an `amount` discount's `value`: they are read as cents
+    too (an assumption: they are compared with and subtracted from `price`), and the
+    README and the metrics' HELP say so."""
     return None if cents is None else cents / 100.0
 
 
@@ -98,6 +107,9 @@ def build_usage(
         products=products,
         products_folded=folded,
         discounts=_discounts(merged, kept),
+        discounts_unknown=sum(
+            1 for line in lines for _, kind, _ in line.discounts if kind not in DISCOUNT_TYPES
+        ),
         buckets=unique(
             BucketInfo(line.usage.product_id, *line.bucket)
             for line in merged
@@ -127,7 +139,7 @@ class _ProductLine:
     @classmethod
     def read(cls, product: Product) -> _ProductLine:
         metadata = product.metadata
-        servers = metadata.all_servers() if metadata else []
+        servers = metadata.all_servers(product.resource) if metadata else []
         infos = tuple(
             dict.fromkeys(
                 ServerInfo(
@@ -140,7 +152,7 @@ class _ProductLine:
             )
         )
         plans = {info.plan for info in infos}
-        bucket = metadata.bucket if metadata else None
+        bucket = metadata.storage_bucket(product.resource) if metadata else None
         divisor = metadata.billing_unit_divisor if metadata else None
         return cls(
             usage=ProductUsage(
@@ -155,6 +167,7 @@ class _ProductLine:
                 amount=_money(product.amount),
                 price_without_discount=_money(product.amount_without_discount),
                 unit_price=_money(product.unit_price),
+                unit_amount=_money(product.unit_amount),
                 quantity=product.quantity,
                 servers=infos,
             ),
@@ -226,6 +239,8 @@ def _discounts(lines: list[_ProductLine], kept: set[str]) -> tuple[DiscountInfo,
         if product_id not in kept:
             continue
         for description, kind, value in line.discounts:
+            if kind not in DISCOUNT_TYPES:
+                continue  # a new API value must be visible (counted), never mis-priced
             percent = kind == "percent"
             ratio = value / 100.0 if percent and value is not None else None
             amount = _money(value) if not percent else None

@@ -46,7 +46,8 @@ class Fault:
     (send the answer one byte every `delay` seconds), `truncated`, `not_json`,
     `empty_data`, `data_list`, `wrong_project`, `strings` (numbers as strings),
     `drift` (unknown enum values and fields), `huge` (`products` extra products),
-    `tiny` (`products` empty objects as products), `old_shape`, `new_shape`,
+    `tiny` (`products` empty objects as products), `redirect` (`status`, default 308,
+    to `header`, where `{url}` is the request's own path and query), `old_shape`, `new_shape`,
     `gzip` (`layers` gzip layers of the answer, or of `body`), `body` (answer 200
     with `body` as it is), `pages` (/projects: full pages of new ids forever, or of
     the same ids when `same`), `scale` (every price times `factor`: a spending spree).
@@ -191,6 +192,11 @@ class FaultyHandler(DemoHandler):
             self.send(
                 Answer(200, "<html><body>502 Bad Gateway</body></html>", content_type="text/html")
             )
+        elif fault.kind == "redirect":
+            status = fault.status if fault.status != 500 else 308
+            self.fake.record(path, project, status, key)
+            location = (fault.header or "{url}").format(url=self.path)
+            self.send(Answer(status, "", {"Location": location}))
         elif fault.kind == "body":
             self.fake.record(path, project, fault.status if fault.status != 500 else 200, key)
             self.send(Answer(fault.status if fault.status != 500 else 200, fault.body or ""))

@@ -15,6 +15,7 @@ import trustme
 import yaml
 
 from exporter import __version__
+from exporter.demo import DemoAccount, DemoApi
 from tests.conftest import (
     DEMO_PROJECTS,
     TOKEN,
@@ -411,3 +412,38 @@ def test_check_config_is_bounded_and_says_why_a_key_was_not_checked(
     assert took < 25, f"the check took {took:.0f}s"  # typically 1-2 s
     # One request, never retried (a delayed answer is logged only once it is sent).
     assert fake_api.request_count(path="/projects") == (fault.kind == "rate_limited")
+
+
+def test_old_shape_buckets_are_never_servers(tmp_path: Path) -> None:
+    """The old shape puts a bucket's id in `metadata.id`: before, `--once` against it
+    exported `server_id="bkt_lake"` and counted its spend as untagged server spend."""
+    with DemoApi(DemoAccount(token=TOKEN, shape="old")) as api:
+        env = {
+            "LATITUDESH_AUTH_TOKEN": TOKEN,
+            "LATITUDESH_EXPORTER_API__BASE_URL": api.url,
+            "LATITUDESH_EXPORTER_API__REQUESTS_PER_MINUTE": "6000",
+        }
+        result = run_cli("--once", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    samples = parse_samples(result.stdout)
+    servers = {
+        dict(labels)["server_id"]
+        for name, labels in samples
+        if name == "latitudesh_billing_server_price"
+    }
+    assert servers and not {s for s in servers if s.startswith("bkt_")}
+    buckets = {
+        dict(labels)["bucket_id"] for name, labels in samples if name.endswith("bucket_info")
+    }
+    assert {"bkt_lake", "bkt_backups"} <= buckets
+    project = "proj_demo_data"  # buckets only: all of it belongs to no server
+    assert sample(
+        samples, "latitudesh_billing_tag_price", project_id=project, tag="__untagged__"
+    ) in (
+        None,
+        0.0,
+    )
+    assert sample(
+        samples, "latitudesh_billing_tag_price", project_id=project, tag="__unattributed__"
+    ) == sample(samples, "latitudesh_billing_price", project_id=project)
+    assert sample(samples, "latitudesh_billing_amount", project_id=project) is not None

@@ -16,11 +16,17 @@ import pytest
 from pydantic import SecretStr
 
 from exporter import errors
-from exporter.client import API_VERSION, MAX_PROJECT_PAGES, PROJECTS_PAGE_SIZE, LatitudeClient
+from exporter.client import (
+    API_VERSION,
+    MAX_PROJECT_PAGES,
+    MAX_REDIRECTS,
+    PROJECTS_PAGE_SIZE,
+    LatitudeClient,
+)
 from exporter.config import ApiSettings
 from exporter.models import MAX_PRODUCTS_PER_ANSWER
 from exporter.ratelimit import RequestBudget
-from tests.conftest import TOKEN, load_fixture
+from tests.conftest import TOKEN, frozen_account, load_fixture
 from tests.fakeapi import FakeApi, Fault
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -399,7 +405,7 @@ def test_real_socket_round_trip_in_both_shapes(fake_api: FakeApi, make_client: M
     assert new.products[0].unit == "GB" and new.amount is not None
     fake_api.inject(Fault("old_shape"), project="proj_demo_data")
     old = client.billing_usage("proj_demo_data")
-    assert old.products[0].unit == "quantity" and old.amount is None
+    assert old.products[0].unit == "quantity" and old.amount == old.price  # both shapes
     assert old.price == new.price
 
 
@@ -494,3 +500,41 @@ def test_an_api_that_echoes_the_token_never_leaks_any_of_it(
     for size in range(6, len(TOKEN) + 1):
         for start in range(len(TOKEN) - size + 1):
             assert TOKEN[start : start + size] not in message
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_same_origin_redirect_is_followed_and_counted_as_a_request(
+    fake_api: FakeApi, make_client: MakeClient, status: int
+) -> None:
+    """The SDK follows redirects; before, a 308 to the same host failed every poll."""
+    seen: list[tuple[str, str]] = []
+    client = make_client(fake_api.url, on_request=lambda e, c: seen.append((e, c)))
+    fake_api.inject(Fault("redirect", status=status), project="proj_demo_web")
+    usage = client.billing_usage("proj_demo_web")
+    assert usage.price is not None
+    assert seen == [("/billing/usage", str(status)), ("/billing/usage", "200")]
+    assert fake_api.request_count(project="proj_demo_web") == 2  # two requests, both budgeted
+
+
+def test_a_redirect_loop_ends_as_redirected(fake_api: FakeApi, make_client: MakeClient) -> None:
+    client = make_client(fake_api.url)
+    fake_api.inject(Fault("redirect"), project="proj_demo_web", times=None)
+    with pytest.raises(errors.Redirected, match="more than 5 redirects") as raised:
+        client.billing_usage("proj_demo_web")
+    assert raised.value.reason == "redirected"
+    assert fake_api.request_count(project="proj_demo_web") == MAX_REDIRECTS + 1
+
+
+def test_a_redirect_to_another_origin_is_refused_and_the_key_never_leaves(
+    fake_api: FakeApi, make_client: MakeClient
+) -> None:
+    with FakeApi(frozen_account(token=TOKEN)) as elsewhere:
+        client = make_client(fake_api.url)
+        fake_api.inject(
+            Fault("redirect", header=elsewhere.url + "{url}"), project="proj_demo_web", times=None
+        )
+        with pytest.raises(errors.Redirected, match="another origin") as raised:
+            client.billing_usage("proj_demo_web")
+        assert TOKEN not in str(raised.value)
+        assert elsewhere.arrivals == 0  # not one request, so never the key
+        assert fake_api.request_count(project="proj_demo_web") == 1  # and not retried

@@ -46,7 +46,7 @@ def test_demo_old_shape_validates_against_the_seed_schema(
     document = account.usage(account.projects[project], "old")
     assert errors_of(billing_validator("seed", strict=False), document) == []
     attributes = document["data"]["attributes"]
-    assert "amount" not in attributes
+    assert attributes["amount"] == attributes["price"]  # as the 2025-10-13 example shows
     assert all("servers" not in p["metadata"] for p in attributes["products"])
 
 
@@ -162,3 +162,28 @@ def test_demo_api_serves_each_key_its_own_team() -> None:
         )
         (project,) = json.loads(body)["data"]
         assert project["attributes"]["team"]["currency"]["code"] == "BRL"
+
+
+def test_the_demo_filters_by_plan_and_products_as_the_spec_says() -> None:
+    """Before, `filter[plan]` and `filter[products][]` were ignored: a project's
+    `plan`/`products` config could never be seen working in --demo."""
+    with DemoApi(DemoAccount(token=TOKEN)) as api:
+        base = api.url + "/billing/usage?filter[project]=proj_demo_web"
+
+        def lines(query: str) -> tuple[list[str], float]:
+            status, _, body = http_get(base + query, {"Authorization": TOKEN})
+            assert status == 200
+            attributes = json.loads(body)["data"]["attributes"]
+            assert errors_of(billing_validator("newest"), json.loads(body)) == []
+            return [p["id"] for p in attributes["products"]], attributes["price"]
+
+        every, total = lines("")
+        assert len(every) == 4
+        assert lines("&filter[products][]=si_eip&filter[products][]=si_vm_ci")[0] == [
+            "si_vm_ci",
+            "si_eip",
+        ]
+        kept, price = lines("&filter[plan]=c2.small.x86")  # a plan name
+        assert kept == ["si_bm_web"] and 0 < price < total
+        assert lines("&filter[plan]=c2-small-x86")[0] == ["si_bm_web"]  # a server's plan
+        assert lines("&filter[plan]=nope") == ([], 0)

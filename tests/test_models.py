@@ -16,6 +16,7 @@ from exporter.models import (
     ErrorDocument,
     PayloadError,
     Product,
+    ProductMetadata,
     ProjectsPage,
     clean_json,
     parse_document,
@@ -39,13 +40,13 @@ def test_new_shape_parses_servers_bucket_and_amounts() -> None:
     assert attributes.period.start == datetime(2026, 11, 1, tzinfo=UTC)
     metal, storage, _, calls = attributes.products
     assert metal.metadata is not None
-    assert [s.hostname for s in metal.metadata.all_servers()] == ["web-01", "db-01"]
-    assert [s.tags for s in metal.metadata.all_servers()] == [["web", "prod"], ["db"]]
+    assert [s.hostname for s in metal.metadata.all_servers(metal.resource)] == ["web-01", "db-01"]
+    assert [s.tags for s in metal.metadata.all_servers(metal.resource)] == [["web", "prod"], ["db"]]
     assert calls.metadata is not None and calls.metadata.billing_unit_divisor == 1000
     assert storage.unit == "GB"
     assert storage.metadata is not None and storage.metadata.bucket is not None
     assert storage.metadata.bucket.name == "lake"
-    assert storage.metadata.all_servers() == []
+    assert storage.metadata.all_servers(storage.resource) == []
 
 
 def test_old_shape_metadata_reads_as_one_server() -> None:
@@ -55,9 +56,32 @@ def test_old_shape_metadata_reads_as_one_server() -> None:
     assert attributes.amount is None
     gpu, licence = attributes.products
     assert gpu.metadata is not None
-    (server,) = gpu.metadata.all_servers()
+    (server,) = gpu.metadata.all_servers(gpu.resource)
     assert (server.id, server.hostname, server.plan) == ("sv_gpu", "trainer-01", "g3-h100-large")
-    assert licence.metadata is not None and licence.metadata.all_servers() == []
+    assert licence.metadata is not None and licence.metadata.all_servers(licence.resource) == []
+
+
+@pytest.mark.parametrize(
+    ("resource", "server", "bucket"),
+    [
+        ("object_storage", False, True),
+        ("bare_metal", True, False),
+        ("virtual_machine", True, False),
+        ("license", False, False),
+    ],
+)
+def test_an_old_shape_id_alone_is_a_server_only_on_a_servers_line(
+    resource: str, server: bool, bucket: bool
+) -> None:
+    """The old shape puts a bucket's id in `metadata.id` (hostname and plan null): it
+    was exported as a server, its spend as untagged server spend."""
+    metadata = ProductMetadata(id="bkt_lake")
+    assert bool(metadata.all_servers(resource)) is server
+    found = metadata.storage_bucket(resource)
+    assert (found is not None and found.id == "bkt_lake") is bucket
+    named = ProductMetadata(id="sv_1", hostname="web-01")  # a hostname: always a server
+    assert [s.id for s in named.all_servers(resource)] == ["sv_1"]
+    assert named.storage_bucket(resource) is None
 
 
 def test_data_as_a_list_is_searched_for_the_project() -> None:

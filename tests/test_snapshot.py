@@ -62,6 +62,61 @@ def test_discounts_percent_as_ratio_and_amount_in_main_units() -> None:
     assert (amount.product_id, amount.ratio, amount.amount) == ("si_on0fybnq", None, 2.5)
 
 
+@pytest.mark.parametrize(
+    "discount",
+    [
+        {"description": "d", "type": "fixed", "value": 500},
+        {"description": "d", "value": 500},
+        {"description": "d", "type": "credit", "value": 500},
+        {"description": "d", "type": None, "value": 500},
+    ],
+    ids=["fixed", "missing", "new-value", "null"],
+)
+def test_a_discount_of_an_unknown_type_is_counted_never_read_as_money(
+    discount: dict[str, Any],
+) -> None:
+    """The spec's `type` is a closed enum (percent, amount): before, anything else was
+    taken as a fixed amount and exported as money."""
+    known = {"description": "k", "type": "amount", "value": 100}
+    line = {"id": "si_1", "name": "a", "price": 1000, "discounts": [discount, known]}
+    usage = usage_of(answer(line, price=1000), "p")
+    assert [(d.description, d.amount) for d in usage.discounts] == [("k", 1.0)]
+    assert usage.discounts_unknown == 1
+
+
+def test_the_units_the_spec_states_and_those_it_does_not() -> None:
+    """The spec says "in cents" of price, amount, credit, threshold, unit_price and
+    unit_amount; of `amount_without_discount` and an `amount` discount's `value` it
+    says nothing: they are read as cents too (an assumption the README states)."""
+    from tests.spec import copy as spec_copy
+
+    schema = spec_copy()["billing_usage"]["newest"]["properties"]["data"]["properties"]
+    attributes = schema["attributes"]["properties"]
+    product = attributes["products"]["items"]["properties"]
+
+    def says_cents(field: dict[str, Any]) -> bool:
+        return "in cents" in str(field.get("description", ""))
+
+    stated = [attributes[f] for f in ("price", "amount", "available_credit_balance", "threshold")]
+    stated += [product[f] for f in ("price", "amount", "unit_price", "unit_amount")]
+    assert all(says_cents(field) for field in stated)
+    unstated = [product["amount_without_discount"], product["discounts"]["items"]]
+    assert not any(says_cents(field) for field in unstated)
+    line = {
+        "id": "si_1",
+        "name": "a",
+        "price": 900,
+        "amount_without_discount": 1000,
+        "unit_amount": 25,
+        "discounts": [{"description": "d", "type": "amount", "value": 100}],
+    }
+    (product_usage,) = usage_of(answer(line, price=900), "p").products
+    assert product_usage.price_without_discount == 10.0  # the assumption: cents
+    assert product_usage.unit_amount == 0.25
+    (discount,) = usage_of(answer(line, price=900), "p").discounts
+    assert discount.amount == 1.0  # the assumption: cents
+
+
 def test_an_inverted_period_is_dropped() -> None:
     payload = answer(period={"start": "2026-12-01T00:00:00Z", "end": "2026-11-01T00:00:00Z"})
     usage = usage_of(payload, "p")
