@@ -9,7 +9,7 @@ ARGS   ?= --demo
 WORKERS ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format unit bench lock clean
+.PHONY: help run test quick lint format unit bench lock clean
 
 $(STAMP): pyproject.toml grafana/schema-check/package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ lint: $(STAMP) ## ruff format --check, ruff check, mypy --strict over the packag
 format: $(STAMP) ## ruff format and ruff check --fix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+quick: lint $(STAMP) ## what `make test` runs but the slow tests (benchmark smoke, e2e, containers, daemons under load)
+	$(BIN)/pytest -n $(WORKERS) -m "not slow"
 
 unit: $(STAMP) ## the test suite, on every core
 	$(BIN)/pytest -n $(WORKERS)

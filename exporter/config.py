@@ -63,7 +63,10 @@ class ConfigError(Exception):
     """A config problem, phrased as one line that names the field."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A section of a config file: unknown keys are errors (a typo must not be ignored),
+    values are frozen. The web config's sections share it."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -105,7 +108,7 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-class ApiSettings(_Section):
+class ApiSettings(Section):
     base_url: str = Field("https://api.latitude.sh", description="Root of the Latitude.sh API.")
     timeout_seconds: float = Field(
         15.0,
@@ -159,7 +162,7 @@ class ApiSettings(_Section):
         return check_base_url(value)
 
 
-class PollSettings(_Section):
+class PollSettings(Section):
     interval_seconds: float = Field(
         300,
         ge=1,
@@ -169,7 +172,7 @@ class PollSettings(_Section):
     concurrency: int = Field(4, ge=1, le=64, description="Projects polled at once, per team.")
 
 
-class ProjectSettings(_Section):
+class ProjectSettings(Section):
     id: str = Field(
         min_length=1, max_length=MAX_ID_CHARS, description="Project id, e.g. proj_r0MK4O4kDa95w."
     )
@@ -184,7 +187,7 @@ class ProjectSettings(_Section):
 _CURRENCY = r"^[A-Z]{3}$"
 
 
-class TeamSettings(_Section):
+class TeamSettings(Section):
     """One API key: a team of Latitude.sh, polled in isolation from the others."""
 
     name: str = Field(

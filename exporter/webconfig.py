@@ -21,14 +21,14 @@ from typing import Any, Literal
 import bcrypt
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
+
+from exporter.config import Section, format_validation_error
 
 TlsVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
 ClientAuth = Literal[
@@ -102,11 +102,7 @@ class WebConfigError(Exception):
     """A web config problem, as one line that names the file and the field."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TlsServerConfig(_Section):
+class TlsServerConfig(Section):
     """`tls_server_config` of the exporter-toolkit format."""
 
     cert: SecretStr | None = None
@@ -175,7 +171,7 @@ class TlsServerConfig(_Section):
         return self
 
 
-class HttpServerConfig(_Section):
+class HttpServerConfig(Section):
     headers: dict[str, str] = Field(default_factory=dict)
     #: exporter-toolkit's default; this server speaks HTTP/1.1 only (said at start-up).
     http2: bool | None = None
@@ -197,7 +193,7 @@ class HttpServerConfig(_Section):
         return headers
 
 
-class RateLimit(_Section):
+class RateLimitConfig(Section):
     interval: str | float = 0
     burst: int = Field(0, ge=0)
 
@@ -208,13 +204,13 @@ class RateLimit(_Section):
         return value
 
 
-class WebConfigFile(_Section):
+class WebConfigFile(Section):
     """The `--web.config.file` as written."""
 
     tls_server_config: TlsServerConfig | None = None
     http_server_config: HttpServerConfig = Field(default_factory=HttpServerConfig)
     basic_auth_users: dict[str, SecretStr] = Field(default_factory=dict)
-    rate_limit: RateLimit | None = None
+    rate_limit: RateLimitConfig | None = None
 
     @field_validator("basic_auth_users")
     @classmethod
@@ -304,14 +300,7 @@ def load_web_config(path: Path) -> WebSettings:
     try:
         parsed = WebConfigFile.model_validate(content)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False, include_input=False):
-            name = ".".join(str(p) for p in error["loc"]) or "web config"
-            message = " ".join(error["msg"].removeprefix("Value error, ").split())
-            if error["type"] == "extra_forbidden":
-                message = "unknown field"
-            problems.append(f"{name}: {message}")
-        raise WebConfigError(f"{where}: {'; '.join(problems)}") from None
+        raise WebConfigError(f"{where}: {format_validation_error(exc)}") from None
     try:
         return _apply(parsed, path)
     except (ssl.SSLError, OSError, ValueError) as exc:

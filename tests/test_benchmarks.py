@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # `make quick` leaves it out; `make test` runs it
 
 
 def test_benchmarks_smoke_run_writes_every_section(tmp_path: Path) -> None:

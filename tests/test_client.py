@@ -437,7 +437,8 @@ def test_a_trickling_answer_fails_at_the_timeout_not_per_read(
     started = time.monotonic()
     with pytest.raises(errors.Timeout):
         client.billing_usage("proj_demo_web")
-    assert time.monotonic() - started < 2.0
+    # At the 1 s deadline; per-read timeouts alone would read on for minutes.
+    assert time.monotonic() - started < 10.0
     assert seen == ["timeout"]
 
 

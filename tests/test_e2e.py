@@ -41,7 +41,7 @@ from tests.fakeapi import FakeApi, Fault
 KEY_US = "e2e-key-us-0123456789"
 KEY_BR = "e2e-key-br-9876543210"
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
 DASHBOARD = ROOT / "grafana" / "dashboards" / "latitudesh-billing.json"
 

@@ -39,6 +39,8 @@ from tests.fakeapi import LargeApi, large_api
 PROJECTS = 400
 PRODUCTS = 50
 
+pytestmark = pytest.mark.slow  # daemons under load: left out of `make quick`
+
 
 def status_kib(pid: int, field: str) -> int:
     return int(Path(f"/proc/{pid}/status").read_text().split(f"{field}:")[1].split()[0])

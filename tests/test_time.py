@@ -38,6 +38,8 @@ from tests.fakeapi import FakeApi, Fault
 TEAMS = 30  # three times APScheduler's ten default workers
 SLOW = 10
 
+pytestmark = pytest.mark.slow  # daemons under load: left out of `make quick`
+
 
 def key(index: int) -> str:
     return f"lat_team_{index:02d}_0123456789"
