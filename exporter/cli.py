@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json")
     )
     parser.add_argument(
+        "--runtime.tuning",
+        dest="runtime_tuning",
+        default="on",
+        choices=("on", "off"),
+        help="tune CPython's garbage collector, switch interval and malloc for the daemon",
+    )
+    parser.add_argument(
         "--demo",
         action="store_true",
         help="poll a built-in simulated Latitude.sh API; needs no token",
@@ -449,7 +456,8 @@ def _exit_now(code: int) -> NoReturn:
 
 
 def _serve(app: App, setup: Setup, args: argparse.Namespace, redactor: Redactor) -> int:
-    runtime.tune(app.scheduler)
+    if args.runtime_tuning == "on":
+        runtime.tune(app.scheduler)
     runtime.raise_file_limit()
     host, port = setup.listen
     web_app = WebApp(

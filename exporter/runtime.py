@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import functools
 import gc
+import os
 import resource
 import sys
 
@@ -52,8 +53,10 @@ def tune(scheduler: BackgroundScheduler) -> None:
     # to eight per core), and freed memory stays spread over them: two arenas hold the
     # same heap in about 15 % less RSS; trimming after each full collection gives back
     # what a large plain-text scrape or a refresh left free.
+    # The image sets MALLOC_ARENA_MAX itself (glibc reads it before any thread starts):
+    # mallopt is for runs outside it, and never overrides what the operator set.
     libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
+    if libc is not None and hasattr(libc, "mallopt") and "MALLOC_ARENA_MAX" not in os.environ:
         libc.mallopt(M_ARENA_MAX, 2)
     scheduler.add_job(
         _collect_and_trim, "interval", seconds=FULL_COLLECTION_SECONDS, id="gc", coalesce=True

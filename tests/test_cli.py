@@ -449,3 +449,16 @@ def test_old_shape_buckets_are_never_servers(tmp_path: Path) -> None:
         samples, "latitudesh_billing_tag_price", project_id=project, tag="__unattributed__"
     ) == sample(samples, "latitudesh_billing_price", project_id=project)
     assert sample(samples, "latitudesh_billing_amount", project_id=project) is not None
+
+
+def test_runtime_tuning_can_be_switched_off(tmp_path: Path) -> None:
+    """The off switch of the daemon's CPython tuning: a bad value is a bad flag (2);
+    `off` serves as usual."""
+    bad = run_cli("--runtime.tuning", "maybe", cwd=tmp_path)
+    assert bad.returncode == 2 and "--runtime.tuning" in bad.stderr
+    exporter = ExporterProcess(["--demo", "--runtime.tuning", "off"], tmp=tmp_path)
+    try:
+        exporter.wait_ready()
+        assert sample(exporter.scrape(), "latitudesh_up", project_id="proj_demo_web") is not None
+    finally:
+        assert exporter.stop() == 0
