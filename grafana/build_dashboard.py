@@ -335,15 +335,16 @@ def variables() -> list[dict[str, Any]]:
     ]
 
 
-def build() -> dict[str, Any]:
-    layout = Layout()
-    threshold_share = {
-        "unit": "percentunit",
-        "min": 0,
-        "max": 1.2,
-        "thresholds": {"mode": "absolute", "steps": THRESHOLD_STEPS},
-    }
+THRESHOLD_SHARE = {
+    "unit": "percentunit",
+    "min": 0,
+    "max": 1.2,
+    "thresholds": {"mode": "absolute", "steps": THRESHOLD_STEPS},
+}
 
+
+def spend_row(layout: Layout) -> None:
+    """Spend this billing period: what each project has cost and will cost."""
     layout.row("Spend this billing period")
     layout.add(
         stat(
@@ -416,7 +417,7 @@ def build() -> dict[str, Any]:
                     instant=True,
                 )
             ],
-            threshold_share,
+            THRESHOLD_SHARE,
             [],
         ),
         w=6,
@@ -478,6 +479,9 @@ def build() -> dict[str, Any]:
         h=7,
     )
 
+
+def money_row(layout: Layout) -> None:
+    """Where the money goes: products, plans and resources."""
     layout.row("Where the money goes")
     targets, overrides = money_targets(
         "topk(20, " + one("latitudesh_billing_product_price{" + SELECTED + ", @CURRENCY@}") + ")",
@@ -563,6 +567,9 @@ def build() -> dict[str, Any]:
         h=7,
     )
 
+
+def showback_row(layout: Layout) -> None:
+    """Showback: the spend of each server and tag."""
     layout.row("Showback: servers and tags")
     targets, overrides = money_targets(
         "sum by (tag, currency) ("
@@ -707,6 +714,9 @@ def build() -> dict[str, Any]:
         h=10,
     )
 
+
+def health_row(layout: Layout) -> None:
+    """Exporter health: polls, errors, budget and freshness."""
     layout.row("Exporter health")
     layout.add(
         {
@@ -853,6 +863,12 @@ def build() -> dict[str, Any]:
         w=12,
         h=7,
     )
+
+
+def build() -> dict[str, Any]:
+    layout = Layout()
+    for row in (spend_row, money_row, showback_row, health_row):
+        row(layout)
     return {
         "title": "Latitude.sh billing",
         "uid": "latitudesh-billing",
