@@ -415,9 +415,14 @@ def _verdict(exc: errors.LatitudeError, redactor: Redactor) -> str:
 
 
 def _run_once(app: App) -> int:
-    """Poll every team at once; print the exposition. Ctrl-C stops at once (130)."""
+    """Poll every team at once; print the exposition. Ctrl-C stops at once (130).
+
+    SIGINT goes to an `Inbox` installed before any poll starts: a
+    KeyboardInterrupt could land anywhere in the main thread (starting a thread, say),
+    outside any `try`, and the exit would then wait for the polls in flight."""
     results: list[bool] = []
     done = threading.Event()
+    inbox = Inbox((signal.SIGINT,))
 
     def run() -> None:
         outcomes: list[bool] = []
@@ -431,14 +436,13 @@ def _run_once(app: App) -> int:
             thread.join()
         results.extend(outcomes)
         done.set()
+        inbox.wake()
 
     threading.Thread(target=run, name="once", daemon=True).start()
-    try:
-        while not done.wait(0.2):
-            pass
-    except KeyboardInterrupt:
-        log.warning("interrupted")
-        _exit_now(EXIT_INTERRUPTED)
+    while not done.is_set():
+        if inbox.wait():
+            log.warning("interrupted")
+            _exit_now(EXIT_INTERRUPTED)
     body = app.exposition.render()
     for chunk in body.chunks:
         sys.stdout.buffer.write(chunk)
@@ -514,16 +518,19 @@ def _serve(app: App, setup: Setup, args: argparse.Namespace, redactor: Redactor)
 class Reloader:
     """SIGHUP's work, one reload at a time in one thread.
 
-    A signal that arrives while a reload runs asks for one more after it; any number of
-    them ask for just that one. So the newest file always wins (an older, slower reload
-    can never finish after a newer one), and a storm of signals costs two reloads, not
-    a thread each.
+    A request that arrives while a reload runs asks for one more after it; any number
+    of them ask for just that one. So the newest file always wins (an older, slower
+    reload can never finish after a newer one), and a storm of signals costs two
+    reloads, not a thread each. Requests are counted under a lock, so none can be
+    lost between the thread waking and starting its work; a reload that raises is
+    logged and the thread goes on.
     """
 
     def __init__(self, work: Callable[[], None], stop: threading.Event) -> None:
         self._work = work
         self._stop = stop
-        self._wanted = threading.Event()
+        self._asked = 0
+        self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="reload", daemon=True)
         #: Reloads done, for tests.
         self.done = 0
@@ -533,15 +540,29 @@ class Reloader:
 
     def request(self) -> None:
         """Ask for a reload (from the main thread, never from a signal handler)."""
-        self._wanted.set()
+        with self._changed:
+            self._asked += 1
+            self._changed.notify()
+
+    @property
+    def pending(self) -> bool:
+        """Whether a reload was asked for and has not started yet."""
+        with self._changed:
+            return self._asked > self._served
+
+    _served = 0
 
     def _run(self) -> None:
         while True:
-            self._wanted.wait()
-            if self._stop.is_set():
-                return
-            self._wanted.clear()
-            self._work()
+            with self._changed:
+                self._changed.wait_for(lambda: self._asked > self._served or self._stop.is_set())
+                if self._stop.is_set():
+                    return
+                self._served = self._asked  # every request so far is served by this run
+            try:
+                self._work()
+            except Exception:  # a reload must never end reloading
+                log.exception("reload failed")
             self.done += 1
 
 

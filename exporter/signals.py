@@ -1,12 +1,14 @@
-"""Signals received by handlers that take no lock, acted on by the main thread.
+"""Signals handed to the main thread through a pipe, never acted on in a handler.
 
-A Python signal handler runs on the main thread between two bytecodes, possibly in
-the middle of another handler. One that sets a `threading.Event` takes the event's
-lock: a second signal landing while the first handler holds it deadlocks the main
-thread for good (measured: 100 SIGHUPs in a row froze 2 of 16 daemons, reload and
-shutdown both). So a handler here only appends the signal's number to a deque (atomic)
-and writes one byte to a non-blocking pipe; the main thread waits on the pipe and does
-the work (`Inbox.wait`), where taking locks is safe.
+Two traps, both measured here: a Python handler runs on the main thread between two
+bytecodes, possibly inside another handler, so one that takes a lock (setting a
+`threading.Event`) deadlocked the main thread under a storm of SIGHUPs (2 of 16
+daemons); and a signal the kernel delivers to another thread never interrupts a
+main thread blocked in a read, so its Python handler does not run until something
+else wakes that thread (the storm's later SIGHUPs were never acted on, 1 of 7 runs
+under load). So the signal number is written to a pipe by CPython's C-level handler
+(`signal.set_wakeup_fd`), from whichever thread received it; the main thread blocks
+reading that pipe (`Inbox.wait`) and does the work, where taking locks is safe.
 """
 
 from __future__ import annotations
@@ -14,45 +16,39 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections import deque
 from types import FrameType
+
+#: What `wake` writes: not a signal number.
+_WAKE = b"\0"
 
 
 class Inbox:
     """The signals received since the last `wait`, in order.
 
     Parameters:
-        signums: the signals to catch; their handlers are installed at once and left
-            installed (the process ends with them).
+        signums: the signals to catch; their handlers and the process's wake-up fd
+            are installed at once (from the main thread) and left installed.
     """
 
     def __init__(self, signums: tuple[signal.Signals, ...]) -> None:
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
-        self._received: deque[signal.Signals] = deque()
+        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
         for signum in signums:
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        del frame
-        self._received.append(signal.Signals(signum))
-        self.wake()
+            signal.signal(signum, _noted)
 
     def wake(self) -> None:
-        """Make `wait` return; safe from a handler and from any thread."""
+        """Make `wait` return; safe from any thread."""
         # A full pipe already holds a wake-up: dropping this byte loses nothing.
         with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._write, b"\0")
+            os.write(self._write, _WAKE)
 
     def wait(self) -> list[signal.Signals]:
-        """Block until a signal (or `wake`), then return every one received since."""
-        while True:
-            try:
-                os.read(self._read, 4096)  # drains every wake-up pending at once
-                break
-            except InterruptedError:  # pragma: no cover (PEP 475 retries for us)
-                continue
-        received = []
-        while self._received:
-            received.append(self._received.popleft())
-        return received
+        """Block until a signal (or `wake`), then return every signal received since."""
+        data = os.read(self._read, 4096)  # drains every pending byte at once
+        return [signal.Signals(byte) for byte in data if byte]
+
+
+def _noted(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler: nothing to do, the C-level one wrote to the pipe."""
+    del signum, frame

@@ -100,7 +100,7 @@ def test_reloads_are_serialised_and_a_storm_costs_two() -> None:
     release.set()
     wait_for(lambda: reloader.done == 2, message="two reloads")
     assert applied == ["v1", "v2"]  # the newest file is applied last
-    wait_for(lambda: not reloader._wanted.is_set(), message="nothing more asked")
+    wait_for(lambda: not reloader.pending, message="nothing more asked")
     assert reloader.done == 2
     stop.set()
     reloader.request()
@@ -128,7 +128,11 @@ def test_sighup_race_and_storm_the_newest_web_config_wins(tmp_path: Path) -> Non
         def removed() -> bool:
             return status_of(port, "/metrics", auth=basic("leaver")) == 401
 
-        wait_for(removed, message="the removed user to lose access")
+        try:
+            wait_for(removed, message="the removed user to lose access")
+        except BaseException:
+            print(exporter.output())  # what the daemon said, in the failure's report
+            raise
         for _ in range(5):  # and it stays so: no older reload lands after
             assert removed()
         # Worker threads start as they are needed; before, one thread per signal (+93).
@@ -157,3 +161,4 @@ def test_a_signal_storm_inside_a_handler_never_deadlocks_the_main_thread() -> No
     finally:
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
         signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
