@@ -18,7 +18,8 @@ import socket
 import struct
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +63,18 @@ def account() -> Iterator[tuple[str, LargeApi]]:
         yield served
 
 
-@pytest.fixture
-def daemon(account: tuple[str, LargeApi], tmp_path: Path) -> Iterator[ExporterProcess]:
-    """The exporter over 400 projects of 50 products, polls landing all the time."""
-    url, _ = account
-    env = {
+@contextmanager
+def large_daemon(
+    url: str, tmp_path: Path, preexec_fn: Callable[[], None] | None = None, **env: str
+) -> Iterator[ExporterProcess]:
+    """The exporter over the large account, once every project is on /metrics."""
+    full_env = {
         "LATITUDESH_AUTH_TOKEN": "bench-0",
         "LATITUDESH_EXPORTER_API__BASE_URL": url,
         "LATITUDESH_EXPORTER_API__REQUESTS_PER_MINUTE": "6000",
-        "LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS": "2",
+        **env,
     }
-    exporter = ExporterProcess([], env=env, tmp=tmp_path)
+    exporter = ExporterProcess([], env=full_env, tmp=tmp_path, preexec_fn=preexec_fn)
     try:
         exporter.wait_ready(timeout=60)
         wait_for(
@@ -86,6 +88,14 @@ def daemon(account: tuple[str, LargeApi], tmp_path: Path) -> Iterator[ExporterPr
         yield exporter
     finally:
         exporter.stop()
+
+
+@pytest.fixture
+def daemon(account: tuple[str, LargeApi], tmp_path: Path) -> Iterator[ExporterProcess]:
+    """The exporter over 400 projects of 50 products, polls landing all the time."""
+    url, _ = account
+    with large_daemon(url, tmp_path, LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="2") as exporter:
+        yield exporter
 
 
 def ask(port: int, *, gzipped: bool, rcvbuf: int | None = None) -> socket.socket:
@@ -234,34 +244,21 @@ def test_the_daemon_under_a_low_open_file_limit_keeps_room_for_prometheus(
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
 
-    env = {
-        "LATITUDESH_AUTH_TOKEN": "bench-0",
-        "LATITUDESH_EXPORTER_API__BASE_URL": url,
-        "LATITUDESH_EXPORTER_API__REQUESTS_PER_MINUTE": "6000",
-    }
-    exporter = ExporterProcess([], env=env, tmp=tmp_path, preexec_fn=low_limit)
     stuck: list[socket.socket] = []
-    try:
-        exporter.wait_ready(timeout=60)
-        wait_for(
-            lambda: (
-                http_get(exporter.url + "/metrics", timeout=30)[2].count(b"\nlatitudesh_up{")
-                == PROJECTS
-            ),
-            timeout=60,
-            message="every project on /metrics",
-        )
-        stuck = [ask(exporter.port, gzipped=False, rcvbuf=4096) for _ in range(36)]
-        wait_for(lambda: all(pending(s) > 0 for s in stuck), 60, "every stuck answer started")
-        for _ in range(20):
-            status, _, body = http_get(exporter.url + "/metrics", {"Accept-Encoding": "gzip"}, 30)
-            assert status == 200
-            assert gzip.decompress(body).count(b"\nlatitudesh_up{") == PROJECTS
-        assert "connection limit reached" in exporter.output()
-    finally:
-        for sock in stuck:
-            sock.close()
-        exporter.stop()
+    with large_daemon(url, tmp_path, preexec_fn=low_limit) as exporter:
+        try:
+            stuck = [ask(exporter.port, gzipped=False, rcvbuf=4096) for _ in range(36)]
+            wait_for(lambda: all(pending(s) > 0 for s in stuck), 60, "every stuck answer started")
+            for _ in range(20):
+                status, _, body = http_get(
+                    exporter.url + "/metrics", {"Accept-Encoding": "gzip"}, 30
+                )
+                assert status == 200
+                assert gzip.decompress(body).count(b"\nlatitudesh_up{") == PROJECTS
+            assert "connection limit reached" in exporter.output()
+        finally:
+            for sock in stuck:
+                sock.close()
 
 
 def fetch_pausing(port: int, *, gzipped: bool, hold: int) -> int:
