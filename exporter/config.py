@@ -16,7 +16,6 @@ import json
 import os
 import re
 import stat
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +34,14 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 from pydantic_settings.exceptions import SettingsError
 
 from exporter.errors import TokenUnavailable
+from exporter.files import FileUnreadable, read_file
 from exporter.models import MAX_ID_CHARS
 
 ENV_PREFIX = "LATITUDESH_EXPORTER_"
@@ -146,8 +146,8 @@ class ApiSettings(Section):
     token_file: Path | None = Field(
         None,
         description=(
-            "File holding the API token (Docker/Kubernetes secret). Re-read when it "
-            f"changes and on SIGHUP. Used when {TOKEN_ENV} is not set."
+            "File holding the API token (Docker/Kubernetes secret). Read again at every "
+            f"request. Used when {TOKEN_ENV} is not set."
         ),
     )
 
@@ -305,9 +305,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        yaml_file = _YAML_FILE.get()
-        if yaml_file is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        content = _YAML_CONTENT.get()
+        if content:
+            # The file as `_check_yaml` read and checked it: read once, so that what
+            # is validated is what was checked, and the read is bounded.
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=content))
         return tuple(sources)
 
 
@@ -321,8 +323,12 @@ def _no_duplicate_projects(
         owners[project.id] = team
 
 
-#: The YAML file `Settings` reads, for the duration of one `load_settings` call.
-_YAML_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_file", default=None)
+#: The YAML file's content `Settings` reads, for the duration of one `load_settings` call.
+_YAML_CONTENT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "yaml_content", default=None
+)
+#: A config file holds a few kilobytes; this bounds a read of the wrong file.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 def load_settings(path: Path | None, *, explicit: bool = False) -> Settings:
@@ -331,14 +337,11 @@ def load_settings(path: Path | None, *, explicit: bool = False) -> Settings:
     `explicit` says the user named the file, so its absence is an error; the default
     `config.yaml` is optional.
     """
-    if path is not None and not path.is_file():
-        if explicit:
-            raise ConfigError(f"config.file: {path}: no such file")
-        path = None
-    if path is not None:
-        _check_yaml(path)
+    content = None
+    if path is not None and (explicit or path.exists()):
+        content = _check_yaml(path)
     _check_env(os.environ)
-    token = _YAML_FILE.set(path)
+    token = _YAML_CONTENT.set(content)
     try:
         return Settings()
     except ValidationError as exc:
@@ -347,7 +350,7 @@ def load_settings(path: Path | None, *, explicit: bool = False) -> Settings:
         # _check_env has read every complex value already; this is a last resort.
         raise ConfigError(f"{ENV_PREFIX}*: a value is not valid JSON") from None
     finally:
-        _YAML_FILE.reset(token)
+        _YAML_CONTENT.reset(token)
 
 
 def _is_complex(annotation: Any) -> bool:
@@ -377,12 +380,18 @@ def _check_env(environ: Mapping[str, str]) -> None:
         _check_size(parsed, name)
 
 
-def _check_yaml(path: Path) -> None:
-    """pydantic-settings parses the file again; this turns YAML errors into one line and
-    refuses files too deep or too large for a config (before anything walks them)."""
+def _check_yaml(path: Path) -> dict[str, Any] | None:
+    """The file's mapping, read within a bound; YAML errors as one line; files too deep
+    or too large for a config refused before anything walks them."""
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = read_file(path, max_bytes=MAX_CONFIG_BYTES)
+    except FileUnreadable as exc:
+        raise ConfigError(f"config.file: {exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config.file: {path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        content = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"config.file: {path}: cannot read: {exc}") from None
     except RecursionError:
         raise ConfigError(f"config.file: {path}: nested too deeply") from None
@@ -394,6 +403,7 @@ def _check_yaml(path: Path) -> None:
     if content is not None and not isinstance(content, dict):
         raise ConfigError(f"config.file: {path}: the top level must be a mapping")
     _check_size(content, f"config.file: {path}")
+    return content
 
 
 def _check_size(content: Any, where: str) -> None:
@@ -436,12 +446,15 @@ class TokenFileWarning:
 
 
 class TokenSource:
-    """Hands the client the current token, re-reading a token file when it changes.
+    """Hands the client the current token, read again from its file at every request.
 
-    Re-reading lets an operator rotate a Kubernetes/Docker secret without a restart;
-    the mtime+size check keeps it to one stat() per request. At run time a token that
-    cannot be read raises `TokenUnavailable` (counted, retried: a secret being rotated
-    can vanish for a moment); at start-up it is a `ConfigError`.
+    Re-reading lets an operator rotate a Kubernetes/Docker secret without a restart.
+    Each read is bounded (`files.read_file`: a regular file, read within
+    `files.READ_SECONDS`), so a hung secret mount fails a poll as `token_unreadable`
+    instead of holding it. No lock is held across a read: the log redactor asks
+    `current()` for the last token read and never waits on the file. At run time a
+    token that cannot be read raises `TokenUnavailable` (counted, retried: a secret
+    being rotated can vanish for a moment); at start-up it is a `ConfigError`.
     """
 
     def __init__(
@@ -456,9 +469,8 @@ class TokenSource:
         self._static = static
         self._path = path
         self._field = field
-        self._lock = threading.Lock()
-        self._stamp: tuple[float, int, int] | None = None
-        self._cached: SecretStr | None = None
+        #: The last token read: replaced whole, never mutated, so readers need no lock.
+        self._cached: SecretStr | None = static
         if path is not None:
             try:
                 self.get()
@@ -472,48 +484,38 @@ class TokenSource:
     def path(self) -> Path | None:
         return self._path
 
+    @property
+    def field(self) -> str:
+        """The setting the token comes from, as errors name it."""
+        return self._field
+
     def get(self) -> SecretStr:
         if self._static is not None:
             return self._static
         assert self._path is not None
         try:
-            info = self._path.stat()
-        except OSError as exc:
-            raise TokenUnavailable(f"{self._field}: {self._path}: {exc.strerror}") from None
-        stamp = (info.st_mtime, info.st_size, info.st_ino)
-        with self._lock:
-            if stamp != self._stamp or self._cached is None:
-                self._cached = SecretStr(self._read())
-                self._stamp = stamp
-            return self._cached
-
-    def _read(self) -> str:
-        assert self._path is not None
+            raw = read_file(self._path, max_bytes=MAX_TOKEN_CHARS)
+        except FileUnreadable as exc:
+            raise TokenUnavailable(f"{self._field}: {exc}") from None
         try:
-            with self._path.open("rb") as handle:
-                raw = handle.read(MAX_TOKEN_CHARS + 1)
-        except OSError as exc:
-            raise TokenUnavailable(
-                f"{self._field}: {self._path}: cannot read: {exc.strerror}"
-            ) from None
-        try:
-            return clean_token(raw.decode("utf-8"), self._field)
+            token = clean_token(raw.decode("utf-8"), self._field)
         except UnicodeDecodeError:
             raise TokenUnavailable(f"{self._field}: the API token is not text") from None
         except ConfigError as exc:
             raise TokenUnavailable(str(exc)) from None
+        cached = self._cached
+        if cached is None or cached.get_secret_value() != token:
+            self._cached = cached = SecretStr(token)
+        return cached
 
     def current(self) -> str | None:
         """The last token read, without touching the file: for the log redactor."""
-        if self._static is not None:
-            return self._static.get_secret_value()
-        with self._lock:
-            return self._cached.get_secret_value() if self._cached else None
+        cached = self._cached
+        return cached.get_secret_value() if cached is not None else None
 
     def reload(self) -> None:
-        """Forget the cached token: the next request reads the file again (SIGHUP)."""
-        with self._lock:
-            self._stamp = None
+        """SIGHUP: nothing to forget, the file is read at every request; kept so that
+        every source of secrets answers the same call."""
 
     def permission_warning(self) -> TokenFileWarning | None:
         """Set when the token file can be read by every user of the machine."""
