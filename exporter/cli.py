@@ -62,6 +62,8 @@ DEMO_INTERVAL_SECONDS = 10.0
 #: The simulated API has no rate limit; a real key's budget would only slow start-up.
 DEMO_REQUESTS_PER_MINUTE = 600.0
 SHUTDOWN_SECONDS = 4.0
+#: From SIGTERM to the process's end, whatever is stuck: under the README's 5 s.
+EXIT_DEADLINE_SECONDS = 4.5
 EXIT_FAILED_POLL = 1
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
@@ -167,7 +169,8 @@ class App:
     stop: threading.Event
     demo: DemoApi | None = None
     server: HttpServer | None = None
-    tokens: list[TokenSource] = field(default_factory=list)
+    #: The web config in use (replaced by each successful reload).
+    web: WebSettings = field(default_factory=WebSettings)
 
     def close(self) -> bool:
         self.stop.set()
@@ -213,6 +216,7 @@ def build_app(setup: Setup) -> App:
     stop = threading.Event()
     disable_created_metrics()  # type: ignore[no-untyped-call]
     store = SnapshotStore()
+    store.record_reload(successful=True, now=time.time())  # the files were loaded
     tail = CollectorRegistry(auto_describe=False)
     tail.register(TeamCollector(store.view))
     ProcessCollector(registry=tail)
@@ -270,7 +274,7 @@ def build_app(setup: Setup) -> App:
         BackgroundScheduler(timezone=UTC),
         stop,
         demo=setup.demo,
-        tokens=[team.token for team in setup.teams],
+        web=setup.web,
     )
 
 
@@ -503,16 +507,43 @@ def _serve(app: App, setup: Setup, args: argparse.Namespace, redactor: Redactor)
             if received == signal.SIGHUP:
                 reloader.request()
             elif not app.stop.is_set():
+                _exit_by(EXIT_DEADLINE_SECONDS)
                 log.info("shutting down", extra={"signal": received.name})
                 app.stop.set()
     reloader.request()  # wakes the reload thread, which sees the stop and ends
     idle = app.close()
     log.info("stopped", extra={"clean": idle})
+    _ignore_signals()
     if not idle:
         # A request stuck in a socket read ends at its deadline; don't let it hold
         # the exit past the orchestrator's grace period.
         _exit_now(0)
     return 0
+
+
+#: Signals whose default action ends the process.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _ignore_signals() -> None:
+    """A clean stop exits 0 whatever arrives now. Python's finalization puts back the
+    default action of every signal that has a Python handler (which for SIGHUP, SIGTERM
+    and SIGINT ends the process: a SIGHUP during shutdown made a clean stop exit 129),
+    but leaves ignored signals ignored."""
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _exit_by(seconds: float) -> None:
+    """End the process `seconds` from now, whatever holds the shutdown: a thread of its
+    own that takes no lock (a log call could wait on a stuck stderr, a read on a hung
+    mount). The README promises an exit within 5 s of SIGTERM."""
+
+    def end() -> None:
+        time.sleep(seconds)
+        os._exit(0)
+
+    threading.Thread(target=end, name="exit-deadline", daemon=True).start()
 
 
 class Reloader:
@@ -567,26 +598,54 @@ class Reloader:
 
 
 def _reload(app: App, web_app: WebApp, args: argparse.Namespace) -> None:
-    """SIGHUP: read the token files again and reload the web config; keep all data."""
-    for token in app.tokens:
-        token.reload()
+    """SIGHUP: reload the web config, keeping all data (token files are read again at
+    every request). A file that cannot be loaded is refused: the settings in use stay,
+    one error line says why, and `latitudesh_config_last_reload_successful` turns 0. A
+    valid file that drops TLS or every user is applied, with a warning naming what it
+    removes: protection is never lowered silently."""
     if args.web_config is None:
-        log.info("reloaded", extra={"tokens": len(app.tokens), "web_config": False})
+        app.store.record_reload(successful=True, now=time.time())
+        log.info("reloaded", extra={"web_config": False})
         return
     try:
         web = load_web_config(args.web_config)
     except WebConfigError as exc:
-        log.error("web config not reloaded: keeping the one in use", extra={"error": str(exc)})
+        app.store.record_reload(successful=False, now=time.time())
+        log.error(
+            "web config refused: the settings in use are kept",
+            extra={
+                "error": str(exc),
+                "hint": "replace the file atomically (write it elsewhere, then rename it "
+                "into place), then send SIGHUP again",
+            },
+        )
         return
+    removed = protection_removed(app.web, web)
+    if removed:
+        log.warning(
+            "web config reload removes protection",
+            extra={"removed": ", ".join(removed), "path": str(args.web_config)},
+        )
     web_app.configure(web)
     if app.server is not None:
         app.server.reload(web)
+    app.web = web
+    app.store.record_reload(successful=True, now=time.time())
     log.info(
         "reloaded",
         extra={
-            "tokens": len(app.tokens),
             "web_config": True,
             "tls": web.ssl_context is not None,
             "basic_auth_users": len(web.users),
         },
     )
+
+
+def protection_removed(before: WebSettings, after: WebSettings) -> list[str]:
+    """What a new web config takes away of the old one's protection, in words."""
+    removed = []
+    if before.ssl_context is not None and after.ssl_context is None:
+        removed.append("TLS")
+    if before.users and not after.users:
+        removed.append(f"basic auth (every user: {', '.join(sorted(before.users))})")
+    return removed

@@ -28,6 +28,7 @@ from exporter.snapshot import (
     ProductServer,
     ProductUsage,
     ProjectStatus,
+    ReloadStatus,
     ServerSpend,
     ServerTag,
     StoreView,
@@ -488,6 +489,25 @@ TEAM_FAMILIES: tuple[Family[TeamStatus, Any], ...] = (
     ),
 )
 
+RELOAD: Rows[ReloadStatus, ReloadStatus] = Rows(of=lambda r: (r,), labels=lambda r, _: {})
+RELOAD_FAMILIES: tuple[Family[ReloadStatus, ReloadStatus], ...] = (
+    Family(
+        "latitudesh_config_last_reload_successful",
+        "Whether the last load of the web config (at start, or on SIGHUP) succeeded; 0: "
+        "the file was refused and the previous settings are still in use.",
+        (),
+        RELOAD,
+        lambda r: float(r.successful),
+    ),
+    Family(
+        "latitudesh_config_last_reload_success_timestamp_seconds",
+        "Unix time of the last successful load of the web config (the start counts).",
+        (),
+        RELOAD,
+        lambda r: r.last_success,
+    ),
+)
+
 BUILD_INFO = ("latitudesh_exporter_build_info", "Version of the exporter and of Python. Always 1.")
 BUILD_LABELS = ("version", "python_version")
 
@@ -501,7 +521,7 @@ class MetricDoc:
     labels: tuple[str, ...]
 
 
-_FAMILIES: tuple[Family[Any, Any], ...] = (*PROJECT_FAMILIES, *TEAM_FAMILIES)
+_FAMILIES: tuple[Family[Any, Any], ...] = (*PROJECT_FAMILIES, *TEAM_FAMILIES, *RELOAD_FAMILIES)
 ALL_METRICS: tuple[MetricDoc, ...] = (
     *(MetricDoc(f.name, f.type, f.labels) for f in _FAMILIES),
     MetricDoc(BUILD_INFO[0], "gauge", BUILD_LABELS),
@@ -554,7 +574,9 @@ class TeamCollector(Collector):
         self._view = view
 
     def collect(self) -> Iterator[Metric]:
-        yield from _render(TEAM_FAMILIES, self._view().teams)
+        view = self._view()
+        yield from _render(TEAM_FAMILIES, view.teams)
+        yield from _render(RELOAD_FAMILIES, (view.reload,))
         info = GaugeMetricFamily(*BUILD_INFO, labels=BUILD_LABELS)
         info.add_metric([__version__, platform.python_version()], 1.0)
         yield info

@@ -244,6 +244,17 @@ class TeamStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadStatus:
+    """The last load of the files SIGHUP reloads (the web config), as Prometheus and
+    Alertmanager export theirs: a refused reload keeps the previous settings, and must
+    show."""
+
+    successful: bool = True
+    #: Unix time of the last successful load; the start counts as one.
+    last_success: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StoreView:
     """Everything one scrape renders, read in one go."""
 
@@ -251,6 +262,7 @@ class StoreView:
     teams: tuple[TeamStatus, ...]
     #: Changes on every write.
     version: int
+    reload: ReloadStatus = ReloadStatus()
 
     @property
     def ready(self) -> bool:

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from exporter.errors import POLL_ERROR_REASONS
-from exporter.snapshot import ProjectStatus, StoreView, TeamStatus, UsageSnapshot, label
+from exporter.snapshot import (
+    ProjectStatus,
+    ReloadStatus,
+    StoreView,
+    TeamStatus,
+    UsageSnapshot,
+    label,
+)
 
 STALLED = "stalled"
 
@@ -71,6 +78,7 @@ class SnapshotStore:
         self._view: StoreView | None = None
         self._changes: deque[ProjectStatus | tuple[ProjectStatus, ...]] = deque()
         self._telling = threading.Lock()
+        self._reload = ReloadStatus()
 
     def subscribe(self, listener: StoreListener) -> None:
         with self._telling, self._lock:
@@ -267,6 +275,13 @@ class SnapshotStore:
             )
             self._changed()
 
+    def record_reload(self, *, successful: bool, now: float) -> None:
+        """The config files were loaded (at start, or on SIGHUP), or a reload refused."""
+        with self._lock:
+            last = now if successful else self._reload.last_success
+            self._reload = ReloadStatus(successful=successful, last_success=last)
+            self._changed()
+
     def view(self) -> StoreView:
         with self._lock:
             if self._view is None:
@@ -274,6 +289,7 @@ class SnapshotStore:
                     projects=tuple(self._projects.values()),
                     teams=tuple(team.status for team in self._teams.values()),
                     version=self._version,
+                    reload=self._reload,
                 )
             return self._view
 

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from exporter.config import Section, format_validation_error
+from exporter.files import FileUnreadable, read_file
 
 TlsVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
 ClientAuth = Literal[
@@ -94,6 +95,9 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _BCRYPT = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
 #: Costs over this make every uncached login take seconds (exporter-toolkit caches too).
 MAX_BCRYPT_COST = 14
+#: A web config, a certificate chain or a key is a few kilobytes; this bounds a read
+#: of the wrong file.
+MAX_FILE_BYTES = 1024 * 1024
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -118,13 +122,6 @@ class TlsServerConfig(Section):
     cipher_suites: list[str] = Field(default_factory=list)
     prefer_server_cipher_suites: bool = True
     curve_preferences: list[str] = Field(default_factory=list)
-
-    @field_validator("cert_file", "key_file", "client_ca_file")
-    @classmethod
-    def _readable(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError(f"{path}: no such file")
-        return path
 
     @field_validator("cipher_suites")
     @classmethod
@@ -284,17 +281,31 @@ def _no_password() -> bytes:
 
 
 def load_web_config(path: Path) -> WebSettings:
-    """Read, validate and apply `path`; raises `WebConfigError` naming the file."""
+    """Read, validate and apply `path`; raises `WebConfigError` naming the file.
+
+    Every file is read with a bound (`files.read_file`), so a hung mount fails a start
+    or a reload instead of holding it. An empty file is refused: it would mean no TLS
+    and no users, and is far more often a file caught half-written (truncated, then
+    written again) than a wish; `{}` says that wish explicitly.
+    """
     where = f"web.config.file: {path}"
     try:
-        text = path.read_text(encoding="utf-8")
-        content = yaml.safe_load(text) or {}
-    except FileNotFoundError:
-        raise WebConfigError(f"{where}: no such file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raw = read_file(path, max_bytes=MAX_FILE_BYTES)
+    except FileUnreadable as exc:
+        raise WebConfigError(f"web.config.file: {exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise WebConfigError(f"{where}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        content = yaml.safe_load(raw.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise WebConfigError(f"{where}: {' '.join(str(exc).split())}") from None
     except RecursionError:
         raise WebConfigError(f"{where}: nested too deeply") from None
+    if content is None:
+        raise WebConfigError(
+            f"{where}: the file is empty (it would serve without TLS and basic auth; "
+            "write {} to mean that)"
+        )
     if not isinstance(content, dict):
         raise WebConfigError(f"{where}: the top level must be a mapping")
     try:
@@ -303,6 +314,8 @@ def load_web_config(path: Path) -> WebSettings:
         raise WebConfigError(f"{where}: {format_validation_error(exc)}") from None
     try:
         return _apply(parsed, path)
+    except _FileError as exc:
+        raise WebConfigError(f"{where}: {exc}") from None
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise WebConfigError(f"{where}: tls_server_config: {exc}") from None
 
@@ -340,10 +353,11 @@ def _tls_context(tls: TlsServerConfig) -> ssl.SSLContext:
     if tls.max_version is not None:
         context.maximum_version = TLS_VERSIONS[tls.max_version]
     with tempfile.TemporaryDirectory(prefix="latitudesh-web-") as scratch:
-        # ssl loads certificates from files only: inline PEM goes through a private
-        # directory that is removed at once.
-        cert = tls.cert_file or _write(Path(scratch) / "cert.pem", tls.cert)
-        key = tls.key_file or _write(Path(scratch) / "key.pem", tls.key)
+        # ssl loads certificates from files only, and would read them without a bound:
+        # both go through a private directory that is removed at once, read from
+        # their files with a bound or taken from inline PEM.
+        cert = _write(Path(scratch) / "cert.pem", _pem(tls.cert, tls.cert_file, "cert_file"))
+        key = _write(Path(scratch) / "key.pem", _pem(tls.key, tls.key_file, "key_file"))
         try:
             context.load_cert_chain(cert, key, password=_no_password)
         except _NoPrompt:
@@ -352,10 +366,13 @@ def _tls_context(tls: TlsServerConfig) -> ssl.SSLContext:
                 "-out KEY.plain): exporters read unencrypted keys"
             ) from None
     context.verify_mode = _CLIENT_AUTH[tls.client_auth_type]
-    if tls.client_ca_file is not None:
-        context.load_verify_locations(cafile=str(tls.client_ca_file))
-    elif tls.client_ca is not None:
-        context.load_verify_locations(cadata=tls.client_ca)
+    if tls.client_ca is not None or tls.client_ca_file is not None:
+        ca = _pem(
+            SecretStr(tls.client_ca) if tls.client_ca is not None else None,
+            tls.client_ca_file,
+            "client_ca_file",
+        )
+        context.load_verify_locations(cadata=ca.get_secret_value())
     suites = [cipher for s in tls.cipher_suites if (cipher := CIPHER_SUITES[s])]
     if suites:
         context.set_ciphers(":".join(suites))
@@ -366,8 +383,28 @@ def _tls_context(tls: TlsServerConfig) -> ssl.SSLContext:
     return context
 
 
-def _write(path: Path, secret: SecretStr | None) -> Path:
-    assert secret is not None
+class _FileError(Exception):
+    """A file the web config names could not be read: one line naming its field."""
+
+
+def _pem(inline: SecretStr | None, path: Path | None, field: str) -> SecretStr:
+    """Inline PEM, or the file's, read with a bound."""
+    if inline is not None:
+        return inline
+    assert path is not None
+    try:
+        raw = read_file(path, max_bytes=MAX_FILE_BYTES)
+    except FileUnreadable as exc:
+        raise _FileError(f"tls_server_config.{field}: {exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise _FileError(f"tls_server_config.{field}: {path}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return SecretStr(raw.decode("ascii"))
+    except UnicodeDecodeError:
+        raise _FileError(f"tls_server_config.{field}: {path}: not PEM text") from None
+
+
+def _write(path: Path, secret: SecretStr) -> Path:
     path.touch(mode=0o600)
     path.write_text(secret.get_secret_value())
     return path

@@ -110,7 +110,7 @@ def test_broad_excepts_only_at_the_boundaries() -> None:
                 )
             ):
                 broad.append(module)
-    assert sorted(broad) == ["cli", "errors", "schedule", "watchdog", "web"]
+    assert sorted(broad) == ["cli", "errors", "files", "schedule", "watchdog", "web"]
 
 
 def test_no_class_is_built_at_run_time_with_type() -> None:

@@ -341,7 +341,7 @@ def test_sighup_rereads_the_token_file_and_web_config_keeping_data(
             http_get(exporter.url + "/healthz", timeout=3)
         web.write_text("tls_server_config: {cert_file: /nope}\n")  # a broken reload...
         exporter.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "web config not reloaded" in exporter.output(), message="refusal")
+        wait_for(lambda: "web config refused" in exporter.output(), message="refusal")
         assert exporter.proc.poll() is None  # ...keeps the one in use
         assert sample(before, "latitudesh_up", project_id="proj_demo_web") == 1.0
     finally:
