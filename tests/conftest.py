@@ -94,10 +94,14 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, message: str =
 
 
 def require_binary(name: str) -> str:
-    """The path of `name`; skip locally when it is missing, fail under CI=true."""
-    path = shutil.which(name)
+    """The path of the program `name`, on the PATH or in this venv (the dev extra's
+    programs); skip locally when it is missing, fail under CI=true. Every name asked for
+    must be declared in `.ci/tools` (tests/test_ci.py checks)."""
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if path is None:
-        reason = f"{name} is not installed (apt-get install the package .ci/run installs)"
+        reason = (
+            f"{name} is not installed (.ci/tools says where it comes from; .ci/run installs it)"
+        )
         if IN_CI:
             pytest.fail(f"{reason}; CI must have it")
         pytest.skip(reason)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import threading
 import urllib.parse
@@ -29,11 +28,11 @@ import yaml
 
 from exporter.demo import DemoAccount, DemoTeam, brazil_projects
 from tests.conftest import (
-    IN_CI,
     ROOT,
     ExporterProcess,
     free_port,
     http_get,
+    require_binary,
     wait_for,
 )
 from tests.fakeapi import FakeApi, Fault
@@ -44,16 +43,6 @@ KEY_BR = "e2e-key-br-9876543210"
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
 DASHBOARD = ROOT / "grafana" / "dashboards" / "latitudesh-billing.json"
-
-
-def binary(*names: str) -> str:
-    for name in names:
-        if path := shutil.which(name):
-            return path
-    reason = f"none of {names} is installed (Debian packages prometheus, prometheus-alertmanager)"
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @dataclass
@@ -123,8 +112,8 @@ def shortened_rules(source: Path, target: Path) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prometheus_bin = binary("prometheus")
-    alertmanager_bin = binary("prometheus-alertmanager", "alertmanager")
+    prometheus_bin = require_binary("prometheus")
+    alertmanager_bin = require_binary("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("e2e")
     processes: list[subprocess.Popen[bytes]] = []
     logs: dict[str, Path] = {}

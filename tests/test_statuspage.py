@@ -13,7 +13,7 @@ import pytest
 
 from exporter import statuspage
 from exporter.store import SnapshotStore
-from tests.conftest import IN_CI, ROOT, ExporterProcess, golden_store, usage_of
+from tests.conftest import ROOT, ExporterProcess, golden_store, require_binary, usage_of
 
 SCREENSHOT = ROOT / "docs" / "status-page.png"
 NOW = 1_795_000_000.0  # 2026-11-18, inside the fixtures' November period
@@ -78,16 +78,9 @@ def test_a_failing_project_shows_its_last_error_and_keeps_its_money() -> None:
 
 @pytest.fixture
 def browser() -> Iterator[object]:
-    chromium = shutil.which("chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        chromium = None
-    if chromium is None:
-        reason = "chromium (Debian) or playwright (PyPI) is not installed"
-        if IN_CI:
-            pytest.fail(f"{reason}; CI must have them")
-        pytest.skip(reason)
+    chromium = require_binary("chromium")
+    from playwright.sync_api import sync_playwright  # the test extra
+
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=chromium,
