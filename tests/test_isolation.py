@@ -15,7 +15,7 @@ from pathlib import Path
 import bcrypt
 import yaml
 
-from exporter.cli import Reloader
+from exporter.daemon import Reloader
 from exporter.signals import Inbox
 from tests.conftest import ExporterProcess, wait_for
 

@@ -15,7 +15,7 @@ import pytest
 import trustme
 import yaml
 
-from exporter.cli import protection_removed
+from exporter.daemon import protection_removed
 from exporter.webconfig import WebConfigError, WebSettings, load_web_config
 from tests.conftest import (
     ExporterProcess,
