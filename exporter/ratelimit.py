@@ -6,6 +6,10 @@ of arriving in bursts at the top of each poll interval. Spacing alone is not exa
 (float sums drift, and a thread that wakes late squeezes the next gaps), so grants are
 also checked against a sliding window of the actual grant times: no `window` seconds
 ever hold more than `limit` requests, however many threads ask at once.
+
+The budget also keeps the sum of the waits the API imposed on it (`pause`, a 429's
+`Retry-After`): every request queued behind a pause is late by it, legitimately, and
+the watchdog must not take that for a stall (see `paused_seconds`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class RequestBudget:
         self._lock = threading.Lock()
         self._next_slot = -math.inf
         self._granted: deque[float] = deque(maxlen=max(1, math.floor(limit)))
+        self._paused = 0.0
 
     def acquire(self) -> float:
         """Block until this caller may send one request; return the time it was let through."""
@@ -60,7 +65,18 @@ class RequestBudget:
     def pause(self, seconds: float) -> None:
         """Hold every request back for `seconds`: the API said the key is over its limit."""
         with self._lock:
-            self._next_slot = max(self._next_slot, self._clock() + seconds)
+            now = self._clock()
+            before = max(self._next_slot, now)
+            self._next_slot = max(self._next_slot, now + seconds)
+            # What the queue is set back by: pauses that overlap count once.
+            self._paused += self._next_slot - before
+
+    def paused_seconds(self) -> float:
+        """Seconds the queue of requests has been set back by pauses, in all: the
+        difference between two readings is how late the pauses in between made every
+        request queued across them. Read without the lock (one float), so that the
+        watchdog never waits on the budget."""
+        return self._paused
 
     def seconds_for(self, requests: int) -> float:
         """How long `requests` requests take at this budget."""

@@ -118,3 +118,21 @@ def test_concurrent_polls_over_real_sockets_stay_within_the_budget(
     assert fake_api.request_count("/billing/usage") == 48
     assert len(budget.sent) == 48
     assert busiest_window(budget.sent, 1.0) <= 20
+
+
+def test_paused_seconds_adds_up_how_far_pauses_set_the_queue_back() -> None:
+    """The watchdog allows a refresh the time 429 pauses took from it: pauses that
+    overlap (every poll of a refresh meeting the same 429) count once."""
+    clock = FakeClock()
+    budget = RequestBudget(60, clock=clock, sleep=clock.sleep)
+    assert budget.paused_seconds() == 0.0
+    budget.pause(30)
+    budget.pause(30)  # the same 429, met by another poll at the same moment
+    assert budget.paused_seconds() == pytest.approx(30)
+    clock.now += 10
+    budget.pause(30)  # 20 s of it were already held back: 10 s more
+    assert budget.paused_seconds() == pytest.approx(40)
+    clock.now += 100
+    budget.acquire()
+    budget.pause(5)  # the next slot was 1 s away: the queue is set back 4 s more
+    assert budget.paused_seconds() == pytest.approx(44)
