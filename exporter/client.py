@@ -33,6 +33,7 @@ from exporter.config import ApiSettings
 from exporter.models import (
     MAX_PRODUCTS_PER_ANSWER,
     PROJECTS_ENDPOINT,
+    PROJECTS_PAGE_SIZE,
     USAGE_ENDPOINT,
     BillingUsageDocument,
     PayloadError,
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 #: Pins the response shape; see the spec's info.version.
 API_VERSION = "2023-06-01"
-PROJECTS_PAGE_SIZE = 100
 #: Pages of /projects one discovery may read: 10,000 projects, far beyond what one
 #: key's budget can poll; an API that never ends its pages is cut off here.
 MAX_PROJECT_PAGES = 100

@@ -35,6 +35,9 @@ from pydantic_core import PydanticCustomError, core_schema
 USAGE_ENDPOINT = "/billing/usage"
 PROJECTS_ENDPOINT = "/projects"
 ENDPOINTS = (USAGE_ENDPOINT, PROJECTS_ENDPOINT)
+#: Projects asked for per page of /projects: the client pages with it and discovery
+#: counts the pages a refresh costs with it, so that the budget it plans is the one spent.
+PROJECTS_PAGE_SIZE = 100
 #: Longest project id the exporter accepts, configured or discovered: the API's ids are
 #: about 18 characters; a longer one is refused (and counted), never cut, because a cut
 #: id would no longer name the project its poll was for.

@@ -20,11 +20,10 @@ from exporter.client import (
     API_VERSION,
     MAX_PROJECT_PAGES,
     MAX_REDIRECTS,
-    PROJECTS_PAGE_SIZE,
     LatitudeClient,
 )
 from exporter.config import ApiSettings
-from exporter.models import MAX_PRODUCTS_PER_ANSWER
+from exporter.models import MAX_PRODUCTS_PER_ANSWER, PROJECTS_PAGE_SIZE
 from exporter.ratelimit import RequestBudget
 from tests.conftest import TOKEN, frozen_account, load_fixture
 from tests.fakeapi import FakeApi, Fault
