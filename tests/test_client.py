@@ -27,6 +27,7 @@ from exporter.models import MAX_PRODUCTS_PER_ANSWER, PROJECTS_PAGE_SIZE
 from exporter.ratelimit import RequestBudget
 from tests.conftest import TOKEN, frozen_account, load_fixture
 from tests.fakeapi import FakeApi, Fault
+from tests.transports import StreamingTransport
 
 Handler = Callable[[httpx.Request], httpx.Response]
 MakeClient = Callable[..., LatitudeClient]
@@ -34,7 +35,7 @@ PROJECT = "proj_r0MK4O4kDa95w"
 
 
 class Recorder:
-    """A MockTransport handler that answers from a script and keeps every request."""
+    """A transport's handler that answers from a script and keeps every request."""
 
     def __init__(self, *answers: httpx.Response | Exception) -> None:
         self.answers = list(answers)
@@ -75,7 +76,7 @@ def client_for(make_client: MakeClient) -> Callable[..., LatitudeClient]:
         kwargs.setdefault("budget", RequestBudget(1e6))
         return make_client(
             "https://api.example",
-            transport=httpx.MockTransport(handler),
+            transport=StreamingTransport(handler),
             jitter=lambda: 0.0,
             **kwargs,
         )
@@ -131,7 +132,7 @@ def test_backoff_jitter_leaves_the_global_random_state_alone(make_client: MakeCl
     recorder = Recorder(httpx.Response(503), httpx.Response(503), ok())
     client = make_client(
         "https://api.example",
-        transport=httpx.MockTransport(recorder),
+        transport=StreamingTransport(recorder),
         budget=RequestBudget(1e6),
         backoff_base=0.001,
     )
@@ -247,7 +248,7 @@ def test_a_rotated_token_is_tried_at_once_after_a_401() -> None:
         token=lambda: SecretStr(current[0]),
         budget=RequestBudget(1e6),
         api=ApiSettings(base_url="https://x"),
-        transport=httpx.MockTransport(recorder),
+        transport=StreamingTransport(recorder),
     ) as client:
         with pytest.raises(errors.Unauthorized):
             client.billing_usage(PROJECT)

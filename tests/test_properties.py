@@ -30,6 +30,7 @@ from tests.conftest import (
     store_with,
 )
 from tests.spec import billing_schema
+from tests.transports import StreamingTransport
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -103,7 +104,7 @@ def poll(document: Any) -> tuple[str, Any] | None:
         token=lambda: SecretStr("t"),
         budget=RequestBudget(1e9),
         api=ApiSettings(base_url="https://api.example"),
-        transport=httpx.MockTransport(lambda request: httpx.Response(200, content=body)),
+        transport=StreamingTransport(lambda request: httpx.Response(200, content=body)),
     ) as client:
         try:
             return project, client.billing_usage(project)
