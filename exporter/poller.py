@@ -5,6 +5,16 @@ budget (through its client) and thread pool, so that one team's failure never sl
 pauses or blanks another's. `Schedule` runs its refreshes; the `Watchdog` asks it which
 projects are overdue. Knows nothing of Prometheus.
 
+Overdue is judged against the schedule the budget allows, never against the time since
+a project's last outcome: a refresh that starts at S may spread its requests over its
+whole span (its effective interval), in whatever order discovery lists the projects,
+so a project polled first in one refresh and last in the next goes two spans between
+outcomes and is on time. A project waits on the refresh that started while it had no
+poll pending (or that sent its poll); it is overdue when it has had no outcome since
+and the time is past S + span + margin, the span stretched by the requests the
+refresh really made (retries, redirects) and the deadline moved by the budget's 429
+pauses and the process's own pauses since S.
+
 This module is the poll boundary: whatever goes wrong in a poll or a discovery, typed
 error or not, ends as one counted reason, `latitudesh_up 0` for what it affects, the last
 good data kept and one log line.
@@ -18,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 
 from exporter import errors
 from exporter.config import DEFAULT_TEAM
@@ -48,6 +59,36 @@ HINTS = {
 }
 
 
+class _Round:
+    """One refresh, as the watchdog judges the projects that wait on it."""
+
+    __slots__ = ("closed", "paused", "requests", "span", "start")
+
+    def __init__(self, start: float, span: float, paused: float, requests: int) -> None:
+        #: Monotonic time the refresh started.
+        self.start = start
+        #: The span the budget allows it: its effective interval (after discovery).
+        self.span = span
+        #: The budget's `paused_seconds()` when it started.
+        self.paused = paused
+        #: The team's request count when it started, and when the next one started
+        #: (None while it is the latest): the requests made in between are its own.
+        self.requests = requests
+        self.closed: int | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A project as the watchdog sees it: the refresh it waits on for an outcome,
+    None once its last poll has one. One attribute, written whole: read without a lock."""
+
+    waiting: _Round | None
+
+
+def _no_pause(since: float) -> float:
+    return 0.0
+
+
 class Poller:
     """Refreshes one team: its discovery and a poll of each of its projects.
 
@@ -62,6 +103,8 @@ class Poller:
         concurrency: `poll.concurrency`, the projects polled at once.
         limits: the cardinality guards.
         budget_seconds: how long N requests take at the key's budget.
+        budget_paused: the budget's `paused_seconds`: how far its 429 pauses have set
+            its requests back, in all (the watchdog allows for them).
         grace: how long a refresh waits for its polls beyond its interval.
         now: the wall clock, for timestamps.
         monotonic: the clock of durations and deadlines.
@@ -83,6 +126,7 @@ class Poller:
         currency: str | None = None,
         now: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        budget_paused: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._source = source
         self._store = store
@@ -100,6 +144,7 @@ class Poller:
         self._interval = interval
         self._limits = limits
         self._budget_seconds = budget_seconds
+        self._budget_paused = budget_paused
         self._grace = grace
         self._now = now
         self._monotonic = monotonic
@@ -109,9 +154,15 @@ class Poller:
         self._discovering: Future[bool] | None = None
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()
-        self._created = monotonic()
-        #: Monotonic time of each project's last poll outcome (the watchdog's baseline).
-        self._outcomes: dict[str, float] = {}
+        #: Requests this team made (the client's `on_request`), for the rounds' spans.
+        self._requests = 0
+        #: The latest refresh; until the first, the poller's creation stands for one.
+        self._round = _Round(monotonic(), self.effective_interval(), budget_paused(), 0)
+        self._birth = self._round
+        #: What each target waits on, for the watchdog. Replaced whole, never changed
+        #: in place, so that the watchdog reads it without a lock.
+        self._pending: dict[str, _Pending] = {}
+        self._track(self.targets, self._round, {t.project_id for t in self.targets})
         self._running = 0
         self._idle = threading.Event()
         self._idle.set()
@@ -126,6 +177,8 @@ class Poller:
 
     def record_request(self, endpoint: str, code: str) -> None:
         """The client's `on_request`: every request counted under this team."""
+        with self._lock:
+            self._requests += 1
         self._store.record_request(self.team, endpoint, code)
 
     def stop(self, timeout: float = 4.0) -> bool:
@@ -140,16 +193,38 @@ class Poller:
         requests = len(self.targets) + self._discovery.requests()
         return max(self._interval, self._budget_seconds(requests))
 
-    def overdue(self, now: float, allowance: float) -> list[str]:
-        """Projects without a poll outcome for more than `allowance` seconds (counted
-        from when they became targets, if they never had one)."""
-        with self._lock:
-            since = self._outcomes
-            return [
-                t.project_id
-                for t in self.targets
-                if now - since.get(t.project_id, self._created) > allowance
-            ]
+    def overdue(
+        self, now: float, margin: float, paused: Callable[[float], float] = _no_pause
+    ) -> list[str]:
+        """Projects still without an outcome past the time their refresh allowed them.
+
+        A project waiting on a refresh that started at S, with span E, is overdue once
+        `now` > S + max(E, the budget's time for the requests that refresh made) +
+        `margin` + the budget's pauses since S + `paused(S)` (the seconds the process
+        was stopped since S, which the watchdog measures). Takes no lock: the watchdog
+        never waits on the poller.
+        """
+        pending = self._pending
+        requests = self._requests
+        budget_paused = self._budget_paused()
+        due: dict[_Round, float] = {}
+        late = []
+        for project_id, state in pending.items():
+            waiting = state.waiting
+            if waiting is None:
+                continue
+            if waiting not in due:
+                made = (requests if waiting.closed is None else waiting.closed) - waiting.requests
+                due[waiting] = (
+                    waiting.start
+                    + max(waiting.span, self._budget_seconds(made))
+                    + margin
+                    + max(budget_paused - waiting.paused, 0.0)
+                    + paused(waiting.start)
+                )
+            if now > due[waiting]:
+                late.append(project_id)
+        return late
 
     def refresh(self) -> bool:
         """Poll every project once; True when discovery (if any) and every poll succeeded.
@@ -164,12 +239,16 @@ class Poller:
         started = self._monotonic()
         try:
             effective = self.effective_interval()
+            this = self._begin(started, effective)
             self._store.record_refresh(self.team, duration=None, effective_interval=effective)
             deadline = started + effective + self._grace
             discovered = self._discover(deadline)
             effective = self.effective_interval()
+            # The projects discovery found are the budget's to pace: the watchdog gives
+            # them the span they take.
+            this.span = max(this.span, effective)
             self._note_stretch(effective)
-            ok = self._poll_all(deadline)
+            ok = self._poll_all(deadline, this)
             self._store.record_refresh(
                 self.team,
                 duration=self._monotonic() - started,
@@ -182,6 +261,33 @@ class Poller:
                 self._running -= 1
                 if not self._running:
                     self._idle.set()
+
+    def _begin(self, started: float, effective: float) -> _Round:
+        """A new refresh: the previous one's requests are counted, and every project
+        with no poll pending waits on this one from now on."""
+        with self._lock:
+            self._round.closed = self._requests
+            self._round = _Round(started, effective, self._budget_paused(), self._requests)
+            targets = self.targets
+            idle = {t.project_id for t in targets if t.project_id not in self._in_flight}
+            self._track(targets, self._round, idle)
+            return self._round
+
+    def _track(self, targets: Sequence[Target], waiting: _Round, polled: set[str]) -> None:
+        """Publish what each target waits on (under the lock): a new target, and a
+        target of `polled` whose last poll had its outcome (or that was never polled
+        yet), wait on `waiting`; one still waiting keeps the older refresh it waits on
+        (a refresh that never sent its poll is late from its own start)."""
+        before = self._pending
+        pending = {}
+        for target in targets:
+            state = before.get(target.project_id)
+            if state is None:
+                state = _Pending(waiting)
+            elif target.project_id in polled and state.waiting in (None, self._birth):
+                state.waiting = waiting
+            pending[target.project_id] = state
+        self._pending = pending
 
     def _discover(self, deadline: float) -> bool:
         if not self._discovery.needed:
@@ -204,14 +310,14 @@ class Poller:
             )
             return False
 
-    def _poll_all(self, deadline: float) -> bool:
+    def _poll_all(self, deadline: float, this: _Round) -> bool:
         targets = self.targets
         with self._lock:
             fresh = [t for t in targets if t.project_id not in self._in_flight]
             self._in_flight.update(t.project_id for t in fresh)
-            # A project's baseline is its last outcome, or when it became a target.
-            now = self._monotonic()
-            self._outcomes = {t.project_id: self._outcomes.get(t.project_id, now) for t in targets}
+            # A project polled now waits on this refresh (unless it waits on an older
+            # one); one whose poll is still running keeps waiting on its own.
+            self._track(targets, this, {t.project_id for t in fresh})
         futures: list[tuple[Target, Future[bool]]] = []
         for target in fresh:
             try:
@@ -293,8 +399,9 @@ class Poller:
         return False
 
     def _outcome(self, target: Target) -> None:
-        with self._lock:
-            self._outcomes[target.project_id] = self._monotonic()
+        state = self._pending.get(target.project_id)
+        if state is not None:
+            state.waiting = None  # its poll is in flight: no refresh marks it meanwhile
 
     def _note_stretch(self, effective: float) -> None:
         stretched = effective > self._interval

@@ -8,12 +8,18 @@ monotonic clock, and judges each team and each project by its own effective inte
 - a team whose refresh has not started within its effective interval plus `margin`
   is stalled: its projects get `up 0` (counted once under `stalled`), `/readyz` says
   so, one line is logged, and its schedule is restarted;
-- a project without a poll outcome within the effective interval plus `margin` is
-  stalled the same way (one line per team and check, naming how many).
+- a project still without a poll outcome when the refresh it waits on is past its span
+  plus `margin` is stalled the same way (one line per team and check, naming how
+  many). The span is the one the request budget allows that refresh, which may spread
+  its polls over the whole effective interval in any order; the budget's 429 pauses
+  since the refresh started move the deadline too (see `Poller.overdue`). Never the
+  time since a project's last outcome: that is two spans for a project polled first
+  in one refresh and last in the next, and on time.
 
 A pause of the whole process (`SIGSTOP`, a suspended VM) shows as the watchdog's own
 wake-up coming late: it then waits one `margin` before judging, so that the schedules,
-which resume at once, are not restarted for nothing.
+which resume at once, are not restarted for nothing, and the pause moves the deadline
+of every refresh that started before it (polls paced by the budget resume at its pace).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +41,8 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 #: A wake-up later than this beyond its tick means the process was paused.
 PAUSE_SECONDS = 2.0
+#: Process pauses remembered (for deadlines of refreshes that started before them).
+PAUSES_KEPT = 1024
 
 
 class Watched(Protocol):
@@ -44,7 +53,7 @@ class Watched(Protocol):
 
     def effective_interval(self) -> float: ...
 
-    def overdue(self, now: float, allowance: float) -> list[str]: ...
+    def overdue(self, now: float, margin: float, paused: Callable[[float], float]) -> list[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +68,9 @@ class Watchdog:
     Parameters:
         teams: each team's poller and schedule.
         store: where stalled projects and teams are recorded.
-        margin: seconds beyond the effective interval before work counts as late:
-            what one poll may take with its retries (`api.timeout_seconds` times
-            `1 + api.max_retries`).
+        margin: seconds beyond the span the budget allows a refresh before work counts
+            as late: the longest one poll may take, every attempt at its timeout and
+            the backoff waits between them (see `cli.stall_margin`).
         tick: seconds between two looks.
         clock: the monotonic clock (injected by tests).
     """
@@ -84,6 +93,8 @@ class Watchdog:
         self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
         self._hold_until = -float("inf")
         self._last_look: float | None = None
+        #: (when noticed, seconds) of each pause of the process the watchdog noticed.
+        self._pauses: deque[tuple[float, float]] = deque(maxlen=PAUSES_KEPT)
 
     def start(self) -> None:
         self._last_look = self._clock()
@@ -97,11 +108,14 @@ class Watchdog:
         now = self._clock()
         if self._last_look is not None and now - self._last_look > self._tick + PAUSE_SECONDS:
             # The process was paused: every schedule resumes at once by itself; give
-            # them a margin before anything counts as stalled.
+            # them a margin before anything counts as stalled, and every refresh that
+            # started before the pause the time it lost.
+            paused = now - self._last_look - self._tick
             log.info(
                 "the process was paused; polling resumes",
-                extra={"paused_seconds": round(now - self._last_look - self._tick, 1)},
+                extra={"paused_seconds": round(paused, 1)},
             )
+            self._pauses.append((now, paused))
             self._hold_until = now + self._margin
         self._last_look = now
         if now < self._hold_until:
@@ -127,7 +141,7 @@ class Watchdog:
             )
             schedule.restart()
             return
-        late = poller.overdue(now, interval + self._margin)
+        late = poller.overdue(now, self._margin, self.paused_since)
         if late:
             marked = self._store.record_stalled(poller.team, late)
             if marked:
@@ -138,10 +152,17 @@ class Watchdog:
                         "projects": marked,
                         "first": late[0],
                         "effective_interval_seconds": round(interval, 1),
-                        "hint": "no poll outcome within the effective interval plus "
-                        "api.timeout_seconds x (1 + api.max_retries): the API may hang",
+                        "hint": "no poll outcome by the end of the span the request "
+                        "budget allows its refresh plus the stall margin (the longest a "
+                        "poll may take with its retries): the API may hang",
                     },
                 )
+
+    def paused_since(self, since: float) -> float:
+        """Seconds the process was noticed paused after the monotonic time `since`
+        (a pause noticed at the first look after `since` may have begun before it: it
+        counts, lenient rather than a false stall)."""
+        return sum(seconds for noticed, seconds in self._pauses if noticed > since)
 
     def _run(self) -> None:
         while not self._stopped.wait(self._tick):

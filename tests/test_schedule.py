@@ -155,7 +155,10 @@ class FakePoller:
     def effective_interval(self) -> float:
         return self.interval
 
-    def overdue(self, now: float, allowance: float) -> list[str]:
+    def overdue(self, now: float, margin: float, paused: Callable[[float], float]) -> list[str]:
+        """Each project waits on the refresh after its last outcome, due one interval
+        plus the margin later (the real rule, `Poller.overdue`, is tested on its own)."""
+        allowance = self.interval + margin
         return [p for p in self.projects if now - self.outcomes.get(p, 0.0) > allowance]
 
 
@@ -273,7 +276,7 @@ def test_the_watchdog_thread_outlives_a_failing_check(caplog: pytest.LogCaptureF
         def effective_interval(self) -> float:
             raise RuntimeError("a bug")
 
-        def overdue(self, now: float, allowance: float) -> list[str]:
+        def overdue(self, now: float, margin: float, paused: Callable[[float], float]) -> list[str]:
             return []
 
     store = SnapshotStore()
