@@ -1,0 +1,434 @@
+"""Stalled means stalled: the watchdog judges a project against the schedule the request
+budget allows its refresh, never against the time since its last outcome.
+
+On injected clocks. A refresh the budget spreads over its whole effective interval, its
+projects listed by discovery in a new order each time, is never stalled; neither is one
+that a 429 pause or the process's own pause (SIGSTOP) holds back. A poll that hangs is
+still stalled, just after its refresh's span plus the margin and not before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import random
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from exporter.errors import POLL_ERROR_REASONS
+from exporter.models import (
+    BillingUsageDocument,
+    ProjectResource,
+    ProjectsPage,
+    UsageAttributes,
+    parse_document,
+)
+from exporter.poller import Target
+from exporter.ratelimit import RequestBudget
+from exporter.schedule import Schedule
+from exporter.snapshot import ProjectStatus
+from exporter.store import SnapshotStore
+from exporter.watchdog import Team, Watchdog
+from tests.conftest import new_poller, wait_for
+
+TEAM = "t"
+#: The hostile round's account: 40 projects behind a key of 120 requests a minute.
+PROJECTS = [f"proj_{i:02d}" for i in range(40)]
+RATE = 120.0
+#: What one poll may take with its retries: small, as in the hostile round.
+MARGIN = 4.0
+
+
+def attributes(project_id: str) -> UsageAttributes:
+    body = {"data": {"attributes": {"project": {"id": project_id}, "price": 100}}}
+    found = parse_document(BillingUsageDocument, json.dumps(body).encode()).usage_for(project_id)
+    assert found is not None
+    return found
+
+
+def status(store: SnapshotStore, project: str) -> ProjectStatus:
+    return next(p for p in store.view().projects if p.project_id == project)
+
+
+def stalled(store: SnapshotStore) -> dict[str, int]:
+    index = POLL_ERROR_REASONS.index("stalled")
+    return {p.project_id: p.errors[index] for p in store.view().projects if p.errors[index]}
+
+
+# --- a budget-paced world on a fake clock ---------------------------------------------
+
+
+class World:
+    """Monotonic time that moves only when something waits; the watchdog looks at
+    every whole second that passes, as its own thread would."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.watchdog: Watchdog | None = None
+        self.looks = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance_to(self, moment: float) -> None:
+        while self.watchdog is not None and math.floor(self.now) + 1 <= moment:
+            self.now = math.floor(self.now) + 1
+            self.watchdog.check()
+            self.looks += 1
+        self.now = max(self.now, moment)
+
+    def sleep(self, seconds: float) -> bool:
+        self.advance_to(self.now + seconds)
+        return False
+
+
+class PacedApi:
+    """The API as `LatitudeClient` meets it behind its budget: every request takes a
+    slot of the budget and `latency` seconds, and is answered 200. /projects lists the
+    projects in a new random order each time."""
+
+    def __init__(
+        self, world: World, budget: RequestBudget, ids: Sequence[str], latency: float = 0.1
+    ) -> None:
+        self.world = world
+        self.budget = budget
+        self.ids = list(ids)
+        self.latency = latency
+        self.random = random.Random(28)
+        self.on_request: Callable[[str, str], None] = lambda endpoint, code: None
+        #: Called before each poll with how many came before it.
+        self.before_poll: Callable[[int], None] = lambda count: None
+        self.orders: list[list[str]] = []
+        #: When each project's answers came.
+        self.answers: dict[str, list[float]] = {}
+
+    def _request(self, endpoint: str) -> None:
+        self.budget.acquire()
+        self.world.sleep(self.latency)
+        self.on_request(endpoint, "200")
+
+    def projects(self) -> list[ProjectResource]:
+        self._request("/projects")
+        order = list(self.ids)
+        self.random.shuffle(order)
+        self.orders.append(order)
+        team = {"slug": TEAM, "currency": {"code": "USD"}}
+        body = {"data": [{"id": p, "attributes": {"slug": p, "team": team}} for p in order]}
+        return parse_document(ProjectsPage, json.dumps(body).encode()).data
+
+    def billing_usage(
+        self, project_id: str, *, plan: str | None = None, products: Sequence[str] = ()
+    ) -> UsageAttributes:
+        self.before_poll(sum(len(times) for times in self.answers.values()))
+        self._request("/billing/usage")
+        self.answers.setdefault(project_id, []).append(self.world.now)
+        return attributes(project_id)
+
+
+class Paced:
+    """A team polled by the budget's pace on the world's clock: its poller, schedule
+    and watchdog, and a log of refresh starts."""
+
+    def __init__(self, interval: float, *, configured: bool) -> None:
+        self.world = World()
+        self.store = SnapshotStore()
+        self.budget = RequestBudget(RATE, clock=self.world, sleep=self.world.sleep)
+        self.api = PacedApi(self.world, self.budget, PROJECTS)
+        self.poller = new_poller(
+            self.api,
+            self.store,
+            team=TEAM,
+            currency="USD" if configured else None,
+            targets=[Target(p) for p in PROJECTS] if configured else (),
+            interval=interval,
+            # One poll at a time: only one thread ever moves the clock.
+            concurrency=1,
+            budget_seconds=self.budget.seconds_for,
+            grace=2.0,
+            monotonic=self.world,
+        )
+        self.api.on_request = self.poller.record_request
+        self.starts: list[float] = []
+        self.runs = 0
+        self.schedule = Schedule(
+            TEAM, self.refresh, self.poller.effective_interval, clock=self.world, sleep=self.sleep
+        )
+        self.watchdog = Watchdog(
+            [Team(self.poller, self.schedule)],
+            self.store,
+            margin=MARGIN,
+            tick=1.0,
+            clock=self.world,
+        )
+        self.world.watchdog = self.watchdog
+
+    def refresh(self) -> None:
+        if len(self.starts) == self.runs:
+            self.schedule.stop()
+            return
+        self.starts.append(self.world.now)
+        self.poller.refresh()
+
+    def idle(self) -> None:
+        wait_for(lambda: not self.poller._in_flight, message="the polls to end")
+
+    def sleep(self, seconds: float) -> bool:
+        moment = self.world.now + seconds
+        # Polls that outlasted their refresh move the clock meanwhile: the schedule
+        # waits for them, so that one thread at a time moves it.
+        self.idle()
+        self.world.advance_to(moment)
+        return False
+
+    def run(self, refreshes: int) -> None:
+        self.runs = refreshes
+        try:
+            self.schedule.run()
+            self.idle()
+        finally:
+            self.poller.stop(timeout=10)
+
+    def longest_gap(self) -> float:
+        """The longest time between two answers of one project."""
+        return max(
+            b - a for times in self.api.answers.values() for a, b in itertools.pairwise(times)
+        )
+
+
+def test_a_refresh_the_budget_spreads_over_its_interval_in_shuffled_order_is_never_stalled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The hostile round, on a fake clock: 40 discovered projects at 120 requests a
+    minute (one every 0.5 s: a refresh takes 20.5 s, more than the 20 s interval),
+    /projects in a new order each time, every poll answered. A project polled first in
+    one refresh and last in the next goes about 40 s between answers, longer than the
+    effective interval plus the margin: before, it was marked stalled (`up` 0, paged)."""
+    team = Paced(interval=20.0, configured=False)
+    with caplog.at_level(logging.WARNING, logger="exporter.watchdog"):
+        team.run(refreshes=8)
+    assert team.poller.effective_interval() == pytest.approx(20.5)  # stretched
+    assert len({tuple(order) for order in team.api.orders}) == 8  # shuffled each time
+    assert all(len(team.api.answers[p]) == 8 for p in PROJECTS)
+    # The old rule's allowance is exceeded: the scenario is the hostile one.
+    assert team.longest_gap() > 20.5 + MARGIN
+    assert team.world.looks > 150  # the watchdog looked every second throughout
+    assert stalled(team.store) == {}
+    assert all(p.up for p in team.store.view().projects)
+    assert [r.getMessage() for r in caplog.records if r.name == "exporter.watchdog"] == []
+    assert team.schedule.restarts == 0
+
+
+def test_a_process_pause_in_the_middle_of_a_paced_refresh_is_not_a_stall(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SIGSTOP for ten minutes half-way through a refresh the budget paces over 20 s:
+    on resuming, its other half still takes its 10 s at the budget's pace. Before, the
+    watchdog waited one margin and then marked those projects stalled."""
+    team = Paced(interval=10.0, configured=True)  # 40 requests: stretched to 20 s
+
+    def stop_the_process(count: int) -> None:
+        if count == 60:  # half-way through the second refresh
+            team.world.now += 600.0  # no look, no poll: the process is stopped
+            # On resuming, the refresh is past its deadline: it ends and the schedule
+            # starts the next one at once. Here the polls' thread moves the clock
+            # faster than the schedule's thread reacts, so that start is recorded now.
+            team.schedule.last_start = team.world.now
+
+    team.api.before_poll = stop_the_process
+    with caplog.at_level(logging.INFO, logger="exporter.watchdog"):
+        team.run(refreshes=4)
+    assert team.world.now > team.starts[0] + 600
+    watchdog = [r for r in caplog.records if r.name == "exporter.watchdog"]
+    assert [r.getMessage() for r in watchdog] == ["the process was paused; polling resumes"]
+    assert all(len(team.api.answers[p]) >= 3 for p in PROJECTS)
+    assert stalled(team.store) == {}
+    assert all(p.up for p in team.store.view().projects)
+    assert team.schedule.restarts == 0
+
+
+# --- the limits, exactly --------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class HangingApi:
+    """Answers at once, except for `hung`, whose poll waits until released. Each
+    project's answer counts `requests[project]` requests (1 unless told: retries)."""
+
+    def __init__(self, hung: str) -> None:
+        self.hung = hung
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.requests: dict[str, int] = {}
+        self.answered: list[str] = []
+        self.on_request: Callable[[str, str], None] = lambda endpoint, code: None
+
+    def projects(self) -> list[ProjectResource]:
+        raise AssertionError("the team is configured: no discovery")
+
+    def billing_usage(
+        self, project_id: str, *, plan: str | None = None, products: Sequence[str] = ()
+    ) -> UsageAttributes:
+        if project_id == self.hung:
+            self.entered.set()
+            self.release.wait(30)
+        for _ in range(self.requests.get(project_id, 1)):
+            self.on_request("/billing/usage", "200")
+        self.answered.append(project_id)
+        return attributes(project_id)
+
+
+class Hung:
+    """A team of two projects, `a` and `b`, whose refreshes run in threads of their
+    own; `b`'s poll hangs until the test ends. Interval 10 s; 0.5 s a request."""
+
+    def __init__(self, clock: Clock | None = None, **kwargs: Any) -> None:
+        self.clock = clock or Clock()
+        self.store = SnapshotStore()
+        self.api = HangingApi("b")
+        self.poller = new_poller(
+            self.api,
+            self.store,
+            team=TEAM,
+            currency="USD",
+            targets=[Target("a"), Target("b")],
+            interval=10.0,
+            concurrency=2,
+            budget_seconds=lambda requests: requests * 0.5,
+            grace=1.0,
+            monotonic=self.clock,
+            **kwargs,
+        )
+        self.api.on_request = self.poller.record_request
+        self.threads: list[threading.Thread] = []
+
+    def refresh(self) -> None:
+        """Start a refresh at the clock's time; return once `a` has its answer."""
+        answered = self.api.answered.count("a")
+        thread = threading.Thread(target=self.poller.refresh, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        wait_for(lambda: self.api.answered.count("a") > answered, message="a's answer")
+        wait_for(self.api.entered.is_set, message="b's poll to hang")
+
+    def close(self) -> None:
+        self.api.release.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+        self.poller.stop(timeout=10)
+
+
+@pytest.fixture
+def hung() -> Iterator[Callable[..., Hung]]:
+    made: list[Hung] = []
+
+    def make(clock: Clock | None = None, **kwargs: Any) -> Hung:
+        made.append(Hung(clock, **kwargs))
+        return made[-1]
+
+    yield make
+    for team in made:
+        team.close()
+
+
+def test_a_hung_poll_is_overdue_just_after_its_refreshs_span_plus_the_margin(
+    hung: Callable[..., Hung],
+) -> None:
+    team = hung()
+    team.refresh()  # at 1000: span 10 s, margin 5 s
+    assert team.poller.overdue(1015.0, 5.0) == []  # exactly at the limit: on time
+    assert team.poller.overdue(1015.001, 5.0) == ["b"]  # just after: late
+    # A process pause the watchdog noticed since the refresh started moves it too.
+    assert team.poller.overdue(1020.0, 5.0, lambda since: 5.0 if since < 1016 else 0) == []
+    assert team.poller.overdue(1020.001, 5.0, lambda since: 5.0) == ["b"]
+
+
+def test_a_project_never_polled_is_overdue_after_one_span_plus_the_margin() -> None:
+    """No refresh at all (its schedule never ran): the poller's creation stands for
+    the first refresh's start."""
+    store = SnapshotStore()
+    clock = Clock()
+    poller = new_poller(
+        HangingApi("none"),
+        store,
+        team=TEAM,
+        currency="USD",
+        targets=[Target("a"), Target("b")],
+        interval=10.0,
+        monotonic=clock,
+    )
+    try:
+        assert poller.overdue(1015.0, 5.0) == []
+        assert poller.overdue(1015.001, 5.0) == ["a", "b"]
+    finally:
+        poller.stop(timeout=5)
+
+
+def test_a_429_pause_of_the_budget_moves_the_deadline_by_its_length(
+    hung: Callable[..., Hung],
+) -> None:
+    clock = Clock()
+    budget = RequestBudget(120, clock=clock)
+    clock.now = 990.0
+    budget.pause(50)  # before the refresh: no excuse for it
+    team = hung(clock, budget_paused=budget.paused_seconds)
+    clock.now = 1000.0
+    team.refresh()
+    assert team.poller.overdue(1015.001, 5.0) == ["b"]
+    clock.now = 1040.0  # the 429 pause of 50 s at 990 is over
+    budget.pause(30)  # a 429 asking 30 s: every request queued waits
+    assert team.poller.overdue(1045.0, 5.0) == []
+    assert team.poller.overdue(1045.001, 5.0) == ["b"]
+
+
+def test_requests_beyond_the_plan_stretch_the_span_until_the_next_refresh(
+    hung: Callable[..., Hung],
+) -> None:
+    """Retries and redirects take slots of the budget too: a refresh that made 25
+    requests takes 12.5 s of it, not its 10 s interval. The requests of a later refresh
+    are not the hung poll's refresh's: its deadline stays."""
+    team = hung()
+    team.api.requests["a"] = 25
+    team.refresh()  # at 1000
+    assert team.poller.overdue(1017.5, 5.0) == []
+    assert team.poller.overdue(1017.501, 5.0) == ["b"]
+    team.clock.now = 1020.0
+    team.refresh()  # b still hangs: it still waits on the first refresh
+    assert team.poller.overdue(1017.501, 5.0) == ["b"]
+    assert team.poller.overdue(1020.0 + 12.5 + 5.0, 5.0) == ["b"]  # not "a": answered
+
+
+def test_a_hung_poll_is_marked_stalled_by_the_watchdog_and_the_others_are_not(
+    hung: Callable[..., Hung], caplog: pytest.LogCaptureFixture
+) -> None:
+    team = hung()
+    team.refresh()
+    schedule = Schedule(TEAM, lambda: None, team.poller.effective_interval, clock=team.clock)
+    schedule.last_start = team.clock.now
+    watchdog = Watchdog([Team(team.poller, schedule)], team.store, margin=5.0, clock=team.clock)
+    with caplog.at_level(logging.WARNING, logger="exporter.watchdog"):
+        for second in range(1, 16):
+            team.clock.now = 1000.0 + second
+            if second % 10 == 0:
+                schedule.last_start = team.clock.now  # the next refresh starts on time
+            watchdog.check()
+        assert stalled(team.store) == {}
+        team.clock.now = 1016.0
+        watchdog.check()
+    b = status(team.store, "b")
+    assert (b.up, b.last_error) == (False, "stalled")
+    assert not b.polled  # it never had an outcome
+    assert status(team.store, "a").up
+    assert stalled(team.store) == {"b": 1}
+    assert [r.getMessage() for r in caplog.records] == ["polls overdue: marked stalled"]
