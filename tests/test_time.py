@@ -8,7 +8,10 @@ request log is the witness of when polls happen.
 from __future__ import annotations
 
 import glob
+import itertools
+import json
 import os
+import random
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +30,7 @@ from tests.conftest import (
     FIXED_NOW,
     IN_CI,
     ExporterProcess,
+    Samples,
     api_env,
     new_poller,
     require_binary,
@@ -261,3 +265,97 @@ def test_a_hanging_api_shows_queued_projects_stalled_long_before_their_polls_end
         schedule.stop()
         fake_api.stopping.set()
         poller.stop(timeout=0)
+
+
+def test_a_refresh_the_budget_spreads_over_its_interval_is_never_stalled_in_any_order(
+    fake_api: FakeApi, tmp_path: Path
+) -> None:
+    """The hostile round (issue 28): 40 discovered projects, a budget that spreads a
+    refresh over its whole effective interval, /projects in a new order each time,
+    every poll answered 200. Before, a project polled first in one refresh and last in
+    the next was marked stalled: `up` 0 for healthy projects, and a page.
+
+    Time is scaled five-fold (600 requests a minute, 0.1 s a request: 4.1 s a refresh
+    instead of 20.5 s) over seven refreshes; the old code fails it all the same."""
+    account = fake_api.account
+    base = account.projects["proj_demo_gpu"]
+    ids = [f"proj_s_{index:02d}" for index in range(40)]
+    account.projects = {
+        pid: replace(base, id=pid, slug=pid.replace("_", "-"), name=pid) for pid in ids
+    }
+    # Each /projects answer a new order; every other one the reverse of the one before,
+    # so that some project is first in one refresh and last in the next.
+    shuffler = random.Random(28)
+    order = account.project_resources()
+    for index in range(100):
+        if index % 2:
+            order.reverse()
+        else:
+            shuffler.shuffle(order)
+        body = json.dumps({"data": order, "meta": {}})
+        fake_api.inject(Fault("body", body=body), project="/projects")
+    env = api_env(
+        fake_api,
+        LATITUDESH_EXPORTER_API__REQUESTS_PER_MINUTE="600",
+        LATITUDESH_EXPORTER_API__TIMEOUT_SECONDS="1",
+        LATITUDESH_EXPORTER_API__MAX_RETRIES="1",
+        LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="1",
+    )
+    exporter = ExporterProcess([], env=env, cwd=tmp_path, tmp=tmp_path)
+    worst = 0  # projects that had figures, at up 0 at once
+    scraped = 0.0
+
+    def watch(refreshes: int) -> bool:
+        nonlocal worst, scraped
+        if time.monotonic() - scraped >= 0.25:
+            scraped = time.monotonic()
+            samples = exporter.scrape()
+            worst = max(worst, len(down(samples, ids)))
+        return fake_api.request_count("/projects") >= refreshes
+
+    try:
+        exporter.wait_ready(timeout=60)
+        wait_for(lambda: watch(7), timeout=300, message="seven refreshes")
+        samples = exporter.scrape()
+        effective = sample(samples, "latitudesh_poll_effective_interval_seconds")
+        assert effective == pytest.approx(4.1)  # the 1 s interval, stretched by the budget
+        # The old rule's allowance (effective interval + 2 s margin) is exceeded by
+        # healthy polls: the scenario is the hostile one.
+        assert longest_gap(fake_api, ids) > 4.1 + 2.0
+        stalled = {
+            pid: sample(samples, "latitudesh_poll_errors_total", project_id=pid, reason="stalled")
+            for pid in ids
+        }
+        assert stalled == dict.fromkeys(ids, 0.0)
+        assert worst == 0
+        assert "polls overdue" not in exporter.output()
+        assert "refresh stalled" not in exporter.output()
+        assert all(code == 200 for code in statuses(fake_api))
+    finally:
+        exporter.stop()
+
+
+def down(samples: Samples, ids: list[str]) -> list[str]:
+    """Projects at `up` 0 that had figures (before its first poll a project is 0)."""
+    return [
+        pid
+        for pid in ids
+        if sample(samples, "latitudesh_up", project_id=pid) == 0.0
+        and sample(samples, "latitudesh_last_success_timestamp_seconds", project_id=pid)
+    ]
+
+
+def longest_gap(api: FakeApi, ids: list[str]) -> float:
+    """The longest time between two answers of one project, in the API's request log."""
+    with api.lock:
+        records = [(r.project, r.at) for r in api.requests if r.path == "/billing/usage"]
+    return max(
+        b - a
+        for pid in ids
+        for a, b in itertools.pairwise([at for project, at in records if project == pid])
+    )
+
+
+def statuses(api: FakeApi) -> list[int]:
+    with api.lock:
+        return [r.status for r in api.requests]
