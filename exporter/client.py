@@ -3,11 +3,15 @@
 Every request goes through one `RequestBudget`, is retried with capped exponential
 backoff and jitter on 429, 5xx, timeouts and connection errors, honours the wait a 429
 asks for, and is reported once to `on_request(endpoint, code)` when its outcome is
-known. An answer is bounded three ways before it is believed: in time
-(`timeout` bounds connect, headers and the whole body together, so a body that
-trickles in a byte at a time fails like any timeout), in decoded size (counted
-across every Content-Encoding layer while streaming, so a small double-gzipped answer
-cannot expand in memory) and in JSON values (see `models.parse_document`).
+known. httpx does what httpx does: it decodes Content-Encoding and follows redirects.
+What the exporter adds sits in one small transport under it (`_Hops`): a redirect is
+followed only within the API's origin, each hop takes its own budget slot and deadline
+and is counted once, and raw bytes reach httpx's decoders in slices small enough that
+no decode call can blow up. An answer is bounded three ways before it is believed: in
+time (`timeout` bounds connect, headers and the whole body together, so a body that
+trickles in a byte at a time fails like any timeout), in decoded size (counted while
+httpx decodes, so a small gzip bomb is refused before it expands in memory) and in
+JSON values (see `models.parse_document`).
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import random
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -53,14 +57,34 @@ API_VERSION = "2023-06-01"
 #: Pages of /projects one discovery may read: 10,000 projects, far beyond what one
 #: key's budget can poll; an API that never ends its pages is cut off here.
 MAX_PROJECT_PAGES = 100
-#: Content-Encoding layers one answer may stack (any more is hostile).
-MAX_ENCODINGS = 2
 #: Characters of the API's own error text kept for the log, after secrets are scrubbed.
 MAX_DETAIL_CHARS = 200
-#: Same-origin redirects followed for one request (each one counted against the
-#: budget); the official SDK follows redirects, so a moved path must not fail polls.
+#: Same-origin redirects httpx follows for one request (each hop takes its own budget
+#: slot); the official SDK follows redirects, so a moved path must not fail polls.
 MAX_REDIRECTS = 5
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: The Content-Encodings asked for and read: those httpx decodes with zlib, whose
+#: output per byte of input has a known ceiling (`DEFLATE_EXPANSION`).
+ENCODINGS = frozenset({"gzip", "deflate"})
+#: Most bytes one zlib `decompress` call yields per byte it is given: deflate's limit
+#: (a 258-byte match in two bits). Measured: 1,032 on a gzip bomb of spaces, and
+#: 1,032² = 1,065,024 through two layers.
+DEFLATE_EXPANSION = 1032
+#: Most bytes one call of httpx's decoders may yield. httpx decompresses whatever raw
+#: bytes it is given at once (no max_length), so the raw bytes are handed to it in
+#: slices of `DECODE_STEP // DEFLATE_EXPANSION ** layers` bytes: 4,064 through one
+#: layer, 3 through two (see `_Hops`). Target: a gzip bomb (256 MiB of spaces, one
+#: or two layers) refused within the same order of memory as the hand-written inflater
+#: it replaces, ≤ ~100 MiB peak RSS (tests/test_hardening.py). Measured: 76 and 70 MiB
+#: (63 before; 175 and 560 MiB with httpx's decoders fed unsliced).
+DECODE_STEP = 4 * 1024 * 1024
+#: Content-Encoding layers one answer may stack: the most for which a raw slice of at
+#: least one byte keeps one decode call within `DECODE_STEP`. A third layer could
+#: yield 1,032³ bytes (a GiB) from one byte, so it is refused before the body is read.
+#: No real API encodes twice (the official one does not); two layers are still read,
+#: three raw bytes a call, because a proxy that gzips what it forwards stacks a
+#: second layer, and the cost is small (a 10,000-product answer gzipped twice, 52 KB,
+#: decodes and parses in 0.29 s, as fast as before).
+MAX_ENCODINGS = 2
 USER_AGENT = (
     f"latitudesh-exporter/{__version__} "
     f"(python {sys.version_info.major}.{sys.version_info.minor}; httpx {httpx.__version__})"
@@ -139,14 +163,19 @@ class LatitudeClient:
         self._rejected_lock = threading.Lock()
         self._deadlines = Deadlines(clock)
         self._origin = _origin(httpx.URL(base_url))
+        self._hops = _Hops(
+            transport or DeadlineTransport(base_url, self._deadlines, max_connections),
+            self._before_hop,
+        )
         self._http = httpx.Client(
             base_url=base_url,
             timeout=httpx.Timeout(timeout),
-            transport=transport or DeadlineTransport(base_url, self._deadlines, max_connections),
-            follow_redirects=False,
+            transport=self._hops,
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
             headers={
                 "Accept": "application/vnd.api+json, application/json;q=0.9",
-                # Only what `_decoded` can undo with a bound on its output.
+                # `ENCODINGS`: only what `_read` can bound while httpx decodes it.
                 "Accept-Encoding": "gzip, deflate",
                 "API-Version": API_VERSION,
                 "User-Agent": USER_AGENT,
@@ -229,24 +258,14 @@ class LatitudeClient:
         self, endpoint: str, params: Params, model: type[M], *, retries: int | None = None
     ) -> M:
         retries = self._max_retries if retries is None else retries
-        attempt = hops = 0
+        attempt = 0
         token: SecretStr | None = None
-        target: str | httpx.URL = endpoint
-        query: Params | None = params
         while True:
             try:
                 token = self._token()
                 self._refuse_rejected_token(endpoint, token)
                 self._budget.acquire()
-                return self._get_once(endpoint, target, query, token, model)
-            except _Redirect as redirect:
-                hops += 1
-                if hops > MAX_REDIRECTS:
-                    raise errors.Redirected(
-                        f"GET {endpoint}: more than {MAX_REDIRECTS} redirects",
-                        status=redirect.status,
-                    ) from None
-                target, query = redirect.url, None  # the new URL carries its own query
+                return self._get_once(endpoint, params, token, model)
             except errors.LatitudeError as exc:
                 if isinstance(exc, errors.Unauthorized) and exc.status == 401 and token:
                     self._remember_rejected(token)
@@ -296,39 +315,41 @@ class LatitudeClient:
                 self._clock() + self._unauthorized_backoff,
             )
 
-    def _get_once(
-        self,
-        endpoint: str,
-        target: str | httpx.URL,
-        params: Params | None,
-        token: SecretStr,
-        model: type[M],
-    ) -> M:
-        """One request to `target` (the endpoint, or where it redirected), counted
-        under `endpoint`."""
+    def _get_once(self, endpoint: str, params: Params, token: SecretStr, model: type[M]) -> M:
+        """One request, and the redirects httpx follows from it (each hop counted and
+        budgeted in `_before_hop`); the chain's last request is counted here, once its
+        outcome is known."""
         headers = {"Authorization": token.get_secret_value()}
         code = "network"
-        try:
-            with (
-                self._deadlines.until(self._clock() + self._timeout),
-                self._http.stream("GET", target, params=params, headers=headers) as response,
-            ):
-                body = self._read(endpoint, response)
-            code = str(response.status_code)
-        except TIMEOUTS:
-            code = "timeout"
-            raise errors.Timeout(
-                f"GET {endpoint}: no complete answer in {self._timeout:g}s"
-            ) from None
-        except errors.InvalidResponse:
-            code = str(response.status_code)
-            raise
-        except NETWORK_ERRORS as exc:
-            raise errors.NetworkError(f"GET {endpoint}: {type(exc).__name__}") from None
-        finally:
-            self._on_request(endpoint, code)
-        if response.status_code in _REDIRECTS and "Location" in response.headers:
-            raise self._redirect(endpoint, response)
+        with self._hops.chain(endpoint) as chain:
+            try:
+                with (
+                    self._deadlines.until(self._clock() + self._timeout),
+                    self._http.stream("GET", endpoint, params=params, headers=headers) as response,
+                ):
+                    body = self._read(endpoint, response)
+                code = str(response.status_code)
+            except TIMEOUTS:
+                code = "timeout"
+                raise errors.Timeout(
+                    f"GET {endpoint}: no complete answer in {self._timeout:g}s"
+                ) from None
+            except errors.InvalidResponse:
+                code = str(response.status_code)
+                raise
+            except NETWORK_ERRORS as exc:
+                if chain.redirect is None:
+                    raise errors.NetworkError(f"GET {endpoint}: {type(exc).__name__}") from None
+                # httpx did not follow: one hop too many, or a Location it cannot request.
+                why = (
+                    f"more than {MAX_REDIRECTS} redirects"
+                    if isinstance(exc, httpx.TooManyRedirects)
+                    else f"HTTP {chain.redirect} to an invalid URL"
+                )
+                raise errors.Redirected(f"GET {endpoint}: {why}", status=chain.redirect) from None
+            finally:
+                # A chain that stops at a redirect not followed ends with that request.
+                self._on_request(endpoint, code if chain.redirect is None else str(chain.redirect))
         if not response.is_success:
             raise self._status_error(endpoint, response, body, token)
         try:
@@ -336,67 +357,53 @@ class LatitudeClient:
         except PayloadError as exc:
             raise errors.InvalidResponse(f"GET {endpoint}: {exc}") from None
 
+    def _before_hop(self, endpoint: str, status: int, request: httpx.Request) -> None:
+        """Before httpx sends the next hop of a redirect (`status`): refused unless it
+        stays within the API's origin, so that the key is never sent to another host;
+        otherwise it takes a budget slot and a deadline of its own, and the redirect
+        that led to it is counted, followed."""
+        if _origin(request.url) != self._origin:
+            scheme, host, port = _origin(request.url)
+            raise errors.Redirected(
+                f"GET {endpoint}: HTTP {status} to another origin, {scheme}://{host}:{port}: "
+                "not followed (the key is never sent elsewhere)",
+                status=status,
+            )
+        self._budget.acquire()
+        self._on_request(endpoint, str(status))
+        # The wait for the budget is no part of the hop's own timeout.
+        self._deadlines.renew(self._clock() + self._timeout)
+
     def _read(self, endpoint: str, response: httpx.Response) -> bytes:
-        """The decoded body, refused as soon as it grows past the cap."""
+        """The body as httpx decodes it, refused as soon as it grows past the cap.
+
+        An encoding or a stack of them that `_Hops` cannot slice into bounded decode
+        calls is refused before a byte of the body is read.
+        """
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self._max_bytes:
             raise errors.InvalidResponse(
                 f"GET {endpoint}: answer of {declared} bytes is over the {self._max_bytes}-byte cap"
             )
-        encodings = [
-            e.strip().lower()
-            for e in response.headers.get("Content-Encoding", "").split(",")
-            if e.strip()
-        ]
-        encodings = [e for e in encodings if e != "identity"]
-        if len(encodings) > MAX_ENCODINGS or not set(encodings) <= {"gzip", "x-gzip", "deflate"}:
+        encodings = _encodings(response.headers)
+        if len(encodings) > MAX_ENCODINGS or not set(encodings) <= ENCODINGS:
             raise errors.InvalidResponse(
                 f"GET {endpoint}: unsupported Content-Encoding {', '.join(encodings)!r}"
             )
-        if response.is_stream_consumed:
-            # An in-memory answer (httpx.MockTransport in tests): httpx decoded it.
-            chunks: Iterator[bytes] = iter([response.content])
-            encodings = []
-        else:
-            chunks = response.iter_raw()
-        for encoding in reversed(encodings):  # applied in order, undone in reverse
-            chunks = _inflate(chunks, deflate=encoding == "deflate", cap=self._max_bytes)
+        once = " once decompressed" if encodings else ""
         body = bytearray()
         try:
-            for chunk in chunks:
-                body += chunk
-                if len(body) > self._max_bytes:
+            for chunk in response.iter_bytes():  # each at most DECODE_STEP bytes
+                if len(body) + len(chunk) > self._max_bytes:
                     raise errors.InvalidResponse(
-                        f"GET {endpoint}: answer is over the {self._max_bytes}-byte cap"
+                        f"GET {endpoint}: answer is over the {self._max_bytes}-byte cap{once}"
                     )
-        except zlib.error:
+                body += chunk
+        except httpx.DecodingError:
             raise errors.InvalidResponse(
                 f"GET {endpoint}: the compressed answer is corrupt"
             ) from None
-        except _TooLarge:
-            raise errors.InvalidResponse(
-                f"GET {endpoint}: answer is over the {self._max_bytes}-byte cap once decompressed"
-            ) from None
         return bytes(body)
-
-    def _redirect(self, endpoint: str, response: httpx.Response) -> Exception:
-        """Where a redirect leads, if it may be followed: only within the API's origin,
-        so that the key is never sent to another host."""
-        status = response.status_code
-        try:
-            url = response.url.join(response.headers["Location"])
-        except (httpx.InvalidURL, UnicodeError, ValueError):
-            return errors.Redirected(
-                f"GET {endpoint}: HTTP {status} to an invalid URL", status=status
-            )
-        if _origin(url) != self._origin:
-            scheme, host, port = _origin(url)
-            return errors.Redirected(
-                f"GET {endpoint}: HTTP {status} to another origin, {scheme}://{host}:{port}: "
-                "not followed (the key is never sent elsewhere)",
-                status=status,
-            )
-        return _Redirect(url, status)
 
     def _status_error(
         self, endpoint: str, response: httpx.Response, body: bytes, token: SecretStr
@@ -423,55 +430,104 @@ class LatitudeClient:
         return kind(message, status=status)
 
 
-class _TooLarge(Exception):
-    pass
+@dataclass(slots=True)
+class _Chain:
+    """One request and the redirect hops httpx follows from it."""
+
+    endpoint: str
+    #: The status of the last answer when it was a redirect whose next hop has not been
+    #: sent yet: httpx is following it, or the chain stopped there.
+    redirect: int | None = None
 
 
-class _Redirect(Exception):
-    """A same-origin redirect to follow: caught by `_get`, never leaves the client."""
+class _Hops(httpx.BaseTransport):
+    """The transport under httpx's client: every request httpx sends passes here, the
+    first of a chain and each redirect hop it follows.
 
-    def __init__(self, url: httpx.URL, status: int) -> None:
-        super().__init__(str(url))
-        self.url = url
-        self.status = status
+    Before a hop goes out, `before_hop(endpoint, status, request)` refuses it or
+    budgets and counts it (`LatitudeClient._before_hop`). A redirect's body is never
+    read: httpx would read it whole, decoded, with no cap; closing it costs the
+    connection, which a rare redirect can afford. Any other body reaches httpx in raw
+    slices of `DECODE_STEP // DEFLATE_EXPANSION ** layers` bytes, so that one call of
+    httpx's decoders yields at most `DECODE_STEP` bytes and `_read` refuses a bomb
+    before it holds more than the cap (unsliced, one 64 KiB read of a one-layer bomb
+    is 64 MiB at once, and of a two-layer one 64 GiB; see `DECODE_STEP` for the
+    figures).
+
+    httpx sends a chain's requests from the thread that asked, so the chain in flight
+    is the thread's (`chain`), as the deadline is (`Deadlines`).
+    """
+
+    def __init__(
+        self,
+        inner: httpx.BaseTransport,
+        before_hop: Callable[[str, int, httpx.Request], None],
+    ) -> None:
+        self._inner = inner
+        self._before_hop = before_hop
+        self._local = threading.local()
+
+    @contextmanager
+    def chain(self, endpoint: str) -> Iterator[_Chain]:
+        chain = self._local.chain = _Chain(endpoint)
+        try:
+            yield chain
+        finally:
+            self._local.chain = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        chain: _Chain = self._local.chain
+        if chain.redirect is not None:
+            self._before_hop(chain.endpoint, chain.redirect, request)
+            chain.redirect = None
+        response = self._inner.handle_request(request)
+        if response.has_redirect_location:
+            response.close()
+            chain.redirect = response.status_code
+            return httpx.Response(
+                response.status_code, headers=response.headers, extensions=response.extensions
+            )
+        assert isinstance(response.stream, httpx.SyncByteStream)
+        layers = len(_encodings(response.headers))
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            # A stack `_read` refuses is never read: any slice will do.
+            stream=_Slices(response.stream, max(1, DECODE_STEP // DEFLATE_EXPANSION**layers)),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _Slices(httpx.SyncByteStream):
+    """A raw body handed on in slices of at most `size` bytes."""
+
+    def __init__(self, raw: httpx.SyncByteStream, size: int) -> None:
+        self._raw = raw
+        self._size = size
+
+    def __iter__(self) -> Iterator[bytes]:
+        size = self._size
+        for chunk in self._raw:
+            for start in range(0, len(chunk), size):
+                yield chunk[start : start + size]
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+def _encodings(headers: httpx.Headers) -> list[str]:
+    """The Content-Encoding layers of an answer, in the order applied (identity is none)."""
+    values = (v.strip().lower() for v in headers.get_list("Content-Encoding", split_commas=True))
+    return [v for v in values if v and v != "identity"]
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int]:
     """(scheme, host, port), the port filled in: what must match for a redirect."""
     default = 443 if url.scheme == "https" else 80
     return url.scheme, url.host.lower(), url.port or default
-
-
-def _inflate(chunks: Iterator[bytes], *, deflate: bool, cap: int) -> Iterator[bytes]:
-    """Undo one gzip or deflate layer, never holding more than 64 KiB of its output at
-    once and refusing it past `cap` bytes in all: a bomb is refused while it streams."""
-    wbits = zlib.MAX_WBITS if deflate else zlib.MAX_WBITS | 16
-    decompressor = zlib.decompressobj(wbits)
-    produced = 0
-    for chunk in chunks:
-        data = chunk
-        while True:
-            out = decompressor.decompress(data, _INFLATE_STEP)
-            produced += len(out)
-            if produced > cap:
-                raise _TooLarge
-            if out:
-                yield out
-            if decompressor.eof and decompressor.unused_data and not deflate:
-                data = decompressor.unused_data  # a gzip member follows the first
-                decompressor = zlib.decompressobj(wbits)
-                continue
-            data = decompressor.unconsumed_tail
-            if not data and len(out) < _INFLATE_STEP:
-                break
-    tail = decompressor.flush()
-    if produced + len(tail) > cap:
-        raise _TooLarge
-    if tail:
-        yield tail
-
-
-_INFLATE_STEP = 65536
 
 
 def _retry_after_header(response: httpx.Response) -> float | None:

@@ -49,6 +49,11 @@ class Deadlines:
         finally:
             self._local.deadline = None
 
+    def renew(self, deadline: float) -> None:
+        """Give the request in flight a new deadline: a redirect's next hop is a request
+        of its own, with the whole timeout (within `until`, which clears it)."""
+        self._local.deadline = deadline
+
     def left(self, timeout: float | None) -> float | None:
         deadline: float | None = getattr(self._local, "deadline", None)
         if deadline is None:

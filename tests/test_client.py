@@ -3,9 +3,11 @@ answers bounded in time, size and values, each request counted once."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import time
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -55,6 +57,36 @@ def ok(payload: Any = None) -> httpx.Response:
         json=payload or load_fixture("billing_usage_new.json"),
         headers={"Content-Type": "application/vnd.api+json"},
     )
+
+
+def encoded(status: int, body: bytes, encoding: str, **headers: str) -> httpx.Response:
+    """An answer whose body is `body` as the server sent it, still encoded: built from a
+    stream, because `httpx.Response(content=...)` would decode it at once."""
+    return httpx.Response(
+        status, stream=httpx.ByteStream(body), headers={"Content-Encoding": encoding, **headers}
+    )
+
+
+class Slots:
+    """A budget double that counts the slots taken; each grant moves the client's clock
+    `wait` seconds on (a wait for the budget), and grant number `stop_at` is refused
+    as at shutdown."""
+
+    def __init__(self, clock: list[float], wait: float = 0.0, stop_at: int = 0) -> None:
+        self.clock = clock
+        self.wait = wait
+        self.stop_at = stop_at
+        self.taken = 0
+
+    def acquire(self) -> float:
+        if self.taken + 1 == self.stop_at:
+            raise errors.Cancelled("shutting down")
+        self.taken += 1
+        self.clock[0] += self.wait
+        return self.clock[0]
+
+    def pause(self, seconds: float) -> None:
+        pass
 
 
 class Pauses:
@@ -333,6 +365,57 @@ def test_answers_over_the_size_cap_are_refused(client_for: ClientFor) -> None:
         client_for(Recorder(big), max_response_bytes=4096).billing_usage(PROJECT)
 
 
+PLAIN = json.dumps(load_fixture("billing_usage_new.json")).encode()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),  # deflate as the RFC says: in a zlib wrapper
+        ("deflate", lambda data: zlib.compress(data, wbits=-15)),  # raw, as servers send
+        ("gzip, gzip", lambda data: gzip.compress(gzip.compress(data))),
+        ("identity", lambda data: data),
+    ],
+)
+def test_encoded_answers_are_decoded_by_httpx(
+    make_client: MakeClient, encoding: str, compress: Callable[[bytes], bytes]
+) -> None:
+    transport = StreamingTransport(lambda request: encoded(200, compress(PLAIN), encoding))
+    usage = make_client("https://api.example", transport=transport).billing_usage(PROJECT)
+    assert usage.price == 51230
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "compress", "x-gzip", "gzip, gzip, gzip"])
+def test_encodings_that_cannot_be_bounded_are_refused_before_the_body_is_read(
+    make_client: MakeClient, encoding: str
+) -> None:
+    """httpx would skip an encoding it does not know and hand over the bytes as they
+    are; a third gzip layer could yield a GiB from one byte."""
+    transport = StreamingTransport(lambda request: encoded(200, b"\x00" * 100_000, encoding))
+    with pytest.raises(errors.InvalidResponse, match="unsupported Content-Encoding"):
+        make_client("https://api.example", transport=transport).billing_usage(PROJECT)
+    assert transport.streamed == 0
+
+
+def test_a_corrupt_compressed_answer_is_invalid_response(make_client: MakeClient) -> None:
+    corrupt = gzip.compress(PLAIN)[:20] + b"\xff" * 200
+    transport = StreamingTransport(lambda request: encoded(200, corrupt, "gzip"))
+    with pytest.raises(errors.InvalidResponse, match="corrupt"):
+        make_client("https://api.example", transport=transport).billing_usage(PROJECT)
+
+
+def test_a_bomb_is_refused_once_its_decoded_bytes_pass_the_cap(make_client: MakeClient) -> None:
+    """Counted as httpx decodes: 64 MiB of spaces, gzipped twice to 64 KiB, is refused
+    after a few hundred raw bytes."""
+    bomb = gzip.compress(gzip.compress(b" " * (64 * 1024 * 1024)))
+    transport = StreamingTransport(lambda request: encoded(200, bomb, "gzip, gzip"))
+    client = make_client("https://api.example", transport=transport, max_response_bytes=2**20)
+    with pytest.raises(errors.InvalidResponse, match="over the 1048576-byte cap once decompressed"):
+        client.billing_usage(PROJECT)
+    assert transport.streamed <= 64 * 1024  # one piece of the socket, not the body
+
+
 def test_projects_are_paged_until_a_short_page(client_for: ClientFor) -> None:
     def page(n: int) -> httpx.Response:
         items = [
@@ -503,7 +586,7 @@ def test_an_api_that_echoes_the_token_never_leaks_any_of_it(
             assert TOKEN[start : start + size] not in message
 
 
-@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_a_same_origin_redirect_is_followed_and_counted_as_a_request(
     fake_api: FakeApi, make_client: MakeClient, status: int
 ) -> None:
@@ -539,3 +622,75 @@ def test_a_redirect_to_another_origin_is_refused_and_the_key_never_leaves(
         assert TOKEN not in str(raised.value)
         assert elsewhere.arrivals == 0  # not one request, so never the key
         assert fake_api.request_count(project="proj_demo_web") == 1  # and not retried
+
+
+def test_a_redirects_body_is_never_read(make_client: MakeClient) -> None:
+    """httpx reads a redirect's body whole, decoded, with no cap: a bomb there would
+    pass every bound. The client closes it unread instead."""
+    bomb = gzip.compress(gzip.compress(b" " * (64 * 1024 * 1024)))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if "moved" not in request.url.params:
+            moved = request.url.copy_add_param("moved", "1")
+            return encoded(308, bomb, "gzip, gzip", Location=str(moved))
+        return ok()
+
+    transport = StreamingTransport(answer)
+    seen: list[str] = []
+    client = make_client(
+        "https://api.example", transport=transport, on_request=lambda e, c: seen.append(c)
+    )
+    assert client.billing_usage(PROJECT).price == 51230
+    assert transport.streamed == len(ok().content)  # the 200's body only
+    assert seen == ["308", "200"]
+
+
+def test_each_hop_takes_a_budget_slot_and_its_own_deadline(
+    fake_api: FakeApi, make_client: MakeClient
+) -> None:
+    """Every grant of the budget moves the clock 10 s on: were the hop's deadline the
+    first request's (1 s), the second hop would time out at once."""
+    clock = [1000.0]
+    slots = Slots(clock, wait=10.0)
+    seen: list[str] = []
+    client = make_client(
+        fake_api.url,
+        budget=slots,
+        clock=lambda: clock[0],
+        timeout=1.0,
+        on_request=lambda e, c: seen.append(c),
+    )
+    fake_api.inject(Fault("redirect"), project="proj_demo_web", times=2)
+    assert client.billing_usage("proj_demo_web").price is not None
+    assert slots.taken == 3
+    assert seen == ["308", "308", "200"]
+
+
+def test_a_stop_while_a_hop_waits_for_the_budget_sends_nothing_more(
+    fake_api: FakeApi, make_client: MakeClient
+) -> None:
+    seen: list[str] = []
+    client = make_client(
+        fake_api.url, budget=Slots([0.0], stop_at=2), on_request=lambda e, c: seen.append(c)
+    )
+    fake_api.inject(Fault("redirect"), project="proj_demo_web", times=None)
+    with pytest.raises(errors.Cancelled):
+        client.billing_usage("proj_demo_web")
+    assert fake_api.request_count(project="proj_demo_web") == 1
+    assert seen == ["308"]  # the redirect, counted once, as what it was
+
+
+@pytest.mark.parametrize("location", ["http://a:b:c/", "\x7f://"])
+def test_a_redirect_to_an_invalid_url_is_redirected_and_counted_once(
+    make_client: MakeClient, location: str
+) -> None:
+    recorder = Recorder(httpx.Response(308, headers={"Location": location}))
+    seen: list[str] = []
+    client = make_client(
+        "https://api.example",
+        transport=StreamingTransport(recorder),
+        on_request=lambda e, c: seen.append(c),
+    )
+    with pytest.raises(errors.Redirected, match="HTTP 308 to an invalid URL"):
+        client.billing_usage(PROJECT)
+    assert len(recorder.requests) == 1 and seen == ["308"]
