@@ -184,6 +184,25 @@ def test_a_hostile_answer_is_refused_within_bounded_memory(hostile_api: FakeApi,
     assert peak < 400
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_gzip_bomb_is_refused_before_it_expands(hostile_api: FakeApi, layers: int) -> None:
+    """256 MiB of spaces, gzipped once (255 KiB) or twice (590 bytes). httpx's decoders
+    inflate at once whatever they are given, so the client hands them the raw bytes in
+    slices and no call yields more than `client.DECODE_STEP`. Measured: 76 and 70 MiB
+    peak RSS; with the decoders fed unsliced, 175 and 560 MiB."""
+    bomb = Fault("gzip", layers=layers, body=" " * (256 * 1024 * 1024))
+    hostile_api.inject(bomb, project="proj_demo_web")
+    result = run_bounded(
+        probe_script(hostile_api.url, TOKEN), memory_mib=700, env={"MALLOC_ARENA_MAX": "2"}
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "REFUSED invalid_response"
+    peak = int(lines[1].split()[1])
+    print(f"gzip bomb, {layers} layer(s): peak RSS {peak} MiB")
+    assert peak < 120
+
+
 def test_endless_project_pages_stop_at_the_cap(make_client) -> None:  # type: ignore[no-untyped-def]
     with FakeApi(frozen_account(token=TOKEN)) as api:
         api.inject(Fault("pages"), project="/projects", times=None)
