@@ -139,8 +139,9 @@ class SnapshotStore:
                 elif current.team != team:  # taken over: the figures are the project's
                     self._projects[pid] = replace(current, team=team, slug=label(slug))
                     changed = True
-                elif slug and current.slug != slug:
+                elif slug and current.slug != label(slug):
                     self._projects[pid] = replace(current, slug=label(slug))
+                    changed = True
             for pid in set(owner.project_ids) - set(wanted):
                 self._projects.pop(pid, None)
                 self._claims.pop(pid, None)

@@ -189,12 +189,6 @@ def test_a_new_slug_replaces_the_old_and_an_empty_one_does_not() -> None:
     assert status(store, "p").slug == "new"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.set_projects changes a tracked project's slug without _changed(): "
-    "the cached view keeps the old slug and version, and no listener is told, until the "
-    "next unrelated write",
-)
 def test_a_new_slug_is_a_change_the_view_shows_at_once() -> None:
     store = team_store("t")
     store.set_projects("t", [("p", "old")])
