@@ -79,3 +79,31 @@ def test_the_sdist_builds_the_package_without_the_test_suite(dist: Path) -> None
         names = archive.getnames()
     assert any(n.endswith("exporter/cli.py") for n in names)
     assert not any("/tests/" in n or "/benchmarks/" in n for n in names)
+
+
+def test_make_run_installs_the_locked_runtime_set_only(tmp_path: Path) -> None:
+    """`make run` is how a newcomer first meets the exporter: it installed the whole
+    developer toolchain (a 595 MB venv of 85 packages, npm included) before showing a
+    demo. What it would run, on a fresh checkout, is the runtime set alone."""
+    for name in ("Makefile", "pyproject.toml", "requirements.lock"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    lock = tmp_path / "grafana" / "schema-check" / "package-lock.json"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("{}")
+    planned = subprocess.run(
+        ["make", "-n", "run"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
+    assert "--require-hashes -r requirements.lock" in planned
+    assert "[test" not in planned and "dev]" not in planned and "npm" not in planned
+    planned = subprocess.run(
+        ["make", "-n", "dev"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
+    assert "'.[test,dev]'" in planned and "npm ci" in planned
+
+
+def test_a_real_token_in_deploy_env_is_never_committed() -> None:
+    """The README tells compose users to put the key in deploy/.env."""
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--quiet", "deploy/.env"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0
