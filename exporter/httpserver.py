@@ -12,18 +12,27 @@ Prometheus. The bounds:
   process: a client that reads slowly, or never, holds at most one group and one send
   in the process (and produces no more plain text than it reads); one that makes no
   progress for `write_timeout` seconds is dropped;
-- at most `max_connections` are held; at the limit, the connection that has waited
-  longest without progress (idle, reading a head, or blocked writing to a client that
-  does not read) is closed to make room, so newcomers (Prometheus) always get in;
-  refusals are logged as a count, at most once a minute;
+- at most `max_connections` are held; at the limit one is closed to make room, so
+  newcomers (Prometheus, the probes) always get in: first one whose answer is given
+  (lingering), then one waiting for a password check (its
+  client has proved nothing; a check not started never runs), then the one that has
+  waited longest without progress (idle, reading a head, blocked writing to a client
+  that does not read, or its render not started), then the answer written longest;
+  only a render under way is never closed, its answer being about to be written.
+  Refusals are logged as a count, at most once a minute;
+- a request is admitted on the loop at no cost (`WebApp.admit`); a password check
+  runs in a pool of its own (`web.CHECK_WORKERS` threads, `web.CHECK_QUEUE` waiting,
+  budgets per source), never in the render pool; a refusal (401, 429, 503) closes
+  its connection, so one connection holds at most one request in the server and
+  cannot pipeline a series of failed checks;
 - request heads over 64 KiB, more than 100 headers or a target over 8 KiB are refused;
   bodies (GET has none) are not read past 64 KiB.
 
 Measured (`benchmarks/`): 200 clients that ask for /metrics at 1,000 x 50 and never
 read cost about 64 KiB each; `/healthz` beside 100 of them answers in milliseconds.
 
-`WebApp.handle` runs in a small thread pool (rendering and bcrypt never block the
-loop), except for the probes, which are answered on the loop at once.
+Renders run in a small thread pool and bcrypt in another (neither blocks the loop);
+the probes and every refusal are answered on the loop at once.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from urllib.parse import unquote, urlsplit
 
 import h11
 
-from exporter.web import Request, Response, WebApp, reply
+from exporter.web import CHECK_WORKERS, Admission, PasswordCheck, Request, Response, WebApp, reply
 from exporter.webconfig import WebSettings
 
 log = logging.getLogger(__name__)
@@ -97,18 +106,34 @@ class _Connection:
     blocked_since: float | None = None
     #: Writing an answer, since when.
     writing_since: float | None = None
+    #: Waiting for a password check (queued or under way), since when.
+    authenticating_since: float | None = None
+    #: Its render queued and not started yet, since when (cleared by the worker).
+    queued_since: float | None = None
+    #: Answered and closing (reading what the client still sends), since when.
+    closing_since: float | None = None
+    #: The task serving it: cancelled when it is closed to make room.
+    task: asyncio.Task[None] | None = None
 
     def eviction_order(self) -> tuple[int, float] | None:
-        """Where it stands in line to be closed to make room, or None (a request being
-        handled never is: its answer is about to be written). First whoever has made
-        no progress the longest (idle, a head incomplete, or blocked writing to a
-        client that does not read), then the answer that has been written longest."""
+        """Where it stands in line to be closed to make room, or None (a render under
+        way never is: its answer is about to be written). First a connection whose
+        answer is sent, then one waiting for a password check (its client has proved
+        nothing yet), then whoever has made no progress the longest (idle, a head
+        incomplete, blocked writing to a client that does not read, or its render not
+        started), then the answer that has been written longest."""
+        if self.closing_since is not None:
+            return (0, self.closing_since)
+        if self.authenticating_since is not None:
+            return (1, self.authenticating_since)
         if self.waiting:
-            return (0, self.since)
+            return (2, self.since)
         if self.blocked_since is not None:
-            return (0, self.blocked_since)
+            return (2, self.blocked_since)
+        if self.queued_since is not None:
+            return (2, self.queued_since)
         if self.writing_since is not None:
-            return (1, self.writing_since)
+            return (3, self.writing_since)
         return None
 
 
@@ -124,7 +149,8 @@ class HttpServer:
         write_timeout: seconds a client may take to read one group of an answer.
         max_connections: connections held at once (at most the open-file limit less
             `SPARE_FILES`).
-        workers: threads answering requests.
+        workers: threads rendering answers (password checks have their own
+            `web.CHECK_WORKERS`).
     """
 
     def __init__(
@@ -151,6 +177,7 @@ class HttpServer:
             files = max_connections + SPARE_FILES
         self._max_connections = max(MIN_CONNECTIONS, min(max_connections, files - SPARE_FILES))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="http")
+        self._checks = ThreadPoolExecutor(max_workers=CHECK_WORKERS, thread_name_prefix="auth")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # IPPROTO_TCP, not 0: asyncio only turns Nagle off on sockets that say they're TCP,
         # and with Nagle on, every keep-alive answer in two segments waits 40 ms for the
@@ -195,6 +222,7 @@ class HttpServer:
             self._loop.call_soon_threadsafe(self._stopping.set)
             self._thread.join(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._checks.shutdown(wait=False, cancel_futures=True)
         self._socket.close()
 
     def reload(self, web: WebSettings) -> None:
@@ -224,6 +252,7 @@ class HttpServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = _Connection(reader, writer, _client_address(writer))
+        connection.task = asyncio.current_task()
         if not self._make_room():
             self._note_refusal()
             writer.transport.abort()
@@ -257,6 +286,7 @@ class HttpServer:
         reader, writer = connection.reader, connection.writer
         if writer.transport.is_closing():
             return
+        connection.closing_since = time.monotonic()
         if writer.can_write_eof():
             writer.write_eof()
             with contextlib.suppress(TimeoutError):
@@ -266,6 +296,8 @@ class HttpServer:
         writer.close()
 
     def _make_room(self) -> bool:
+        """Whether a new connection may be held: below the limit, or once the first in
+        line to be closed (`_Connection.eviction_order`) is closed."""
         if len(self._connections) < self._max_connections:
             return True
         candidates = [
@@ -276,6 +308,10 @@ class HttpServer:
         _, oldest = min(candidates, key=lambda pair: pair[0])
         self._connections.pop(oldest, None)
         oldest.writer.transport.abort()
+        if oldest.task is not None:
+            # Wherever it waits (a read, a drain, a check or render not started),
+            # it ends now; a check not started never runs.
+            oldest.task.cancel()
         self._note_refusal()
         return True
 
@@ -312,16 +348,41 @@ class HttpServer:
             if request is None:
                 return peer.our_state is h11.MUST_CLOSE
             connection.waiting = False
-            if self._app.answers_at_once(request):
-                response = self._app.handle(request)
-            else:
-                response = await self._loop.run_in_executor(self._pool, self._app.handle, request)
+            admission = self._app.admit(request)
+            response = admission.answer
+            if response is None and admission.check is not None:
+                response = await self._authenticate(connection, admission.check)
+            if response is None:
+                response = await self._render(connection, admission)
             connection.writing_since = time.monotonic()
             await self._send(peer, connection, response, head=request.method == "HEAD")
             connection.writing_since = None
             if peer.our_state is not h11.DONE or peer.their_state is not h11.DONE:
                 return peer.our_state in (h11.DONE, h11.MUST_CLOSE)
             peer.start_next_cycle()
+
+    async def _authenticate(self, connection: _Connection, check: PasswordCheck) -> Response | None:
+        """Run a password check in the check pool: None when it passes, else the
+        refusal. The connection may be closed meanwhile to make room."""
+        connection.authenticating_since = time.monotonic()
+        try:
+            return await self._loop.run_in_executor(self._checks, check.run)
+        finally:
+            connection.authenticating_since = None
+            check.discard()  # its slot back, when it never started
+
+    async def _render(self, connection: _Connection, admission: Admission) -> Response:
+        """Render in the pool; the connection may be closed while the render waits."""
+        connection.queued_since = time.monotonic()
+
+        def render() -> Response:
+            connection.queued_since = None
+            return self._app.render(admission)
+
+        try:
+            return await self._loop.run_in_executor(self._pool, render)
+        finally:
+            connection.queued_since = None
 
     async def _read_request(
         self, peer: h11.Connection, connection: _Connection, deadline: float | None
@@ -380,6 +441,8 @@ class HttpServer:
     ) -> None:
         writer = connection.writer
         headers = [*response.headers, ("Content-Length", str(response.length))]
+        if response.close:
+            headers.append(("Connection", "close"))
         writer.write(
             peer.send(
                 h11.Response(

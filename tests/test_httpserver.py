@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import trustme
 
+from exporter.httpserver import _Connection
 from exporter.store import SnapshotStore
 from exporter.webconfig import WebSettings, load_web_config
 from tests.conftest import (
@@ -423,3 +424,30 @@ def test_a_thousand_slow_connections_never_keep_a_scrape_out(tmp_path: Path) -> 
         for sock in held:
             sock.close()
         exporter.stop()
+
+
+def test_the_line_to_be_closed_at_the_limit() -> None:
+    """A connection whose answer is given first, then one waiting for a password check
+    (before, never: a check queued behind others held its connection for good), then
+    whoever made no progress longest (a render not started among them), then the
+    answer written longest; a render under way never."""
+    now = time.monotonic()
+
+    def connection(**state: Any) -> _Connection:
+        made = _Connection(reader=None, writer=None, waiting=False, since=now - 100)  # type: ignore[arg-type]
+        for name, value in state.items():
+            setattr(made, name, value)
+        return made
+
+    line = [
+        connection(closing_since=now),
+        connection(authenticating_since=now - 1),
+        connection(authenticating_since=now),
+        connection(waiting=True, since=now - 3),
+        connection(queued_since=now - 2),
+        connection(blocked_since=now - 1, writing_since=now - 5),
+        connection(writing_since=now - 5),
+    ]
+    orders = [c.eviction_order() for c in line]
+    assert orders == sorted(orders)  # type: ignore[type-var]
+    assert connection().eviction_order() is None  # its render under way

@@ -10,7 +10,20 @@ import bcrypt
 import pytest
 
 from exporter.store import SnapshotStore
-from exporter.web import SECURITY_HEADERS, BasicAuth, RateLimit, Request, Response, WebApp
+from exporter.web import (
+    CHECK_BURST,
+    CHECK_QUEUE,
+    CHECK_WORKERS,
+    CHECKS_PER_SECOND,
+    SECURITY_HEADERS,
+    Admission,
+    BasicAuth,
+    RateLimit,
+    Request,
+    Response,
+    WebApp,
+    source_of,
+)
 from exporter.webconfig import WebSettings
 from tests.conftest import exposition_of, golden_store
 
@@ -217,3 +230,155 @@ def test_one_client_never_spends_another_clients_allowance() -> None:
     assert ask("10.0.0.9", authorization=good) == 200  # a verified user is its own client
     assert ask("10.0.0.1", authorization=good) == 200
     assert all(ask("10.0.0.9", probe) in (200, 503) for probe in ("/healthz", "/readyz") * 10)
+
+
+def test_a_source_is_an_ipv4_address_or_an_ipv6_64() -> None:
+    assert source_of("10.0.0.9") == "10.0.0.9"
+    assert source_of("2001:db8:1:2::1") == source_of("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert source_of("2001:db8:1:3::1") != source_of("2001:db8:1:2::1")
+    assert source_of("::ffff:10.0.0.9") == "10.0.0.9"  # a dual-stack socket's IPv4 client
+    assert source_of("") == ""
+
+
+def counting_checks(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every bcrypt check from now on, by the hash it was run against."""
+    calls: list[bytes] = []
+    original = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        calls.append(hashed)
+        return original(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    return calls
+
+
+def ask(app: WebApp, client: str, authorization: str | None = None) -> int:
+    headers = {"authorization": authorization} if authorization else {}
+    return app.handle(Request("GET", "/metrics", headers, client=client)).status
+
+
+@pytest.mark.parametrize("rate_limit", [None, (60.0, 1000)], ids=["no-rate-limit", "rate-limit"])
+def test_claimed_user_names_share_their_sources_budget_of_checks(
+    monkeypatch: pytest.MonkeyPatch, rate_limit: tuple[float, int] | None
+) -> None:
+    """Before, each claimed name was a fresh bucket: 500 names, 500 bcrypt checks."""
+    app = app_for(web=WebSettings(users={"prometheus": FAST}, rate_limit=rate_limit))
+    calls = counting_checks(monkeypatch)
+    answers = [ask(app, "10.0.0.9", basic(f"user{i}", "guess")) for i in range(500)]
+    # The burst, and what refills while 500 requests run (well under a second here).
+    assert CHECK_BURST <= len(calls) <= CHECK_BURST + 2
+    assert answers.count(401) == len(calls) and answers.count(429) == 500 - len(calls)
+    # The whole /64 of an IPv6 client is one source; another /64 is another.
+    calls.clear()
+    for i in range(100):
+        ask(app, f"2001:db8:0:1::{i:x}", basic(f"user{i}", "guess"))
+    assert CHECK_BURST <= len(calls) <= CHECK_BURST + 2
+    assert ask(app, "2001:db8:0:2::1", basic("prometheus", "guess")) == 401
+    assert ask(app, "10.0.0.1", basic("prometheus", PASSWORD)) == 200  # another source
+
+
+def test_budget_refills_at_the_documented_rate() -> None:
+    now = [0.0]
+    app = app_for(web=WebSettings(users={"prometheus": FAST}))
+    app._budget = RateLimit(1.0 / CHECKS_PER_SECOND, CHECK_BURST, clock=lambda: now[0])
+    fresh = (basic("prometheus", f"guess{i}") for i in range(1000))
+    assert [ask(app, "10.0.0.9", next(fresh)) for _ in range(CHECK_BURST + 1)][-1] == 429
+    now[0] += 10.0 / CHECKS_PER_SECOND
+    answers = [ask(app, "10.0.0.9", next(fresh)) for _ in range(20)]
+    assert answers.count(401) == 10 and answers.count(429) == 10
+
+
+def test_a_refused_pair_is_remembered_and_costs_neither_bcrypt_nor_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = app_for(web=WebSettings(users={"prometheus": FAST, "slow": SLOW}))
+    calls = counting_checks(monkeypatch)
+    wrong = basic("prometheus", "guess")
+    assert [ask(app, "10.0.0.9", wrong) for _ in range(100)] == [401] * 100
+    assert len(calls) == 2  # one check, at each of the two costs, then remembered
+    # The repeats spent no budget: all but the first check's token are left.
+    fresh = CHECK_BURST - 1
+    answers = [ask(app, "10.0.0.9", basic("prometheus", f"new{i}")) for i in range(fresh)]
+    assert answers == [401] * fresh and len(calls) == 2 + 2 * fresh
+
+
+def test_a_reload_keeps_what_is_known_of_unchanged_users_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before, a reload forgot every verified pair: Prometheus had to check again, in
+    the bucket its address shared with whoever guessed its password."""
+    users = {"prometheus": FAST, "grafana": FAST}
+    app = app_for(web=WebSettings(users=users))
+    assert ask(app, "10.0.0.1", basic("prometheus", PASSWORD)) == 200
+    assert ask(app, "10.0.0.1", basic("grafana", PASSWORD)) == 200
+    assert ask(app, "10.0.0.9", basic("grafana", "new password")) == 401
+    new = bcrypt.hashpw(b"new password", bcrypt.gensalt(rounds=4))
+    app.configure(WebSettings(users={"prometheus": FAST, "grafana": new}))
+    calls = counting_checks(monkeypatch)
+    assert ask(app, "10.0.0.1", basic("prometheus", PASSWORD)) == 200  # unchanged: known
+    assert calls == []
+    assert ask(app, "10.0.0.1", basic("grafana", PASSWORD)) == 401  # changed: checked
+    # A pair refused under the old hash is checked again, and now it is right.
+    assert ask(app, "10.0.0.9", basic("grafana", "new password")) == 200
+    assert len(calls) == 2
+    app.configure(WebSettings(users={"grafana": new}))
+    assert ask(app, "10.0.0.1", basic("prometheus", PASSWORD)) == 401  # removed
+
+
+def test_a_wrong_password_flood_never_spends_a_verified_users_allowance() -> None:
+    """Before: after a reload, wrong passwords for `prom` from Prometheus's address got
+    the real Prometheus 429 on 12 of 12 scrapes (one bucket: address and claimed name)."""
+    web = WebSettings(users={"prom": FAST}, rate_limit=(60.0, 5))
+    app = app_for(web=web)
+    good = basic("prom", PASSWORD)
+    assert ask(app, "10.0.0.1", good) == 200
+    app.configure(web)
+    for round_ in range(4):
+        flood = [ask(app, "10.0.0.1", basic("prom", f"guess{round_}-{i}")) for i in range(50)]
+        assert set(flood) <= {401, 429} and 429 in flood
+        assert ask(app, "10.0.0.1", good) == 200
+
+
+def test_checks_wait_in_a_bounded_queue_and_beyond_it_503_without_bcrypt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = app_for(web=WebSettings(users={"prometheus": FAST}))
+    calls = counting_checks(monkeypatch)
+
+    def admit(source: str, password: str) -> Admission:
+        headers = {"authorization": basic("prometheus", password)}
+        return app.admit(Request("GET", "/metrics", headers, client=source))
+
+    admitted = [admit(f"10.0.{i}.1", f"guess{i}") for i in range(CHECK_WORKERS + CHECK_QUEUE + 5)]
+    checks = [a.check for a in admitted if a.check is not None]
+    assert len(checks) == CHECK_WORKERS + CHECK_QUEUE
+    refused = [a.answer for a in admitted if a.answer is not None]
+    assert [r.status for r in refused] == [503] * 5 and all(r.close for r in refused)
+    assert ("Retry-After", "1") in refused[0].headers
+    assert calls == []
+    checks[0].discard()  # its connection closed before it started: never runs bcrypt
+    assert checks[0].run() is not None and calls == []
+    again = admit("10.1.0.1", "another guess").check
+    assert again is not None  # the slot came back
+    for check in [*checks[1:], again]:
+        response = check.run()
+        assert response is not None and response.status == 401
+    assert len(calls) == CHECK_WORKERS + CHECK_QUEUE
+    # Two connections that sent the same new pair: the second waited, and finds it
+    # refused without bcrypt.
+    first, second = (admit(f"10.3.0.{i}", "same guess").check for i in (1, 2))
+    assert first is not None and second is not None
+    assert first.run() is not None and second.run() is not None
+    assert len(calls) == CHECK_WORKERS + CHECK_QUEUE + 1
+    assert ask(app, "10.2.0.1", basic("prometheus", PASSWORD)) == 200  # every slot back
+
+
+def test_refusals_close_their_connection_and_answers_are_cheap_to_admit() -> None:
+    app = auth_app()
+    for header in (None, basic("prometheus", "wrong")):
+        response = get(app, "/metrics", **({"authorization": header} if header else {}))
+        assert response.status == 401 and response.close
+    probe = app.admit(Request("GET", "/healthz"))
+    assert probe.answer is not None and probe.answer.status == 200 and probe.check is None
+    assert not probe.answer.close

@@ -1,0 +1,234 @@
+"""Password checks bounded per source and in all, a verified user never charged for
+wrong passwords, and the connection limit never keeping Prometheus or the probes out
+behind connections that wait for password checks (issue 28, items 3 and 4), over
+real sockets."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import bcrypt
+import pytest
+
+from exporter.httpserver import HttpServer
+from exporter.web import CHECK_BURST, CHECK_QUEUE, CHECK_WORKERS, CHECKS_PER_SECOND, WebApp
+from exporter.webconfig import WebSettings
+from tests.conftest import (
+    exposition_of,
+    golden_store,
+    http_get,
+    serving,
+    wait_for,
+)
+
+PASSWORD = "right horse battery"
+FAST = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4))
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def status_of(
+    port: int, path: str = "/metrics", auth: str | None = None, source: str = "127.0.0.1"
+) -> int:
+    """One GET from `source` (any 127/8 address is this host), its status code."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as s:
+        extra = f"Authorization: {auth}\r\n" if auth else ""
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+        head = b""
+        while b"\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+@pytest.fixture
+def checks(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every bcrypt check run in this process from now on, by the hash it ran against."""
+    calls: list[bytes] = []
+    original = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        calls.append(hashed)
+        return original(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    return calls
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, list[bytes]]]:
+    """bcrypt held until the event is set; the checks started so far."""
+    release = threading.Event()
+    started: list[bytes] = []
+    original = bcrypt.checkpw
+
+    def held(password: bytes, hashed: bytes) -> bool:
+        started.append(hashed)
+        release.wait(30)
+        return original(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", held)
+    yield release, started
+    release.set()
+
+
+def test_500_claimed_names_from_one_address_cost_one_budget_of_checks(
+    checks: list[bytes],
+) -> None:
+    """Before: each claimed name was a bucket of its own, and every one of 500 requests
+    ran bcrypt (the hostile round: 571 checks in 15 s, 1.8 cores)."""
+    with serving(golden_store(), web=WebSettings(users={"prom": FAST})) as server:
+        started = time.monotonic()
+        answers = [status_of(server.port, auth=basic(f"user{i}", "guess")) for i in range(500)]
+        elapsed = time.monotonic() - started
+        assert status_of(server.port, auth=basic("prom", PASSWORD), source="127.0.0.2") == 200
+    checked = len(checks) - 1  # less Prometheus's own, from its own address
+    assert checked <= CHECK_BURST + CHECKS_PER_SECOND * elapsed + 1
+    assert answers.count(401) == checked and answers.count(429) == 500 - checked
+
+
+def test_a_wrong_password_flood_after_a_reload_never_429s_the_right_one() -> None:
+    """Before: after a reload, a client at Prometheus's address sending `prom` with
+    wrong passwords got the real Prometheus 429 on 12 of 12 scrapes: both spent the
+    bucket of (address, "prom"), and the reload had forgotten the verified pair."""
+    store = golden_store()
+    web = WebSettings(users={"prom": FAST}, rate_limit=(1.0, 20))
+    app = WebApp(exposition_of(store), store.view, web=web)
+    server = HttpServer(app, "127.0.0.1", 0, web=web)
+    server.start()
+    stop = threading.Event()
+    flood: list[int] = []
+
+    def guess() -> None:
+        while not stop.is_set():
+            flood.append(status_of(server.port, auth=basic("prom", secrets.token_hex(8))))
+
+    guesser = threading.Thread(target=guess, daemon=True)
+    try:
+        good = basic("prom", PASSWORD)
+        assert status_of(server.port, auth=good) == 200
+        app.configure(web)  # SIGHUP, the file unchanged
+        guesser.start()
+        wait_for(lambda: flood.count(429) >= 20, message="the flood to spend its budget")
+        scrapes = [status_of(server.port, auth=good) for _ in range(12)]
+        assert scrapes == [200] * 12
+        assert set(flood) <= {401, 429}
+    finally:
+        stop.set()
+        guesser.join(10)
+        server.stop()
+
+
+def test_checks_wait_in_their_own_bounded_pool_and_hold_no_render_or_probe(
+    gate: tuple[threading.Event, list[bytes]],
+) -> None:
+    """40 sources at once with new pairs while bcrypt is slow: the checks beyond the
+    queue answer 503 without bcrypt, and probes and a verified scrape answer at once.
+    Before, checks queued without bound in the render pool, ahead of every scrape."""
+    release, started = gate
+    release.set()  # Prometheus's own first check runs at once
+    with serving(golden_store(), web=WebSettings(users={"prom": FAST})) as server:
+        good = basic("prom", PASSWORD)
+        assert status_of(server.port, auth=good) == 200
+        release.clear()
+        started.clear()
+        results: list[int] = []
+        lock = threading.Lock()
+
+        def guess(index: int) -> None:
+            wrong = basic("prom", f"guess{index}")
+            status = status_of(server.port, auth=wrong, source=f"127.0.2.{index}")
+            with lock:
+                results.append(status)
+
+        guessers = [threading.Thread(target=guess, args=(i + 1,)) for i in range(40)]
+        for thread in guessers:
+            thread.start()
+        beyond = 40 - CHECK_WORKERS - CHECK_QUEUE
+        wait_for(lambda: results.count(503) == beyond, message="503 beyond the queue")
+        assert len(started) == CHECK_WORKERS
+        for path in ("/healthz", "/readyz"):
+            began = time.monotonic()
+            assert http_get(f"http://127.0.0.1:{server.port}{path}", timeout=5)[0] in (200, 503)
+            assert time.monotonic() - began < 1.0
+        began = time.monotonic()
+        assert status_of(server.port, auth=good) == 200  # verified: no check, no queue
+        assert time.monotonic() - began < 1.0
+        release.set()
+        for thread in guessers:
+            thread.join(30)
+        assert sorted(results) == [401] * (40 - beyond) + [503] * beyond
+        assert len(started) == CHECK_WORKERS + CHECK_QUEUE  # none for the 503s
+
+
+def test_at_the_limit_connections_waiting_for_checks_make_room(
+    gate: tuple[threading.Event, list[bytes]],
+) -> None:
+    """Every connection waiting for a password check: newcomers still get in, and a
+    check whose connection was closed before it started never runs. Before, such a
+    connection counted as being handled and was never closed: probes were reset."""
+    release, started = gate
+    with serving(
+        golden_store(), web=WebSettings(users={"prom": FAST}), max_connections=16
+    ) as server:
+        waiting = []
+        for index in range(16):
+            sock = socket.create_connection(
+                ("127.0.0.1", server.port), timeout=10, source_address=(f"127.0.3.{index + 1}", 0)
+            )
+            sock.sendall(
+                f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: {basic('prom', str(index))}"
+                "\r\n\r\n".encode()
+            )
+            waiting.append(sock)
+        wait_for(
+            lambda: server.connections == 16 and len(started) >= 1,
+            message="16 connections waiting for their checks",
+        )
+        for _ in range(5):
+            began = time.monotonic()
+            assert http_get(f"http://127.0.0.1:{server.port}/healthz", timeout=5)[0] == 200
+            assert time.monotonic() - began < 1.0
+        release.set()
+        wait_for(lambda: server.connections == 0, message="every connection answered or closed")
+        answered = 0
+        for sock in waiting:
+            with contextlib.suppress(ConnectionResetError):
+                answered += sock.recv(4096).startswith(b"HTTP/1.1 401")
+            sock.close()
+        assert answered < 16  # some were closed to make room...
+        # ...and of their checks, only those already under way ran bcrypt.
+        assert len(started) <= answered + CHECK_WORKERS
+
+
+def test_a_refusal_closes_its_connection_so_it_cannot_pipeline_more_checks(
+    checks: list[bytes],
+) -> None:
+    """Before, a connection pipelined as many failed checks as it liked."""
+    with (
+        serving(golden_store(), web=WebSettings(users={"prom": FAST})) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock,
+    ):
+        sock.sendall(
+            b"".join(
+                f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: {basic('prom', str(i))}"
+                "\r\n\r\n".encode()
+                for i in range(20)
+            )
+        )
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.count(b"HTTP/1.1 401") == 1
+    assert b"connection: close" in received.lower()
+    assert len(checks) == 1
