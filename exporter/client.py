@@ -303,8 +303,9 @@ class LatitudeClient:
         fingerprint, until = rejected
         if fingerprint == hash(token.get_secret_value()) and self._clock() < until:
             raise errors.Unauthorized(
-                f"GET {endpoint}: not sent: the API rejected this token "
-                f"{round(until - self._clock())}s before the back-off ends",
+                f"GET {endpoint}: not sent: the API rejected this key with 401; the "
+                f"back-off ends in {max(round(until - self._clock()), 1)}s (sooner if the "
+                "key changes)",
                 status=0,
             )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter import errors
 from exporter.demo import DemoAccount, DemoProduct, DemoProject, DemoServer
 from exporter.errors import POLL_ERROR_REASONS
 from exporter.httpserver import HttpServer
@@ -218,14 +219,16 @@ def test_endless_project_pages_stop_at_the_cap(make_client) -> None:  # type: ig
 def test_a_bad_key_is_not_hammered(make_client) -> None:  # type: ignore[no-untyped-def]
     with FakeApi(frozen_account(token="the-real-token")) as api:
         store = SnapshotStore()
-        poller = new_poller(
-            make_client(api.url, token="a-wrong-token", max_retries=3), store, concurrency=2
-        )
+        client = make_client(api.url, token="a-wrong-token", max_retries=3)
+        poller = new_poller(client, store, concurrency=2)
         for _ in range(5):
             poller.refresh()
         assert api.request_count() == 1  # one 401, then nothing until the back-off ends
         (team,) = store.view().teams
         assert team.discovery_errors[POLL_ERROR_REASONS.index("unauthorized")] == 5
+        # Said in plain order: when the back-off ends, not "300s before" it.
+        with pytest.raises(errors.Unauthorized, match=r"the back-off ends in (300|299)s"):
+            client.projects()
         assert store.view().ready  # a failing API never hides the exporter
         poller.stop()
 
