@@ -62,15 +62,13 @@ HINTS = {
 class _Round:
     """One refresh, as the watchdog judges the projects that wait on it."""
 
-    __slots__ = ("closed", "paused", "requests", "span", "start")
+    __slots__ = ("closed", "requests", "span", "start")
 
-    def __init__(self, start: float, span: float, paused: float, requests: int) -> None:
+    def __init__(self, start: float, span: float, requests: int) -> None:
         #: Monotonic time the refresh started.
         self.start = start
         #: The span the budget allows it: its effective interval (after discovery).
         self.span = span
-        #: The budget's `paused_seconds()` when it started.
-        self.paused = paused
         #: The team's request count when it started, and when the next one started
         #: (None while it is the latest): the requests made in between are its own.
         self.requests = requests
@@ -103,8 +101,9 @@ class Poller:
         concurrency: `poll.concurrency`, the projects polled at once.
         limits: the cardinality guards.
         budget_seconds: how long N requests take at the key's budget.
-        budget_paused: the budget's `paused_seconds`: how far its 429 pauses have set
-            its requests back, in all (the watchdog allows for them).
+        budget_paused: the budget's `paused_between(since, until)`: how long its 429
+            pauses held its requests back between two moments (the watchdog allows
+            for them).
         grace: how long a refresh waits for its polls beyond its interval.
         now: the wall clock, for timestamps.
         monotonic: the clock of durations and deadlines.
@@ -126,7 +125,7 @@ class Poller:
         currency: str | None = None,
         now: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        budget_paused: Callable[[], float] = lambda: 0.0,
+        budget_paused: Callable[[float, float], float] = lambda since, until: 0.0,
     ) -> None:
         self._source = source
         self._store = store
@@ -157,7 +156,7 @@ class Poller:
         #: Requests this team made (the client's `on_request`), for the rounds' spans.
         self._requests = 0
         #: The latest refresh; until the first, the poller's creation stands for one.
-        self._round = _Round(monotonic(), self.effective_interval(), budget_paused(), 0)
+        self._round = _Round(monotonic(), self.effective_interval(), 0)
         self._birth = self._round
         #: What each target waits on, for the watchdog. Replaced whole, never changed
         #: in place, so that the watchdog reads it without a lock.
@@ -200,13 +199,12 @@ class Poller:
 
         A project waiting on a refresh that started at S, with span E, is overdue once
         `now` > S + max(E, the budget's time for the requests that refresh made) +
-        `margin` + the budget's pauses since S + `paused(S)` (the seconds the process
-        was stopped since S, which the watchdog measures). Takes no lock: the watchdog
-        never waits on the poller.
+        `margin` + the time the budget's pauses held its requests back since S +
+        `paused(S)` (the seconds the process was stopped since S, which the watchdog
+        measures). Takes no lock: the watchdog never waits on the poller.
         """
         pending = self._pending
         requests = self._requests
-        budget_paused = self._budget_paused()
         due: dict[_Round, float] = {}
         late = []
         for project_id, state in pending.items():
@@ -219,7 +217,7 @@ class Poller:
                     waiting.start
                     + max(waiting.span, self._budget_seconds(made))
                     + margin
-                    + max(budget_paused - waiting.paused, 0.0)
+                    + self._budget_paused(waiting.start, now)
                     + paused(waiting.start)
                 )
             if now > due[waiting]:
@@ -267,7 +265,7 @@ class Poller:
         with no poll pending waits on this one from now on."""
         with self._lock:
             self._round.closed = self._requests
-            self._round = _Round(started, effective, self._budget_paused(), self._requests)
+            self._round = _Round(started, effective, self._requests)
             targets = self.targets
             idle = {t.project_id for t in targets if t.project_id not in self._in_flight}
             self._track(targets, self._round, idle)

@@ -7,9 +7,9 @@ of arriving in bursts at the top of each poll interval. Spacing alone is not exa
 also checked against a sliding window of the actual grant times: no `window` seconds
 ever hold more than `limit` requests, however many threads ask at once.
 
-The budget also keeps the sum of the waits the API imposed on it (`pause`, a 429's
-`Retry-After`): every request queued behind a pause is late by it, legitimately, and
-the watchdog must not take that for a stall (see `paused_seconds`).
+The budget also keeps when the waits the API imposed on it (`pause`, a 429's
+`Retry-After`) held every request back: a request queued across a pause is late by
+it, legitimately, and the watchdog must not take that for a stall (`paused_between`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ from collections import deque
 from collections.abc import Callable
 
 from exporter.errors import Cancelled
+
+#: Spans of pauses kept (contiguous ones are one): older ones concern no refresh still
+#: waited on.
+PAUSES_KEPT = 256
 
 
 class RequestBudget:
@@ -45,7 +49,9 @@ class RequestBudget:
         self._lock = threading.Lock()
         self._next_slot = -math.inf
         self._granted: deque[float] = deque(maxlen=max(1, math.floor(limit)))
-        self._paused = 0.0
+        #: (start, end) of each span during which pauses held every request back.
+        #: Replaced whole under the lock, read without it.
+        self._pauses: tuple[tuple[float, float], ...] = ()
 
     def acquire(self) -> float:
         """Block until this caller may send one request; return the time it was let through."""
@@ -66,17 +72,24 @@ class RequestBudget:
         """Hold every request back for `seconds`: the API said the key is over its limit."""
         with self._lock:
             now = self._clock()
-            before = max(self._next_slot, now)
-            self._next_slot = max(self._next_slot, now + seconds)
-            # What the queue is set back by: pauses that overlap count once.
-            self._paused += self._next_slot - before
+            # The queue is held back from its next slot (or now) to the pause's end:
+            # pauses that overlap count once.
+            start = max(self._next_slot, now)
+            end = max(self._next_slot, now + seconds)
+            self._next_slot = end
+            if end <= start:
+                return
+            pauses = self._pauses
+            if pauses and pauses[-1][1] >= start:
+                self._pauses = (*pauses[:-1], (pauses[-1][0], end))
+            else:
+                self._pauses = (*pauses, (start, end))[-PAUSES_KEPT:]
 
-    def paused_seconds(self) -> float:
-        """Seconds the queue of requests has been set back by pauses, in all: the
-        difference between two readings is how late the pauses in between made every
-        request queued across them. Read without the lock (one float), so that the
-        watchdog never waits on the budget."""
-        return self._paused
+    def paused_between(self, since: float, until: float) -> float:
+        """Seconds between the monotonic times `since` and `until` during which pauses
+        held every request back: how late they made a request queued across them.
+        Takes no lock, so that the watchdog never waits on the budget."""
+        return sum(max(0.0, min(end, until) - max(start, since)) for start, end in self._pauses)
 
     def seconds_for(self, requests: int) -> float:
         """How long `requests` requests take at this budget."""

@@ -120,19 +120,23 @@ def test_concurrent_polls_over_real_sockets_stay_within_the_budget(
     assert busiest_window(budget.sent, 1.0) <= 20
 
 
-def test_paused_seconds_adds_up_how_far_pauses_set_the_queue_back() -> None:
-    """The watchdog allows a refresh the time 429 pauses took from it: pauses that
-    overlap (every poll of a refresh meeting the same 429) count once."""
+def test_paused_between_says_how_long_pauses_held_the_queue_back() -> None:
+    """The watchdog allows a refresh the time 429 pauses held its requests back, as
+    that time passes: pauses that overlap (every poll of a refresh meeting the same
+    429) count once, and a pause over before a refresh started is no excuse for it."""
     clock = FakeClock()
     budget = RequestBudget(60, clock=clock, sleep=clock.sleep)
-    assert budget.paused_seconds() == 0.0
+    assert budget.paused_between(0, 100) == 0.0
     budget.pause(30)
     budget.pause(30)  # the same 429, met by another poll at the same moment
-    assert budget.paused_seconds() == pytest.approx(30)
-    clock.now += 10
+    assert budget.paused_between(0, 100) == pytest.approx(30)
+    assert budget.paused_between(10, 20) == pytest.approx(10)  # as it passes
+    assert budget.paused_between(30, 100) == 0.0
+    clock.now = 10.0
     budget.pause(30)  # 20 s of it were already held back: 10 s more
-    assert budget.paused_seconds() == pytest.approx(40)
-    clock.now += 100
+    assert budget.paused_between(0, 100) == pytest.approx(40)
+    clock.now = 140.0
     budget.acquire()
-    budget.pause(5)  # the next slot was 1 s away: the queue is set back 4 s more
-    assert budget.paused_seconds() == pytest.approx(44)
+    budget.pause(5)  # after the next slot, 1 s away: the queue is held back 4 s more
+    assert budget.paused_between(0, 200) == pytest.approx(44)
+    assert budget.paused_between(100, 142) == pytest.approx(1)

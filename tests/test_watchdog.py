@@ -378,16 +378,18 @@ def test_a_project_never_polled_is_overdue_after_one_span_plus_the_margin() -> N
 def test_a_429_pause_of_the_budget_moves_the_deadline_by_its_length(
     hung: Callable[..., Hung],
 ) -> None:
+    """Every request of the key waits out a 429's pause: the deadline moves with it, as
+    it passes. A pause over before the refresh started is no excuse."""
     clock = Clock()
     budget = RequestBudget(120, clock=clock)
     clock.now = 990.0
-    budget.pause(50)  # before the refresh: no excuse for it
-    team = hung(clock, budget_paused=budget.paused_seconds)
+    budget.pause(5)  # over at 995, before the refresh
+    team = hung(clock, budget_paused=budget.paused_between)
     clock.now = 1000.0
-    team.refresh()
-    assert team.poller.overdue(1015.001, 5.0) == ["b"]
-    clock.now = 1040.0  # the 429 pause of 50 s at 990 is over
-    budget.pause(30)  # a 429 asking 30 s: every request queued waits
+    team.refresh()  # span 10 s, margin 5 s
+    clock.now = 1010.0
+    budget.pause(30)  # a 429 asking 30 s: held back until 1040
+    assert team.poller.overdue(1030.0, 5.0) == []  # 20 s of it passed: due at 1035
     assert team.poller.overdue(1045.0, 5.0) == []
     assert team.poller.overdue(1045.001, 5.0) == ["b"]
 
