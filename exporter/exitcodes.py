@@ -11,3 +11,6 @@ FAILED_POLL = 1
 CONFIG = 2
 #: `--once` interrupted by Ctrl-C, as shells report SIGINT.
 INTERRUPTED = 130
+#: The reader of standard output went away (`--once | head`), as a shell reports a
+#: program ended by SIGPIPE; nothing is printed.
+BROKEN_PIPE = 141

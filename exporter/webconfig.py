@@ -95,6 +95,11 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _BCRYPT = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
 #: Costs over this make every uncached login take seconds (exporter-toolkit caches too).
 MAX_BCRYPT_COST = 14
+MIN_BCRYPT_COST = 4
+#: What `hash-password` makes: about 50 ms a check, once per client (verified pairs are kept).
+DEFAULT_BCRYPT_COST = 10
+#: bcrypt reads at most this many bytes of a password; exporter-toolkit refuses longer.
+MAX_PASSWORD_BYTES = 72
 #: A web config, a certificate chain or a key is a few kilobytes; this bounds a read
 #: of the wrong file.
 MAX_FILE_BYTES = 1024 * 1024
@@ -238,16 +243,27 @@ def check_bcrypt_hash(user: str, hashed: str) -> int:
     if match is None:
         raise ValueError(
             f"user {user!r}: the password must be a bcrypt hash "
-            "(htpasswd -nBC 10 \"\" | tr -d ':\\n')"
+            "(make one with: latitudesh-exporter hash-password)"
         )
     cost = int(match.group(1))
-    if not 4 <= cost <= MAX_BCRYPT_COST:
-        raise ValueError(f"user {user!r}: bcrypt cost {cost} is outside 4..{MAX_BCRYPT_COST}")
+    if not MIN_BCRYPT_COST <= cost <= MAX_BCRYPT_COST:
+        raise ValueError(
+            f"user {user!r}: bcrypt cost {cost} is outside {MIN_BCRYPT_COST}..{MAX_BCRYPT_COST}"
+        )
     try:
         bcrypt.checkpw(b"", hashed.encode())
     except ValueError:
         raise ValueError(f"user {user!r}: bcrypt cannot read this hash") from None
     return cost
+
+
+def make_bcrypt_hash(password: bytes, cost: int = DEFAULT_BCRYPT_COST) -> str:
+    """A hash for `basic_auth_users`, as `htpasswd -nBC 10` makes one."""
+    if not password:
+        raise ValueError("the password is empty")
+    if len(password) > MAX_PASSWORD_BYTES:
+        raise ValueError(f"the password is longer than {MAX_PASSWORD_BYTES} bytes")
+    return bcrypt.hashpw(password, bcrypt.gensalt(rounds=cost)).decode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,7 @@ def test_dockerfile_runtime_conventions() -> None:
     assert re.fullmatch(r"\d+:\d+", ops["USER"]) and not ops["USER"].startswith("0:")
     assert ops["EXPOSE"] == "10067"
     assert ops["ENTRYPOINT"] == '["latitudesh-exporter"]'
-    assert "/healthz" in ops["HEALTHCHECK"] and "curl" not in ops["HEALTHCHECK"]
+    assert ops["HEALTHCHECK"].endswith('CMD ["latitudesh-exporter", "healthcheck"]')
     for label in ("source", "version", "licenses"):
         assert f"org.opencontainers.image.{label}=" in DOCKERFILE
     assert "PYTHONDONTWRITEBYTECODE=1" in DOCKERFILE and "PYTHONUNBUFFERED=1" in DOCKERFILE
