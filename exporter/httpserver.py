@@ -18,7 +18,7 @@ Prometheus. The bounds:
   stopped accepting for a second, and cut the kernel's queue to 100);
 - at most `max_connections` are held; at the limit one is closed to make room, so
   newcomers (Prometheus, the probes) always get in: first one whose answer is given
-  (lingering), then one waiting for a password check (its
+  (lingering, or its refusal held), then one waiting for a password check (its
   client has proved nothing; a check not started never runs), then the one that has
   waited longest without progress (idle, reading a head, blocked writing to a client
   that does not read, or its render not started), then the answer written longest;
@@ -28,18 +28,22 @@ Prometheus. The bounds:
   runs in a pool of its own (`web.CHECK_WORKERS` threads, `web.CHECK_QUEUE` waiting,
   budgets per source), never in the render pool; a refusal (401, 429, 503) closes
   its connection, so one connection holds at most one request in the server and
-  cannot pipeline a series of failed checks;
+  cannot pipeline a series of failed checks; while connections arrive faster than
+  they are accepted, a refusal is held `REFUSAL_DELAY` first, so that a flood waits
+  in the server rather than in the kernel's queue ahead of the probes;
 - request heads over 64 KiB, more than 100 headers or a target over 8 KiB are refused;
   bodies (GET has none) are not read past 64 KiB.
 
 Measured (`benchmarks/`): 200 clients that ask for /metrics at 1,000 x 50 and never
 read cost about 64 KiB each; `/healthz` beside 100 of them answers in milliseconds.
-150 connections from 100 addresses pipelining wrong passwords at a limit of 100:
-`/healthz` and `/readyz` answer within 0.15 s and a verified scrape within 0.2 s
-(`tests/test_auth_bounds.py` holds 1 s and 10 s; before, every one was reset).
+Connections from 100 addresses pipelining wrong passwords, 150 at a limit of 100 or
+1,100 at the default 1,024: `/healthz` and `/readyz` answer within 0.15 s and a
+verified scrape within 0.2 s (`tests/test_auth_bounds.py` holds 1 s and 10 s; before,
+every one was reset, and the server took 35 s to recover once the flood ended).
 
 Renders run in a small thread pool and bcrypt in another (neither blocks the loop);
-the probes and every refusal are answered on the loop at once.
+the probes and every refusal are answered on the loop (a refusal held first while
+the server is flooded).
 """
 
 from __future__ import annotations
@@ -86,8 +90,17 @@ LINGER_SECONDS = 2.0
 BACKLOG = 1024
 #: Connections accepted per turn of the event loop (see `HttpServer._listen`): the
 #: connections held are served between batches, and the sockets accepted and not yet
-#: refused or held stay well within `SPARE_FILES`.
+#: refused or held stay well within `SPARE_FILES`. A full batch means more are queued
+#: than a turn takes: the server is flooded for `FLOOD_SECONDS`.
 ACCEPT_BATCH = 16
+#: Seconds the server counts as flooded after a full batch of connections.
+FLOOD_SECONDS = 1.0
+#: Seconds a refusal (`Response.close`: 401, 429, 503) is held before it is sent while
+#: the server is flooded. A flood's connections then wait in the server, first in
+#: line to be closed for a newcomer, instead of coming back at once to queue in the
+#: kernel ahead of the probes: with 1,100 such connections (limit 1,024), probes
+#: waited 0.5 to 1.9 s in that queue, and 0.3 s at most with the refusals held.
+REFUSAL_DELAY = 1.0
 #: Seconds to wait before accepting again when the process is out of descriptors.
 ACCEPT_RETRY_SECONDS = 0.05
 #: Bytes the kernel may hold unsent for a connection (TCP_NOTSENT_LOWAT): the kernel
@@ -123,8 +136,11 @@ class _Connection:
     authenticating_since: float | None = None
     #: Its render queued and not started yet, since when (cleared by the worker).
     queued_since: float | None = None
-    #: Answered and closing (reading what the client still sends), since when.
+    #: Answered and closing (reading what the client still sends), or its refusal held
+    #: (`REFUSAL_DELAY`), since when.
     closing_since: float | None = None
+    #: Its last answer was a refusal that closes it (`Response.close`).
+    refused: bool = False
     #: The task serving it: cancelled when it is closed to make room.
     task: asyncio.Task[None] | None = None
 
@@ -164,6 +180,8 @@ class HttpServer:
             `SPARE_FILES`).
         workers: threads rendering answers (password checks have their own
             `web.CHECK_WORKERS`).
+        refusal_delay: seconds a refusal is held while the server is flooded
+            (`REFUSAL_DELAY`; 0 never holds one).
     """
 
     def __init__(
@@ -178,6 +196,7 @@ class HttpServer:
         write_timeout: float = 60.0,
         max_connections: int = 1024,
         workers: int = 8,
+        refusal_delay: float = REFUSAL_DELAY,
     ) -> None:
         """Binds at once, so that a taken port is an error before anything starts."""
         self._app = app
@@ -185,6 +204,7 @@ class HttpServer:
         self._header_timeout = header_timeout
         self._idle_timeout = idle_timeout
         self._write_timeout = write_timeout
+        self._refusal_delay = refusal_delay
         files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if files == resource.RLIM_INFINITY:
             files = max_connections + SPARE_FILES
@@ -209,6 +229,9 @@ class HttpServer:
         self._connections: dict[_Connection, None] = {}
         #: Accepted, room made, streams not ready yet.
         self._opening = 0
+        #: Connections whose answer is given, in the order they were (`_mark_closing`).
+        self._closing: dict[_Connection, None] = {}
+        self._flooded_until = -float("inf")
         self._tasks: set[asyncio.Task[None]] = set()
         self._accept_failure_logged = -float("inf")
         self._refused = 0
@@ -296,6 +319,8 @@ class HttpServer:
                     break
                 accepted += 1
                 self._take(sock)
+            if accepted == ACCEPT_BATCH:
+                self._flooded_until = time.monotonic() + FLOOD_SECONDS
             await asyncio.sleep(0)  # the connections held come first
 
     def _take(self, sock: socket.socket) -> None:
@@ -352,7 +377,9 @@ class HttpServer:
         graceful = False
         try:
             graceful = await self._serve(connection)
-            if graceful:
+            if graceful and connection.refused:
+                writer.close()  # a refusal: no lingering for what a flood still sends
+            elif graceful:
                 await self._close(connection)
         except _ROUTINE:
             graceful = False  # routine for a server on a network: clients hang up, stall
@@ -360,6 +387,7 @@ class HttpServer:
             pass  # the server is stopping: end quietly (asyncio would log a cancelled task)
         finally:
             self._connections.pop(connection, None)
+            self._closing.pop(connection, None)
             if not graceful:
                 writer.transport.abort()
 
@@ -369,7 +397,7 @@ class HttpServer:
         reader, writer = connection.reader, connection.writer
         if writer.transport.is_closing():
             return
-        connection.closing_since = time.monotonic()
+        self._mark_closing(connection)
         if writer.can_write_eof():
             writer.write_eof()
             with contextlib.suppress(TimeoutError):
@@ -378,18 +406,28 @@ class HttpServer:
                         pass
         writer.close()
 
+    def _mark_closing(self, connection: _Connection) -> None:
+        """Its answer is given (or held, a refusal): first in line to make room."""
+        if connection.closing_since is None:
+            connection.closing_since = time.monotonic()
+            self._closing[connection] = None
+
     def _make_room(self) -> bool:
         """Whether a new connection may be held: below the limit, or once the first in
         line to be closed (`_Connection.eviction_order`) is closed."""
         if len(self._connections) + self._opening < self._max_connections:
             return True
-        candidates = [
-            (order, c) for c in self._connections if (order := c.eviction_order()) is not None
-        ]
-        if not candidates:
-            return False
-        _, oldest = min(candidates, key=lambda pair: pair[0])
+        if self._closing:  # the first in line, without a look at every connection
+            oldest = next(iter(self._closing))
+        else:
+            candidates = [
+                (order, c) for c in self._connections if (order := c.eviction_order()) is not None
+            ]
+            if not candidates:
+                return False
+            _, oldest = min(candidates, key=lambda pair: pair[0])
         self._connections.pop(oldest, None)
+        self._closing.pop(oldest, None)
         oldest.writer.transport.abort()
         if oldest.task is not None:
             # Wherever it waits (a read, a drain, a check or render not started),
@@ -437,7 +475,12 @@ class HttpServer:
                 response = await self._authenticate(connection, admission.check)
             if response is None:
                 response = await self._render(connection, admission)
+            if response.close:
+                self._mark_closing(connection)
+                if self._refusal_delay > 0 and time.monotonic() < self._flooded_until:
+                    await asyncio.sleep(self._refusal_delay)  # see REFUSAL_DELAY
             connection.writing_since = time.monotonic()
+            connection.refused = response.close
             await self._send(peer, connection, response, head=request.method == "HEAD")
             connection.writing_since = None
             if peer.our_state is not h11.DONE or peer.their_state is not h11.DONE:
@@ -526,11 +569,11 @@ class HttpServer:
         headers = [*response.headers, ("Content-Length", str(response.length))]
         if response.close:
             headers.append(("Connection", "close"))
-        writer.write(
-            peer.send(
-                h11.Response(
-                    status_code=response.status, headers=headers, reason=response.reason.encode()
-                )
+        # The head leaves with the first piece of the body: one send for a small answer
+        # (a refusal costs a flood one system call less).
+        pending = peer.send(
+            h11.Response(
+                status_code=response.status, headers=headers, reason=response.reason.encode()
             )
         )
         if not head:
@@ -538,9 +581,14 @@ class HttpServer:
                 for data in peer.send_with_data_passthrough(h11.Data(data=chunk)) or ():
                     view = memoryview(data)
                     for start in range(0, len(view), SEND_BYTES):
-                        writer.write(view[start : start + SEND_BYTES])
+                        piece = view[start : start + SEND_BYTES]
+                        if pending:
+                            writer.write(pending + piece)
+                            pending = b""
+                        else:
+                            writer.write(piece)  # never copied here
                         await self._drain(connection)
-        writer.write(peer.send(h11.EndOfMessage()))
+        writer.write(pending + peer.send(h11.EndOfMessage()))
         await self._drain(connection)
 
     async def _drain(self, connection: _Connection) -> None:

@@ -4,7 +4,8 @@ Transport-free. The listening server takes a request in up to three steps, so th
 neither a render nor bcrypt ever stalls its connections or its probes:
 
 - `WebApp.admit`, on its event loop, at no cost (no bcrypt, no rendering): the probes,
-  405, 429, and 401 for missing or already-refused credentials are answered at once;
+  405, 429, and 401 for missing or already-refused credentials are answered at once
+  (the server holds a refusal a moment while it is flooded: `httpserver.REFUSAL_DELAY`);
   credentials already verified pass; a (user, password) pair not seen before becomes
   a `PasswordCheck`;
 - that check, in the server's own small pool (`CHECK_WORKERS` threads), within a
