@@ -5,7 +5,10 @@ most one every `window / limit` seconds, so the load on the API is spread evenly
 of arriving in bursts at the top of each poll interval. Spacing alone is not exact
 (float sums drift, and a thread that wakes late squeezes the next gaps), so grants are
 also checked against a sliding window of the actual grant times: no `window` seconds
-ever hold more than `limit` requests, however many threads ask at once.
+ever hold more than `limit` requests, however many threads ask at once. A request let
+through a little late (less than half a spacing: a thread woken late) leaves the next
+slots where they were: a refresh of N requests takes N spacings, not N spacings plus
+every wake-up's delay, and ends when the watchdog expects it to.
 
 The budget also keeps when the waits the API imposed on it (`pause`, a 429's
 `Retry-After`) held every request back: a request queued across a pause is late by
@@ -63,7 +66,8 @@ class RequestBudget:
                     earliest = max(earliest, self._granted[0] + self.window)
                 if now >= earliest and not self._stop.is_set():
                     self._granted.append(now)
-                    self._next_slot = now + self.spacing
+                    on_time = now - earliest < self.spacing / 2
+                    self._next_slot = (earliest if on_time else now) + self.spacing
                     return now
             if self._stop.is_set() or self._sleep(max(earliest - now, 1e-6)):
                 raise Cancelled("shutting down")

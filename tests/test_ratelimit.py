@@ -41,6 +41,23 @@ def test_no_60_second_window_holds_more_than_the_limit() -> None:
     assert gaps == {1.2}, gaps  # spread evenly: one request every 60/50 s, no bursts
 
 
+def test_threads_woken_late_do_not_push_the_later_requests_back() -> None:
+    """Every wait ends 10 ms late (a busy process): the requests keep to their 1.2 s
+    grid (the sliding window, which counts the actual grant times, shifts it by a
+    wake-up now and then) instead of drifting 10 ms more each: 200 requests take 200
+    spacings, not 2 s more, and a refresh ends on time. No window holds more than
+    the limit all the same."""
+    clock = FakeClock()
+
+    def late(seconds: float) -> bool:
+        return clock.sleep(seconds + 0.01)
+
+    budget = RequestBudget(50, clock=clock, sleep=late)
+    sent = [budget.acquire() for _ in range(200)]
+    assert sent[-1] - sent[0] == pytest.approx(199 * 1.2, abs=0.1)  # before: + 1.99
+    assert busiest_window(sent, 60.0) <= 50
+
+
 def test_idle_time_is_not_saved_up_for_a_burst() -> None:
     clock = FakeClock()
     budget = RequestBudget(60, clock=clock, sleep=clock.sleep)
