@@ -192,13 +192,20 @@ class LatitudeClient:
         self.close()
 
     def billing_usage(
-        self, project_id: str, *, plan: str | None = None, products: Sequence[str] = ()
+        self,
+        project_id: str,
+        *,
+        plan: str | None = None,
+        products: Sequence[str] = (),
+        retries: int | None = None,
     ) -> UsageAttributes:
+        """One project's usage; `retries` other than `api.max_retries` (0 for a check
+        that says what the API answered)."""
         params: Params = [("filter[project]", project_id)]
         if plan:
             params.append(("filter[plan]", plan))
         params.extend(("filter[products][]", product) for product in products)
-        document = self._get(USAGE_ENDPOINT, params, BillingUsageDocument)
+        document = self._get(USAGE_ENDPOINT, params, BillingUsageDocument, retries=retries)
         usage = document.usage_for(project_id)
         if usage is None:
             raise errors.InvalidResponse(

@@ -55,6 +55,8 @@ _TOKEN_HINT = f"set the {TOKEN_ENV} environment variable or api.token_file"
 #: (YAML aliases can make a small file expand to billions of values).
 MAX_CONFIG_VALUES = 100_000
 MAX_CONFIG_DEPTH = 32
+#: What Latitude.sh allows one API key: GET requests a minute.
+API_REQUESTS_PER_MINUTE = 60
 #: Longest token accepted: keys are ~40 characters; this bounds a file read by mistake.
 MAX_TOKEN_CHARS = 4096
 
@@ -127,8 +129,8 @@ class ApiSettings(Section):
         gt=0,
         le=100_000,
         description=(
-            "Request budget for the API key. Latitude.sh allows 60 GET/min per key; "
-            "the default leaves headroom for other users of the same key."
+            f"Request budget for the API key. Latitude.sh allows {API_REQUESTS_PER_MINUTE} "
+            "GET/min per key; the default leaves headroom for other users of the same key."
         ),
     )
     max_retry_wait_seconds: float = Field(
@@ -345,7 +347,8 @@ def load_settings(path: Path | None, *, explicit: bool = False) -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raw = {**(content or {}), **_env_values(os.environ)}
+        raise ConfigError(format_validation_error(exc, raw=raw, environ=os.environ)) from None
     except SettingsError:
         # _check_env has read every complex value already; this is a last resort.
         raise ConfigError(f"{ENV_PREFIX}*: a value is not valid JSON") from None
@@ -427,16 +430,69 @@ def _check_size(content: Any, where: str) -> None:
     size(content, 0)
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """All problems on one line, each naming its field as a dotted path."""
+def format_validation_error(
+    exc: ValidationError,
+    prefix: str = "",
+    *,
+    raw: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """All problems on one line, each naming its field as a dotted path: a list item by
+    its `name` when it has one (`teams[prod].token_env`), else by its place counted from
+    1 (`projects[#2].id`); a value that came from an environment variable by that variable."""
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
-        field = ".".join(str(p) for p in error["loc"]) or "config"
+        loc = tuple(error["loc"])
+        field = _field_path(loc, raw) or "config"
+        variable = _variable_of(loc, environ) if environ is not None else None
+        if variable is not None:
+            field = f"{variable} ({field})"
         message = " ".join(error["msg"].removeprefix("Value error, ").split())
         if error["type"] == "extra_forbidden":
             message = "unknown field (check the spelling against the documentation)"
         parts.append(f"{prefix}{field}: {message}")
     return "; ".join(parts)
+
+
+def _field_path(loc: tuple[int | str, ...], raw: Mapping[str, Any] | None) -> str:
+    path = ""
+    node: Any = raw
+    for index, part in enumerate(loc):
+        if isinstance(part, int):
+            item = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+            name = item.get("name") if isinstance(item, dict) else None
+            about_the_name = loc[index + 1 : index + 2] == ("name",)
+            named = isinstance(name, str) and name.isprintable() and not about_the_name
+            path += f"[{name}]" if named else f"[#{part + 1}]"
+            node = item
+        else:
+            path += f".{part}" if path else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return path
+
+
+def _variable_of(loc: tuple[int | str, ...], environ: Mapping[str, str]) -> str | None:
+    """The `LATITUDESH_EXPORTER_*` variable that set the value at `loc`, if one did: the
+    nested one (`..._POLL__INTERVAL_SECONDS`) or the JSON of a whole field (`..._TEAMS`)."""
+    names = {name.upper(): name for name in environ}
+    keys = [str(p) for p in loc if not isinstance(p, int)]
+    for depth in range(len(keys), 0, -1):
+        wanted = (ENV_PREFIX + "__".join(keys[:depth])).upper()
+        if wanted in names:
+            return names[wanted]
+    return None
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The whole-field JSON values of the environment, for naming list items."""
+    values: dict[str, Any] = {}
+    for name, value in environ.items():
+        if name.upper().startswith(ENV_PREFIX) and "__" not in name[len(ENV_PREFIX) :]:
+            try:
+                values[name[len(ENV_PREFIX) :].lower()] = json.loads(value)
+            except (ValueError, RecursionError):
+                continue
+    return values
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,12 +519,14 @@ class TokenSource:
         static: SecretStr | None = None,
         path: Path | None = None,
         field: str = "api.token_file",
+        origin: str | None = None,
     ) -> None:
         if static is None and path is None:
             raise ConfigError(f"no API token: {_TOKEN_HINT}")
         self._static = static
         self._path = path
         self._field = field
+        self._origin = origin or (f"the file {path} ({field})" if path else "the environment")
         #: The last token read: replaced whole, never mutated, so readers need no lock.
         self._cached: SecretStr | None = static
         if path is not None:
@@ -488,6 +546,13 @@ class TokenSource:
     def field(self) -> str:
         """The setting the token comes from, as errors name it."""
         return self._field
+
+    @property
+    def origin(self) -> str:
+        """Where the key comes from, in words (`the environment variable KEY_BR`, `the
+        file /run/secrets/key (teams.br.token_file)`): what a hint tells the operator
+        to fix."""
+        return self._origin
 
     def get(self) -> SecretStr:
         if self._static is not None:
@@ -567,7 +632,10 @@ def resolve_teams(settings: Settings, environ: Mapping[str, str] | None = None) 
     if settings.teams is None:
         raw = environ.get(TOKEN_ENV)
         if raw is not None and raw.strip():
-            token = TokenSource(static=SecretStr(clean_token(raw, TOKEN_ENV)))
+            token = TokenSource(
+                static=SecretStr(clean_token(raw, TOKEN_ENV)),
+                origin=f"the environment variable {TOKEN_ENV}",
+            )
         else:
             token = TokenSource(path=settings.api.token_file)
         return [
@@ -580,13 +648,16 @@ def resolve_teams(settings: Settings, environ: Mapping[str, str] | None = None) 
             )
         ]
     teams = []
-    for index, team in enumerate(settings.teams):
-        field = f"teams.{index}"
+    for team in settings.teams:
+        field = f"teams[{team.name}]"
         if team.token_env is not None:
             raw = environ.get(team.token_env)
             if raw is None or not raw.strip():
                 raise ConfigError(f"{field}.token_env: {team.token_env} is not set")
-            token = TokenSource(static=SecretStr(clean_token(raw, f"{field}.token_env")))
+            token = TokenSource(
+                static=SecretStr(clean_token(raw, f"{field}.token_env ({team.token_env})")),
+                origin=f"the environment variable {team.token_env}",
+            )
         else:
             token = TokenSource(path=team.token_file, field=f"{field}.token_file")
         teams.append(

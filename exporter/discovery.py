@@ -16,14 +16,18 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from exporter import errors
-from exporter.models import MAX_ID_CHARS, ProjectResource, UsageAttributes
+from exporter.models import MAX_ID_CHARS, PROJECTS_PAGE_SIZE, ProjectResource, UsageAttributes
 from exporter.store import SnapshotStore
 
 log = logging.getLogger(__name__)
 
 
-#: /projects answers at most this many projects a page (see client.PROJECTS_PAGE_SIZE).
-PROJECTS_PER_PAGE = 100
+def discovery_needed(*, configured: bool, currency: str | None) -> bool:
+    """Whether a team must read /projects: to find its projects, or its currency. With
+    both in the config the exporter never asks (a key that may not list projects then
+    works, and costs no request); the team's name is taken from /projects only when it
+    is read anyway."""
+    return not configured or not currency
 
 
 class UsageSource(Protocol):
@@ -88,12 +92,12 @@ class Discovery:
 
     @property
     def needed(self) -> bool:
-        """Whether /projects must be read: to find projects, the currency or the name."""
-        return not self._configured or not self.currency or not self._named
+        """Whether /projects must be read (see `discovery_needed`)."""
+        return discovery_needed(configured=bool(self._configured), currency=self.currency)
 
     def requests(self) -> int:
         """Requests one discovery makes: a page per hundred projects (and a last one)."""
-        return len(self.targets) // PROJECTS_PER_PAGE + 1 if self.needed else 0
+        return len(self.targets) // PROJECTS_PAGE_SIZE + 1 if self.needed else 0
 
     def run(self) -> bool:
         """Read /projects once and apply what it says; False when it failed."""

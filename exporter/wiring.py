@@ -25,6 +25,7 @@ from pydantic import SecretStr
 from exporter.client import LatitudeClient
 from exporter.collector import TeamCollector
 from exporter.config import (
+    API_REQUESTS_PER_MINUTE,
     DEFAULT_CONFIG_FILE,
     ApiSettings,
     ConfigError,
@@ -177,6 +178,16 @@ def configure(flags: Flags, redactor: Redactor) -> Setup:
                 log.warning(
                     "token file is readable by every user",
                     extra={"path": str(warning.path), "mode": oct(warning.mode)},
+                )
+            if team.requests_per_minute > API_REQUESTS_PER_MINUTE:
+                log.warning(
+                    "requests_per_minute is above what the API allows a key: expect 429s, "
+                    "which pause every request of the key",
+                    extra={
+                        "team": team.label,
+                        "requests_per_minute": team.requests_per_minute,
+                        "api_limit": API_REQUESTS_PER_MINUTE,
+                    },
                 )
         if base_url.startswith("http://") and not is_loopback(base_url):
             log.warning(

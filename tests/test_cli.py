@@ -68,7 +68,7 @@ def test_bad_flag_exits_2_with_one_line() -> None:
         (
             [],
             {"LATITUDESH_EXPORTER_API__BASE_URL": "https://api:70000"},
-            "api.base_url: is not a valid URL",
+            "LATITUDESH_EXPORTER_API__BASE_URL (api.base_url): is not a valid URL",
         ),
         ([], {"LATITUDESH_AUTH_TOKEN": "клю"}, "the API token holds non-ASCII characters"),
     ],
@@ -103,9 +103,10 @@ def test_missing_token_says_how_to_set_it(tmp_path: Path) -> None:
 def test_check_config_checks_the_key_with_one_request(fake_api: FakeApi, tmp_path: Path) -> None:
     result = run_cli("--check-config", env=api_env(fake_api), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("config OK")
-    assert "team default: key from environment" in result.stdout
+    assert result.stdout.startswith("config: valid")
+    assert "team default: key from the environment variable LATITUDESH_AUTH_TOKEN" in result.stdout
     assert "accepted; sees at least one project; currency USD; team demo-us" in result.stdout
+    assert result.stdout.endswith("result: OK\n")
     assert TOKEN not in result.stdout + result.stderr
     assert fake_api.request_count() == 1
     (request,) = fake_api.requests
@@ -462,3 +463,57 @@ def test_runtime_tuning_can_be_switched_off(tmp_path: Path) -> None:
         assert sample(exporter.scrape(), "latitudesh_up", project_id="proj_demo_web") is not None
     finally:
         assert exporter.stop() == 0
+
+
+def test_check_config_with_listed_projects_checks_their_billing_not_discovery(
+    fake_api: FakeApi, tmp_path: Path
+) -> None:
+    """The runbook's fix for a key that may not list projects (`forbidden` discovery):
+    list them and set the currency. Before, --check-config still asked /projects and
+    printed REJECTED (exit 2), blocking a deployment that works."""
+    fake_api.inject(Fault("status", status=403), project="/projects", times=None)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"currency": "USD", "projects": [{"id": "proj_demo_gpu"}]}))
+    result = run_cli("--check-config", "--config.file", str(config), env=api_env(fake_api))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "GET /billing/usage: accepted; reads the billing of proj_demo_gpu" in result.stdout
+    assert "GET /projects: not needed" in result.stdout
+    assert fake_api.request_count(path="/projects") == 0
+    assert fake_api.request_count(path="/billing/usage") == 1
+    # A key that may not read the listed project's billing is refused where it matters.
+    fake_api.inject(Fault("status", status=403), project="proj_demo_gpu", times=None)
+    refused = run_cli("--check-config", "--config.file", str(config), env=api_env(fake_api))
+    assert refused.returncode == 2
+    assert "GET /billing/usage: REJECTED (forbidden" in refused.stdout
+
+
+def test_with_projects_and_currency_listed_no_discovery_is_made_or_missed(
+    fake_api: FakeApi, tmp_path: Path
+) -> None:
+    """The runbook's fix for `forbidden` discovery works: before, /projects was still
+    asked every refresh, counted as a discovery error (LatitudeshDiscoveryFailing fired
+    for ever) and `--once` exited 1 although every project's `up` was 1."""
+    fake_api.inject(Fault("status", status=403), project="/projects", times=None)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "currency": "USD",
+                "projects": [{"id": "proj_demo_gpu"}, {"id": "proj_demo_web"}],
+                "api": {"requests_per_minute": 100},
+            }
+        )
+    )
+    result = run_cli("--once", "--config.file", str(config), env=api_env(fake_api))
+    assert result.returncode == 0, result.stderr
+    samples = parse_samples(result.stdout)
+    assert sample(samples, "latitudesh_up", project_id="proj_demo_gpu") == 1.0
+    assert all(
+        value == 0
+        for (name, _), value in samples.items()
+        if name == "latitudesh_discovery_errors_total"
+    )
+    assert fake_api.request_count(path="/projects") == 0
+    assert 'team="default"' in result.stdout
+    # A budget above what the API allows a key is said once, at start.
+    assert "requests_per_minute is above what the API allows a key" in result.stderr

@@ -140,7 +140,7 @@ def test_the_example_config_is_valid_and_documents_every_key() -> None:
             "LATITUDESH_AUTH_TOKEN environment variable or api.token_file",
         ),
         ("currency: dollars", "currency: String should match pattern"),
-        ("projects: [{plan: x}]", "projects.0.id: Field required"),
+        ("projects: [{plan: x}]", "projects[#1].id: Field required"),
         ("projects: [{id: a}, {id: a}]", "projects: project id 'a' is listed twice"),
         ("max_products_per_project: 0", "max_products_per_project: Input should be greater"),
         ("bogus: 1", "bogus: unknown field"),
@@ -149,12 +149,12 @@ def test_the_example_config_is_valid_and_documents_every_key() -> None:
         ("teams: []", "teams: List should have at least 1 item"),
         (
             "teams: [{name: a}]",
-            "teams.0: Value error, needs exactly one of token_env or token_file",
+            "teams[a]: Value error, needs exactly one of token_env or token_file",
         ),
         ("teams: [{name: a, token_env: X, token_file: /t}]", "needs exactly one of"),
         (
             "teams: [{name: a, token: secret}]",
-            "teams.0: the API token is never read from the config file",
+            "teams[a]: the API token is never read from the config file",
         ),
         (
             "teams: [{name: a, token_env: A}, {name: a, token_env: B}]",
@@ -169,8 +169,8 @@ def test_the_example_config_is_valid_and_documents_every_key() -> None:
             "projects: [{id: p}]\nteams: [{name: a, token_env: A}]",
             "top-level projects cannot be used with teams",
         ),
-        ("teams: [{name: 'bad name', token_env: A}]", "teams.0.name: String should match"),
-        ("teams: [{name: a, token_env: '1X'}]", "teams.0.token_env: String should match"),
+        ("teams: [{name: 'bad name', token_env: A}]", "teams[#1].name: String should match"),
+        ("teams: [{name: a, token_env: '1X'}]", "teams[a].token_env: String should match"),
     ],
 )
 def test_every_validation_error_is_one_line_naming_the_field(
@@ -211,7 +211,11 @@ def test_a_misspelt_env_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_bad_env_value_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LATITUDESH_EXPORTER_POLL__CONCURRENCY", "many")
-    with pytest.raises(ConfigError, match=r"poll\.concurrency: Input should be a valid integer"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^LATITUDESH_EXPORTER_POLL__CONCURRENCY \(poll\.concurrency\): Input should be a "
+        "valid integer",
+    ):
         load_settings(None)
 
 
@@ -258,7 +262,7 @@ def test_teams_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch
 
 def test_a_team_whose_variable_is_unset_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LATITUDESH_EXPORTER_TEAMS", '[{"name": "a", "token_env": "NOPE_KEY"}]')
-    with pytest.raises(ConfigError, match=r"teams\.0\.token_env: NOPE_KEY is not set"):
+    with pytest.raises(ConfigError, match=r"teams\[[a-z]+\]\.token_env: NOPE_KEY is not set"):
         resolve_teams(load_settings(None))
 
 
@@ -364,3 +368,30 @@ def test_empty_or_malformed_tokens_are_refused(raw: str) -> None:
 )
 def test_loopback_is_recognised_for_the_plain_http_warning(url: str, loopback: bool) -> None:
     assert is_loopback(url) is loopback
+
+
+def test_a_misspelt_nested_env_variable_is_named_by_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: reported by its dotted key (`poll.intervalseconds`), a name the operator
+    never wrote."""
+    monkeypatch.setenv("LATITUDESH_EXPORTER_POLL__INTERVALSECONDS", "5")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None)
+    assert str(caught.value) == (
+        "LATITUDESH_EXPORTER_POLL__INTERVALSECONDS (poll.intervalseconds): unknown field "
+        "(check the spelling against the documentation)"
+    )
+
+
+def test_a_team_in_an_env_json_is_named_by_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "LATITUDESH_EXPORTER_TEAMS",
+        '[{"name": "prod", "token_env": "A"}, {"name": "br", "token_env": "B", '
+        '"requests_per_minute": -1}]',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None)
+    assert str(caught.value).startswith(
+        "LATITUDESH_EXPORTER_TEAMS (teams[br].requests_per_minute): Input should be greater"
+    )

@@ -73,7 +73,7 @@ def test_check_config_never_prints_the_token(tmp_path: Path) -> None:
         del env["LATITUDESH_AUTH_TOKEN"]
         result = run_cli("--check-config", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"key from file {token_file}" in result.stdout
+    assert f"key from the file {token_file} (api.token_file)" in result.stdout
     assert TOKEN not in result.stdout + result.stderr
 
 

@@ -137,14 +137,19 @@ def test_check_config_checks_every_key_and_exits_2_on_a_rejected_one(
     result = run_cli("--check-config", env=team_env(two_teams), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (
-        "team us: key from environment, 600 requests/minute, projects discovered: "
-        "accepted; sees at least one project; currency USD; team demo-us" in result.stdout
+        "team us: key from the environment variable KEY_US, 600 requests/minute, "
+        "projects discovered, currency from the API\n"
+        "    GET /projects: accepted; sees at least one project; currency USD; team demo-us"
+        in result.stdout
     )
+    assert result.stdout.endswith("result: OK\n")
     assert "team br:" in result.stdout and "currency BRL" in result.stdout
     assert two_teams.request_count() == 2
     bad = run_cli("--check-config", env=team_env(two_teams, KEY_US="nope-nope-nope"), cwd=tmp_path)
     assert bad.returncode == 2
     assert "team us:" in bad.stdout and "REJECTED (unauthorized" in bad.stdout
+    assert "OK" not in bad.stdout  # never above a rejection, nor below it
+    assert bad.stdout.endswith("result: REJECTED: the key of team us\n")
     assert KEY_US not in bad.stdout + bad.stderr and KEY_BR not in bad.stdout
 
 
