@@ -70,7 +70,7 @@ class Watchdog:
         store: where stalled projects and teams are recorded.
         margin: seconds beyond the span the budget allows a refresh before work counts
             as late: the longest one poll may take, every attempt at its timeout and
-            the backoff waits between them (see `cli.stall_margin`).
+            the backoff waits between them (see `wiring.stall_margin`).
         tick: seconds between two looks.
         clock: the monotonic clock (injected by tests).
     """
