@@ -52,6 +52,10 @@ from exporter.transport import NETWORK_ERRORS, TIMEOUTS, Deadlines, DeadlineTran
 
 log = logging.getLogger(__name__)
 
+#: Retry backoff: the wait before retry n (from 0) is at most min(cap, base x 2^n)
+#: seconds, jittered over its upper half. The watchdog's stall margin counts them.
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_CAP_SECONDS = 60.0
 #: Pins the response shape; see the spec's info.version.
 API_VERSION = "2023-06-01"
 #: Pages of /projects one discovery may read: 10,000 projects, far beyond what one
@@ -134,8 +138,8 @@ class LatitudeClient:
         token: TokenGetter,
         budget: RequestBudget,
         api: ApiSettings = ApiSettings(),  # noqa: B008 (frozen)
-        backoff_base: float = 1.0,
-        backoff_cap: float = 60.0,
+        backoff_base: float = BACKOFF_BASE_SECONDS,
+        backoff_cap: float = BACKOFF_CAP_SECONDS,
         unauthorized_backoff: float = 300.0,
         transport: httpx.BaseTransport | None = None,
         on_request: RequestObserver | None = None,

@@ -22,7 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 from pydantic import SecretStr
 
-from exporter.client import LatitudeClient
+from exporter.client import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, LatitudeClient
 from exporter.collector import TeamCollector
 from exporter.config import (
     API_REQUESTS_PER_MINUTE,
@@ -249,6 +249,7 @@ def build_app(setup: Setup) -> App:
             concurrency=settings.poll.concurrency,
             limits=limits,
             budget_seconds=budget.seconds_for,
+            budget_paused=budget.paused_between,
             grace=api.timeout_seconds,
         )
         poller_box.append(poller)
@@ -273,6 +274,12 @@ def build_app(setup: Setup) -> App:
 
 
 def stall_margin(api: ApiSettings) -> float:
-    """What one poll may take beyond its interval before it counts as stalled: every
-    attempt at its timeout."""
-    return api.timeout_seconds * (1 + api.max_retries)
+    """The longest one poll may legitimately take, beyond the span the budget allows
+    its refresh, before it counts as stalled: every attempt at its timeout, and the
+    backoff wait before each retry (at most `BACKOFF_CAP_SECONDS` each). A 429's wait is
+    not in it: it pauses the budget, which the poller allows for (`budget_paused`)."""
+    waits = sum(
+        min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0**attempt)
+        for attempt in range(api.max_retries)
+    )
+    return api.timeout_seconds * (1 + api.max_retries) + waits

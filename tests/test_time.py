@@ -354,11 +354,6 @@ def test_a_refresh_the_budget_spreads_over_its_interval_is_never_stalled_in_any_
     assert all(code == 200 for code in statuses(hostile_round.api))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until exporter/wiring.py passes budget_paused=budget.paused_between to the "
-    "Poller (issue 28, item 5); remove this marker with that change",
-)
 def test_a_429_pause_of_the_key_during_a_paced_refresh_is_no_stall(
     hostile_round: HostileRound,
 ) -> None:
