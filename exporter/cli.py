@@ -184,15 +184,15 @@ def check_health(args: Sequence[str]) -> int:
     parser.add_argument("--url", help="probe this URL instead")
     parser.add_argument("--pid", type=int, help="the exporter's process (default: PID 1)")
     given = parser.parse_args(args)
-    url = given.url
-    if url is None:
+    urls: tuple[str, ...] = (given.url,) if given.url else ()
+    if not urls:
         found = healthcheck.exporter_arguments(given.pid)
         if found is None:
             print("healthcheck: no running latitudesh-exporter found", file=sys.stderr)
             return exitcodes.FAILED_POLL
         pid, words = found
         flags, _ = build_parser().parse_known_args(words)
-        url = healthcheck.target(pid, flags.listen, flags.web_config).url
-    healthy, said = healthcheck.probe(url)
+        urls = healthcheck.target(pid, flags.listen, flags.web_config).urls
+    healthy, said = healthcheck.probe_any(urls)
     print(f"healthcheck: {said}")
     return exitcodes.OK if healthy else exitcodes.FAILED_POLL

@@ -5,7 +5,7 @@ A HEALTHCHECK runs beside the exporter and cannot see its flags; a fixed
 changed the listen address or turned TLS on. So the check reads the running exporter's
 own command line (`/proc/PID/cmdline`: PID 1 in a container, else the oldest
 `latitudesh-exporter` process), takes the address from its `--web.listen-address` (the
-port it really listens on, read from `/proc`, when that says 0) and the scheme from its
+ports it really listens on, read from `/proc`, when that says 0) and the scheme from its
 `--web.config.file` (https when the file has `tls_server_config`), and asks `/healthz`.
 
 Over TLS the server's certificate is not verified: the check talks to its own host's
@@ -35,9 +35,9 @@ PROC = Path("/proc")
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    url: str
-    #: Why this URL: the flags it came from, for the one line the check prints.
-    source: str
+    #: The URLs to ask, in order: one, or each port the process listens on when its
+    #: flag said 0 (demo mode listens twice: the simulated API, then the metrics).
+    urls: tuple[str, ...]
 
 
 def exporter_arguments(pid: int | None = None, proc: Path = PROC) -> tuple[int, list[str]] | None:
@@ -71,11 +71,20 @@ def target(pid: int, listen: str, web_config: Path | None, proc: Path = PROC) ->
     elif host == "::":
         host = "::1"
     number = int(port) if port.isdigit() else 0
-    if number == 0:
-        number = listening_port(pid, proc) or 0
+    ports = [number] if number else listening_ports(pid, proc) or [0]
     scheme = "https" if web_config is not None and _has_tls(web_config) else "http"
     shown = f"[{host}]" if ":" in host else host
-    return Target(f"{scheme}://{shown}:{number}/healthz", f"--web.listen-address {listen}")
+    return Target(tuple(f"{scheme}://{shown}:{p}/healthz" for p in ports))
+
+
+def probe_any(urls: tuple[str, ...], timeout: float = TIMEOUT_SECONDS) -> tuple[bool, str]:
+    """The first URL that answers 200, else what the last one said."""
+    said = "no URL to ask"
+    for url in urls:
+        healthy, said = probe(url, timeout / len(urls))
+        if healthy:
+            return True, said
+    return False, said
 
 
 def probe(url: str, timeout: float = TIMEOUT_SECONDS) -> tuple[bool, str]:
@@ -100,8 +109,8 @@ def probe(url: str, timeout: float = TIMEOUT_SECONDS) -> tuple[bool, str]:
     return status == 200, f"{url}: HTTP {status}"
 
 
-def listening_port(pid: int, proc: Path = PROC) -> int | None:
-    """The TCP port process `pid` listens on, from its sockets' inodes in /proc."""
+def listening_ports(pid: int, proc: Path = PROC) -> list[int]:
+    """The TCP ports process `pid` listens on, from its sockets' inodes in /proc."""
     try:
         inodes = {
             link.removeprefix("socket:[").removesuffix("]")
@@ -109,7 +118,8 @@ def listening_port(pid: int, proc: Path = PROC) -> int | None:
             if (link := os.readlink(fd)).startswith("socket:[")
         }
     except OSError:
-        return None
+        return []
+    ports = []
     for table in ("tcp", "tcp6"):
         try:
             lines = (proc / str(pid) / "net" / table).read_text().splitlines()[1:]
@@ -118,8 +128,8 @@ def listening_port(pid: int, proc: Path = PROC) -> int | None:
         for line in lines:
             fields = line.split()
             if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                return int(fields[1].rsplit(":", 1)[1], 16)
-    return None
+                ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return sorted(set(ports), key=ports.index)
 
 
 def _has_tls(path: Path) -> bool:
