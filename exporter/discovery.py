@@ -78,6 +78,9 @@ class Discovery:
     ) -> None:
         self._source = source
         self._store = store
+        #: The team's key in the store, for good; `team` is its name, which /projects
+        #: may give it later.
+        self.key = team
         self.team = team
         self._named = named
         self._configured = tuple(targets)
@@ -107,7 +110,7 @@ class Discovery:
         if isinstance(outcome, errors.Cancelled):
             return False  # stopping: nothing to count
         if isinstance(outcome, errors.LatitudeError):
-            self._store.record_discovery_failure(self.team, outcome.reason)
+            self._store.record_discovery_failure(self.key, outcome.reason)
             log.warning(
                 "project discovery failed",
                 extra={
@@ -128,7 +131,7 @@ class Discovery:
         if not self._named:
             slug = next((p.team.slug for p in projects if p.team and p.team.slug), None)
             if slug and slug != self.team:
-                self._store.rename_team(self.team, slug)
+                self._store.rename_team(self.key, slug)
                 self.team = slug
         by_id: dict[str, ProjectResource] = {}
         too_long = 0
@@ -156,11 +159,11 @@ class Discovery:
             for t in found
         )
         self._claim(configured=bool(self._configured))
-        self._store.record_discovery_success(self.team, self._now(), refused_ids=too_long)
+        self._store.record_discovery_success(self.key, self._now(), refused_ids=too_long)
 
     def _claim(self, *, configured: bool) -> None:
         claims = self._store.set_projects(
-            self.team, ((t.project_id, t.slug or "") for t in self.targets), configured=configured
+            self.key, ((t.project_id, t.slug or "") for t in self.targets), configured=configured
         )
         refused = set(claims.refused)
         news = sorted(refused - self._warned)

@@ -104,6 +104,9 @@ class Poller:
         budget_paused: the budget's `paused_between(since, until)`: how long its 429
             pauses held its requests back between two moments (the watchdog allows
             for them).
+        requests_made: the key's requests so far (the budget's `grants`: every
+            request, retry and redirect hop takes a slot), for the span of a refresh
+            whose retries took more requests than its projects.
         grace: how long a refresh waits for its polls beyond its interval.
         now: the wall clock, for timestamps.
         monotonic: the clock of durations and deadlines.
@@ -126,6 +129,7 @@ class Poller:
         now: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         budget_paused: Callable[[float, float], float] = lambda since, until: 0.0,
+        requests_made: Callable[[], int] = lambda: 0,
     ) -> None:
         self._source = source
         self._store = store
@@ -144,6 +148,7 @@ class Poller:
         self._limits = limits
         self._budget_seconds = budget_seconds
         self._budget_paused = budget_paused
+        self._requests_made = requests_made
         self._grace = grace
         self._now = now
         self._monotonic = monotonic
@@ -153,10 +158,8 @@ class Poller:
         self._discovering: Future[bool] | None = None
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()
-        #: Requests this team made (the client's `on_request`), for the rounds' spans.
-        self._requests = 0
         #: The latest refresh; until the first, the poller's creation stands for one.
-        self._round = _Round(monotonic(), self.effective_interval(), 0)
+        self._round = _Round(monotonic(), self.effective_interval(), requests_made())
         self._birth = self._round
         #: What each target waits on, for the watchdog. Replaced whole, never changed
         #: in place, so that the watchdog reads it without a lock.
@@ -168,17 +171,17 @@ class Poller:
 
     @property
     def team(self) -> str:
+        """The team's name, the `team` label (its slug once discovery learns it)."""
         return self._discovery.team
+
+    @property
+    def key(self) -> str:
+        """The team's key in the store, for good (its configured name, or `default`)."""
+        return self._discovery.key
 
     @property
     def targets(self) -> tuple[Target, ...]:
         return self._discovery.targets
-
-    def record_request(self, endpoint: str, code: str) -> None:
-        """The client's `on_request`: every request counted under this team."""
-        with self._lock:
-            self._requests += 1
-        self._store.record_request(self.team, endpoint, code)
 
     def stop(self, timeout: float = 4.0) -> bool:
         """Cancel queued polls and wait up to `timeout` for running ones; True if idle."""
@@ -204,7 +207,7 @@ class Poller:
         measures). Takes no lock: the watchdog never waits on the poller.
         """
         pending = self._pending
-        requests = self._requests
+        requests = self._requests_made()
         due: dict[_Round, float] = {}
         late = []
         for project_id, state in pending.items():
@@ -238,7 +241,7 @@ class Poller:
         try:
             effective = self.effective_interval()
             this = self._begin(started, effective)
-            self._store.record_refresh(self.team, duration=None, effective_interval=effective)
+            self._store.record_refresh(self.key, duration=None, effective_interval=effective)
             deadline = started + effective + self._grace
             discovered = self._discover(deadline)
             effective = self.effective_interval()
@@ -248,7 +251,7 @@ class Poller:
             self._note_stretch(effective)
             ok = self._poll_all(deadline, this)
             self._store.record_refresh(
-                self.team,
+                self.key,
                 duration=self._monotonic() - started,
                 effective_interval=effective,
                 currency=self._discovery.currency or "",
@@ -264,8 +267,9 @@ class Poller:
         """A new refresh: the previous one's requests are counted, and every project
         with no poll pending waits on this one from now on."""
         with self._lock:
-            self._round.closed = self._requests
-            self._round = _Round(started, effective, self._requests)
+            made = self._requests_made()
+            self._round.closed = made
+            self._round = _Round(started, effective, made)
             targets = self.targets
             idle = {t.project_id for t in targets if t.project_id not in self._in_flight}
             self._track(targets, self._round, idle)
@@ -369,7 +373,7 @@ class Poller:
             )
             self._outcome(target)
             self._store.record_success(
-                self.team, usage, duration=self._monotonic() - started, now=self._now()
+                self.key, usage, duration=self._monotonic() - started, now=self._now()
             )
             return True
 
@@ -382,7 +386,7 @@ class Poller:
             return False
         self._outcome(target)
         self._store.record_failure(
-            self.team, target.project_id, outcome.reason, duration=self._monotonic() - started
+            self.key, target.project_id, outcome.reason, duration=self._monotonic() - started
         )
         log.warning(
             "poll failed",

@@ -50,6 +50,7 @@ class RequestBudget:
         self._stop = stop or threading.Event()
         self._sleep = sleep or self._stop.wait
         self._lock = threading.Lock()
+        self._grants = 0
         self._next_slot = -math.inf
         self._granted: deque[float] = deque(maxlen=max(1, math.floor(limit)))
         #: (start, end) of each span during which pauses held every request back.
@@ -66,11 +67,17 @@ class RequestBudget:
                     earliest = max(earliest, self._granted[0] + self.window)
                 if now >= earliest and not self._stop.is_set():
                     self._granted.append(now)
+                    self._grants += 1
                     on_time = now - earliest < self.spacing / 2
                     self._next_slot = (earliest if on_time else now) + self.spacing
                     return now
             if self._stop.is_set() or self._sleep(max(earliest - now, 1e-6)):
                 raise Cancelled("shutting down")
+
+    def grants(self) -> int:
+        """Requests let through so far: every request of the key, each retry and each
+        redirect hop (each takes a slot). Read without the lock: one int."""
+        return self._grants
 
     def pause(self, seconds: float) -> None:
         """Hold every request back for `seconds`: the API said the key is over its limit."""

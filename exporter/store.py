@@ -7,6 +7,12 @@ fifty products) are told of every change *outside* that lock, one change at a ti
 in the order the changes happened: a scrape or the status page reading the view never
 waits behind a render, and no listener ever sees an older change after a newer one.
 
+Teams are known by a key that never changes: the name they were added with (their
+configured name, or `default`). Discovery may learn a team's display name (its slug)
+later; `rename_team` changes what the `team` label says, and every write still names
+the team by its key, so a writer wired before discovery (the client's request counter)
+needs no reference to anything built after it.
+
 Ownership: a project belongs to one team. When two teams' keys both see it, the owner
 is stable and documented, whichever discovery lands first: a team that lists the
 project in its config beats one that discovered it, and among equals the team listed
@@ -88,25 +94,29 @@ class SnapshotStore:
 
     # --- teams ----------------------------------------------------------------
 
-    def add_team(self, name: str, rank: int | None = None) -> None:
-        """A team, ranked by its place in the config (default: after every other)."""
+    def add_team(self, key: str, rank: int | None = None) -> None:
+        """A team, known by `key` for good (and named so until `rename_team`), ranked by
+        its place in the config (default: after every other)."""
         with self._lock:
-            if name not in self._teams:
-                team = _Team(TeamStatus(name), rank if rank is not None else len(self._teams))
+            if key not in self._teams:
+                team = _Team(TeamStatus(key), rank if rank is not None else len(self._teams))
                 team.requests = dict(team.status.api_requests)
-                self._teams[name] = team
+                self._teams[key] = team
                 self._changed()
 
-    def rename_team(self, old: str, new: str) -> None:
-        """The team's name became known (its slug, from /projects): carry its figures over."""
+    def rename_team(self, key: str, name: str) -> None:
+        """The team's name became known (its slug, from /projects): the `team` label of
+        its figures and projects says `name` from now on; writes still use `key`. A name
+        another team already has is refused (two teams would share one label)."""
         with self._lock:
-            if old == new or old not in self._teams or new in self._teams:
+            team = self._teams.get(key)
+            if team is None or team.status.name == name:
                 return
-            team = self._teams[old]
-            team.status = replace(team.status, name=new)
-            self._teams = {(new if name == old else name): t for name, t in self._teams.items()}
+            if any(other.status.name == name for other in self._teams.values()):
+                return
+            team.status = replace(team.status, name=name)
             for pid in team.project_ids:
-                self._projects[pid] = replace(self._projects[pid], team=new)
+                self._projects[pid] = replace(self._projects[pid], team=name)
             self._reorder()
         self._tell()
 
@@ -117,13 +127,14 @@ class SnapshotStore:
         gone ones vanish, a project another team has a weaker claim on moves here."""
         with self._lock:
             owner = self._teams[team]
+            name = owner.status.name
             claim = (0 if configured else 1, owner.rank)
             wanted: dict[str, str] = {}
             refused: list[str] = []
             for pid, slug in projects:
                 held = self._claims.get(pid)
                 current = self._projects.get(pid)
-                if current is not None and current.team != team and held is not None:
+                if current is not None and current.team != name and held is not None:
                     if held <= claim:
                         refused.append(pid)
                         continue
@@ -134,10 +145,10 @@ class SnapshotStore:
                 current = self._projects.get(pid)
                 self._claims[pid] = claim
                 if current is None:
-                    self._projects[pid] = ProjectStatus(pid, team=team, slug=label(slug))
+                    self._projects[pid] = ProjectStatus(pid, team=name, slug=label(slug))
                     changed = True
-                elif current.team != team:  # taken over: the figures are the project's
-                    self._projects[pid] = replace(current, team=team, slug=label(slug))
+                elif current.team != name:  # taken over: the figures are the project's
+                    self._projects[pid] = replace(current, team=name, slug=label(slug))
                     changed = True
                 elif slug and current.slug != label(slug):
                     self._projects[pid] = replace(current, slug=label(slug))
@@ -151,10 +162,11 @@ class SnapshotStore:
         self._tell()
         return Claims(list(wanted), refused)
 
-    def _release(self, team: str, pid: str) -> None:
-        loser = self._teams.get(team)
-        if loser is not None and pid in loser.project_ids:
-            loser.project_ids.remove(pid)
+    def _release(self, name: str, pid: str) -> None:
+        """The team named `name` loses `pid` to a better claim."""
+        for loser in self._teams.values():
+            if loser.status.name == name and pid in loser.project_ids:
+                loser.project_ids.remove(pid)
 
     # --- polls ------------------------------------------------------------------
 
@@ -297,10 +309,13 @@ class SnapshotStore:
     # --- under the lock -----------------------------------------------------------
 
     def _owned(self, team: str, project_id: str) -> ProjectStatus | None:
-        """The project's status if `team` owns it; None when it was dropped from
-        discovery, or moved to another team, while its poll ran."""
+        """The project's status if the team keyed `team` owns it; None when it was
+        dropped from discovery, or moved to another team, while its poll ran."""
         status = self._projects.get(project_id)
-        return status if status is not None and status.team == team else None
+        owner = self._teams.get(team)
+        if status is None or owner is None or status.team != owner.status.name:
+            return None
+        return status
 
     def _update(self, status: ProjectStatus) -> None:
         self._projects[status.project_id] = status

@@ -51,6 +51,9 @@ class Watched(Protocol):
     @property
     def team(self) -> str: ...
 
+    @property
+    def key(self) -> str: ...
+
     def effective_interval(self) -> float: ...
 
     def overdue(self, now: float, margin: float, paused: Callable[[float], float]) -> list[str]: ...
@@ -128,7 +131,7 @@ class Watchdog:
         interval = poller.effective_interval()
         since = schedule.due_since()
         if since is not None and now - since > interval + self._margin:
-            stalled = self._store.record_team_stalled(poller.team)
+            stalled = self._store.record_team_stalled(poller.key)
             log.warning(
                 "refresh stalled: restarting the team's schedule",
                 extra={
@@ -143,7 +146,7 @@ class Watchdog:
             return
         late = poller.overdue(now, self._margin, self.paused_since)
         if late:
-            marked = self._store.record_stalled(poller.team, late)
+            marked = self._store.record_stalled(poller.key, late)
             if marked:
                 log.warning(
                     "polls overdue: marked stalled",

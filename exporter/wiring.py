@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
+from functools import partial
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -199,15 +199,6 @@ def configure(flags: Flags, redactor: Redactor) -> Setup:
     return Setup(settings, teams, listen, web, api, interval, demo)
 
 
-def _recorder(box: list[Poller]) -> Callable[[str, str], None]:
-    """Counts each request on the team's poller, built after the client it counts for."""
-
-    def record(endpoint: str, code: str) -> None:
-        box[0].record_request(endpoint, code)
-
-    return record
-
-
 def build_app(setup: Setup) -> App:
     """The running parts, built and wired but not started."""
     stop = threading.Event()
@@ -229,12 +220,14 @@ def build_app(setup: Setup) -> App:
     pollers, schedules, clients, watched = [], [], [], []
     for rank, team in enumerate(setup.teams):
         budget = RequestBudget(team.requests_per_minute, stop=stop)
-        poller_box: list[Poller] = []
+        # The team's key in the store never changes (discovery may rename its label),
+        # so its requests are counted under it from the first one.
+        store.add_team(team.label, rank)
         client = LatitudeClient(
             token=team.token.get,
             budget=budget,
             api=api,
-            on_request=_recorder(poller_box),
+            on_request=partial(store.record_request, team.label),
             stop=stop,
             max_connections=settings.poll.concurrency,
         )
@@ -250,9 +243,9 @@ def build_app(setup: Setup) -> App:
             limits=limits,
             budget_seconds=budget.seconds_for,
             budget_paused=budget.paused_between,
+            requests_made=budget.grants,
             grace=api.timeout_seconds,
         )
-        poller_box.append(poller)
         schedule = Schedule(team.label, poller.refresh, poller.effective_interval)
         pollers.append(poller)
         schedules.append(schedule)

@@ -9,11 +9,13 @@ import threading
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from exporter import errors
+from exporter.config import DEFAULT_TEAM
 from exporter.demo import DemoAccount, DemoProduct, DemoProject, DemoServer
 from exporter.errors import POLL_ERROR_REASONS
 from exporter.httpserver import HttpServer
@@ -52,10 +54,9 @@ class Rig:
 def rig(make_client) -> Iterator[Rig]:  # type: ignore[no-untyped-def]
     api = FakeApi(frozen_account(token=TOKEN)).start()
     store = SnapshotStore()
-    box: list[Poller] = []
     client = make_client(
         api.url,
-        on_request=lambda e, c: box[0].record_request(e, c),  # noqa: PLW0108 (set below)
+        on_request=partial(store.record_request, DEFAULT_TEAM),
         max_retries=1,
         timeout=2.0,
         max_retry_wait=0.05,
@@ -64,7 +65,6 @@ def rig(make_client) -> Iterator[Rig]:  # type: ignore[no-untyped-def]
     )
     clock = [1000.0]
     poller = new_poller(client, store, concurrency=4, now=lambda: clock[0])
-    box.append(poller)
     with serving(store) as server:
         yield Rig(api, store, poller, server, f"http://127.0.0.1:{server.port}/metrics", clock)
     poller.stop()

@@ -8,12 +8,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 
 from exporter import errors
 from exporter.client import LatitudeClient
+from exporter.config import DEFAULT_TEAM
 from exporter.poller import Poller, Target
 from exporter.ratelimit import RequestBudget
 from exporter.snapshot import ProjectStatus, StoreView, TeamStatus
@@ -38,16 +40,15 @@ def make_poller(
     made: list[Poller] = []
 
     def make(*, unauthorized_backoff: float = 0, **kwargs: Any) -> Poller:
-        box: list[Poller] = []
         client = make_client(
             fake_api.url,
             max_retries=1,
-            on_request=lambda e, c: box[0].record_request(e, c),  # noqa: PLW0108 (box[0] is set below)
+            # the team's key in the store: its configured name, or "default"
+            on_request=partial(store.record_request, kwargs.get("team") or DEFAULT_TEAM),
             unauthorized_backoff=unauthorized_backoff,
         )
         kwargs.setdefault("concurrency", 4)
         poller = new_poller(client, store, now=lambda: FIXED_NOW, **kwargs)
-        box.append(poller)
         made.append(poller)
         return poller
 

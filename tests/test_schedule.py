@@ -141,6 +141,7 @@ class FakePoller:
 
     def __init__(self, store: SnapshotStore, projects: list[str]) -> None:
         self.team = "t"
+        self.key = "t"
         self.projects = projects
         self.interval = 10.0
         self.outcomes: dict[str, float] = {}

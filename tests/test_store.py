@@ -116,14 +116,18 @@ def test_a_renamed_team_keeps_its_figures_projects_place_and_rank() -> None:
     assert (acme.effective_interval, acme.refresh_duration, acme.currency) == (300.0, 2.0, "EUR")
     p = status(store, "p")
     assert (p.team, p.last_success, p.up) == ("acme", 100.0, True)
-    # writes now come under the new name; the old one owns nothing
+    # writes keep naming the team by its key: the client's request counter, wired
+    # before discovery learned the name, goes on counting under the team
+    store.record_request("default", "/projects", "429")
+    assert dict(store.view().teams[1].api_requests)[("/projects", "429")] == 2
     store.record_failure("default", "p", "timeout", duration=1.0)
-    assert status(store, "p").up
-    store.record_failure("acme", "p", "timeout", duration=1.0)
+    assert not status(store, "p").up
+    # the new name is a label, not a key: writes under it reach nothing
+    store.record_success("acme", usage("p"), duration=1.0, now=200.0)
     assert not status(store, "p").up
     # its rank (second) is kept: it still loses to the first team, beats the last
     store.set_projects("last", [("q", "")])
-    assert store.set_projects("acme", [("p", ""), ("q", "")]).refused == []
+    assert store.set_projects("default", [("p", ""), ("q", "")]).refused == []
     assert store.set_projects("first", [("q", "")]).taken == ["q"]
 
 
@@ -566,7 +570,7 @@ def test_listeners_are_told_of_every_project_change_in_order() -> None:
     store.record_failure("t", "b", "timeout", duration=1.0)
     store.record_team_stalled("t")
     store.rename_team("t", "u")
-    store.set_projects("u", [("b", "")])
+    store.set_projects("t", [("b", "")])  # still the team's key
     assert recorder.calls == [
         ("projects", ("a", "b")),
         ("project", ("a",)),

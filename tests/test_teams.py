@@ -37,10 +37,6 @@ KEY_US = "key-us-0123456789abcdef"
 KEY_BR = "key-br-fedcba9876543210"
 
 
-def _record_on(box: list[Poller], endpoint: str, code: str) -> None:
-    box[0].record_request(endpoint, code)
-
-
 @pytest.fixture
 def two_teams() -> Iterator[FakeApi]:
     accounts = [
@@ -171,7 +167,6 @@ def pollers(
 ) -> dict[str, Poller]:
     made = {}
     for name, key in (("us", KEY_US), ("br", KEY_BR)):
-        box: list[Poller] = []
         budget = RequestBudget(rate, stop=stop)
         client = LatitudeClient(
             token=partial(SecretStr, key),
@@ -179,7 +174,7 @@ def pollers(
             api=api_settings(api.url, {"max_retries": 1, "max_retry_wait": max_retry_wait}),
             backoff_base=0.01,
             unauthorized_backoff=300,
-            on_request=partial(_record_on, box),
+            on_request=partial(store.record_request, name),
             stop=stop,
         )
         clients.append(client)
@@ -189,8 +184,8 @@ def pollers(
             team=name,
             interval=0.1,
             budget_seconds=budget.seconds_for,
+            requests_made=budget.grants,
         )
-        box.append(poller)
         made[name] = poller
     return made
 
