@@ -273,6 +273,7 @@ def test_a_paused_process_is_given_a_margin_before_anything_is_stalled(
 def test_the_watchdog_thread_outlives_a_failing_check(caplog: pytest.LogCaptureFixture) -> None:
     class Broken:
         team = "t"
+        key = "t"
 
         def effective_interval(self) -> float:
             raise RuntimeError("a bug")
