@@ -68,7 +68,7 @@ from benchmarks.measure import (
     median,
     status_kib,
 )
-from tests.fakeapi import SEQ, project_body
+from testing.largeapi import SEQ, project_body
 
 ALL_HOSTILE = (
     "gzip bomb, two layers",
@@ -872,8 +872,8 @@ def _post(api: str, data: dict[str, Any]) -> None:
 
 def hostile(bench: Bench, codes: Sequence[Code], report: Report) -> None:
     """Each hostile answer read once by the client, in a child under a memory limit."""
-    from exporter.demo import DemoAccount
-    from tests.fakeapi import HOSTILE, FakeApi, Fault, probe_script
+    from exporter.simulation import DemoAccount
+    from testing.fakeapi import HOSTILE, FakeApi, Fault, probe_script
 
     mode = bench.mode
     rows = []

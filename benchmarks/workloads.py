@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.fakeapi import PLANS, SEQ, LargeApi, LargeServer, project_body
+from testing.largeapi import PLANS, SEQ, LargeApi, LargeServer, project_body
 
 
 def _limits() -> Any:
@@ -124,10 +124,11 @@ def churn(cycles: int) -> None:
     from benchmarks.measure import rss_mib
     from exporter.client import LatitudeClient
     from exporter.config import ApiSettings
-    from exporter.demo import DemoAccount, DemoApi, DemoProduct, DemoProject, DemoServer
     from exporter.poller import Poller
     from exporter.ratelimit import RequestBudget
+    from exporter.simulation import DemoAccount, DemoProduct, DemoProject, DemoServer
     from exporter.store import SnapshotStore
+    from testing.fakeapi import FakeApi
 
     rng = random.Random(3)
 
@@ -157,7 +158,7 @@ def churn(cycles: int) -> None:
             team.append(DemoProject(f"proj_{p}", f"churn-{p}", f"Churn {p}", 1000, 0, lines))
         return DemoAccount(team)
 
-    api = DemoApi(account()).start()
+    api = FakeApi(account()).start()
     store = SnapshotStore()
     client = LatitudeClient(
         token=lambda: SecretStr("x"),

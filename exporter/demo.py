@@ -1,14 +1,10 @@
-"""A simulated Latitude.sh API behind `--demo`: two teams whose usage grows as you watch.
+"""The simulated Latitude.sh API behind `--demo`, over HTTP on 127.0.0.1.
 
-It serves `GET /billing/usage` and `GET /projects` on 127.0.0.1, one account per API
-key. The default: a team billed in USD (hourly metered servers tagged by role, a
-per-minute VM, a licence, object storage in two buckets and locations, per-1,000-call
-API usage, a percent and an amount discount; one project without a threshold, one
-crossing it within minutes, one running out of credit) and a team billed in BRL.
-Answers validate against the billing_usage schema of the newest official spec;
-`shape="old"` answers in the older one that live accounts may still return.
-
-Only the simulation lives here: the tests' fault injection subclasses `DemoHandler`.
+`respond` answers one request as the API would, from the accounts of `simulation.py`
+(one account per API key): `GET /billing/usage` and `GET /projects`, JSON:API errors
+for the rest. It is the public seam: `DemoApi` serves it, and so does any other server
+that wants the demo's answers (the tests' fault-injecting fake wraps it). Run on its
+own with `python -m exporter.demo`.
 """
 
 from __future__ import annotations
@@ -17,429 +13,21 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import signal
+import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from exporter.models import PROJECTS_ENDPOINT, USAGE_ENDPOINT
+from exporter.simulation import DEFAULT_SPEED, DEMO_TOKENS, DemoAccount, default_accounts
 
 log = logging.getLogger(__name__)
 
-HOUR = 3600.0
-DAY = 24 * HOUR
-PERIOD = 30 * DAY
-#: The demo starts this far into its billing period, so there is spend to look at.
-START_ELAPSED = 12 * DAY
-#: Simulated seconds per real second: one real minute is a simulated hour.
-DEFAULT_SPEED = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class DemoServer:
-    id: str
-    hostname: str
-    plan: str
-    tags: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class DemoBucket:
-    id: str
-    name: str
-    location: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class DemoProduct:
-    id: str
-    name: str
-    resource: str
-    unit: str  # hour, minute, quantity, GB
-    usage_type: str  # metered, licensed
-    unit_price: float  # cents
-    #: metered: units used per simulated hour, counted in hours (a server running all
-    #: the time is 1; a `minute` unit converts it); licensed: the fixed quantity
-    rate: float
-    servers: tuple[DemoServer, ...] = ()
-    bucket: DemoBucket | None = None
-    billing_unit_divisor: int | None = None
-    discounts: tuple[tuple[str, str, float], ...] = ()
-
-
-@dataclass(slots=True)
-class DemoProject:
-    id: str
-    slug: str
-    name: str
-    threshold: int | None
-    credit: int
-    products: list[DemoProduct]
-
-
-def default_projects() -> list[DemoProject]:
-    """The USD team: every kind of product line, every state a project can be in."""
-    web1 = DemoServer("sv_web01", "web-01", "c2-small-x86", ("web", "prod"))
-    web2 = DemoServer("sv_web02", "web-02", "c2-small-x86", ("web", "prod"))
-    gpu = DemoServer("sv_gpu01", "trainer-01", "g3-h100-large", ("ml", "prod"))
-    lake = DemoBucket("bkt_lake", "lake-raw", "SAO")
-    backups = DemoBucket("bkt_backups", "backups", "NYC")
-    return [
-        DemoProject(
-            "proj_demo_web",
-            "web-platform",
-            "Web Platform",
-            threshold=200_000,
-            credit=30_000,
-            products=[
-                DemoProduct(
-                    "si_bm_web",
-                    "c2.small.x86",
-                    "bare_metal",
-                    "hour",
-                    "metered",
-                    unit_price=30,
-                    rate=2,
-                    servers=(web1, web2),
-                    discounts=(("Monthly Discount - Accelerate", "percent", 10.0),),
-                ),
-                DemoProduct(
-                    "si_vm_ci",
-                    "vm.tiny",
-                    "virtual_machine",
-                    "minute",
-                    "metered",
-                    unit_price=0.1,
-                    rate=1,
-                    servers=(DemoServer("vm_ci01", "ci-runner", "vm-tiny", ("ci",)),),
-                ),
-                DemoProduct(
-                    "si_lic_win",
-                    "Windows Server license",
-                    "license",
-                    "quantity",
-                    "licensed",
-                    unit_price=2500,
-                    rate=2,
-                ),
-                DemoProduct(
-                    "si_eip", "Elastic IP", "elastic_ip", "hour", "metered", unit_price=0.5, rate=1
-                ),
-            ],
-        ),
-        DemoProject(
-            "proj_demo_gpu",
-            "ml-training",
-            "ML Training",
-            threshold=130_000,
-            credit=500_000,
-            products=[
-                DemoProduct(
-                    "si_gpu",
-                    "g3.h100.large",
-                    "bare_metal",
-                    "hour",
-                    "metered",
-                    unit_price=450,
-                    rate=1,
-                    servers=(gpu,),
-                    discounts=(("Startup program credit", "amount", 5000.0),),
-                ),
-            ],
-        ),
-        DemoProject(
-            "proj_demo_data",
-            "data-lake",
-            "Data Lake",
-            threshold=None,
-            credit=80_000,
-            products=[
-                DemoProduct(
-                    "si_obj",
-                    "Object storage",
-                    "object_storage",
-                    "GB",
-                    "metered",
-                    unit_price=2,
-                    rate=5,
-                    bucket=lake,
-                ),
-                DemoProduct(
-                    "si_obj_backup",
-                    "Object storage",
-                    "object_storage",
-                    "GB",
-                    "metered",
-                    unit_price=1,
-                    rate=3,
-                    bucket=backups,
-                ),
-                DemoProduct(
-                    "si_api_calls",
-                    "Storage API calls",
-                    "object_storage",
-                    "quantity",
-                    "metered",
-                    unit_price=1,
-                    rate=40_000,
-                    billing_unit_divisor=1000,
-                    bucket=lake,
-                ),
-            ],
-        ),
-        DemoProject(
-            "proj_demo_dev",
-            "dev-sandbox",
-            "Dev Sandbox",
-            threshold=50_000,
-            credit=12_000,
-            products=[
-                DemoProduct(
-                    "si_vm_dev",
-                    "vm.small",
-                    "virtual_machine",
-                    "hour",
-                    "metered",
-                    unit_price=4,
-                    rate=3,
-                    servers=(
-                        DemoServer("vm_dev01", "dev-01", "vm-small"),
-                        DemoServer("vm_dev02", "dev-02", "vm-small", ("dev",)),
-                        DemoServer("vm_dev03", "dev-03", "vm-small", ("dev",)),
-                    ),
-                ),
-            ],
-        ),
-    ]
-
-
-def brazil_projects() -> list[DemoProject]:
-    """The BRL team: a shop, so the currency label and variable are exercised for real."""
-    shop = DemoServer("sv_loja01", "loja-01", "c3-medium-x86", ("loja", "prod"))
-    return [
-        DemoProject(
-            "proj_demo_loja",
-            "loja-online",
-            "Loja Online",
-            threshold=900_000,
-            credit=150_000,
-            products=[
-                DemoProduct(
-                    "si_bm_loja",
-                    "c3.medium.x86",
-                    "bare_metal",
-                    "hour",
-                    "metered",
-                    unit_price=260,
-                    rate=1,
-                    servers=(shop,),
-                ),
-                DemoProduct(
-                    "si_eip_loja",
-                    "Elastic IP",
-                    "elastic_ip",
-                    "hour",
-                    "metered",
-                    unit_price=3,
-                    rate=2,
-                ),
-            ],
-        ),
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class DemoTeam:
-    slug: str
-    name: str
-    currency: str
-
-
-class DemoAccount:
-    """A simulated team: projects, the clock, and the usage they have run up."""
-
-    def __init__(
-        self,
-        projects: list[DemoProject] | None = None,
-        *,
-        speed: float = DEFAULT_SPEED,
-        shape: str = "new",
-        team: DemoTeam = DemoTeam("demo-us", "Demo US", "USD"),
-        token: str | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.projects = {
-            p.id: p for p in (projects if projects is not None else default_projects())
-        }
-        self.speed = speed
-        self.shape = shape
-        self.team = team
-        self.token = token
-        self._clock = clock
-        self._started = clock()
-
-    @property
-    def currency(self) -> str:
-        return self.team.currency
-
-    def period(self) -> tuple[float, float, float]:
-        """(period start, period end) as Unix times, and the simulated hours used so far.
-
-        The whole simulation runs `speed` times faster than the clock: a 30-day period
-        lasts 12 real hours at the default speed, so that its start, its end and the
-        spend between them stay consistent (projections, the share of the period gone).
-        """
-        now = self._clock()
-        into = (START_ELAPSED + (now - self._started) * self.speed) % PERIOD
-        start = now - into / self.speed
-        return start, start + PERIOD / self.speed, into / HOUR
-
-    def usage(
-        self,
-        project: DemoProject,
-        shape: str | None = None,
-        *,
-        plan: str | None = None,
-        products: Sequence[str] = (),
-    ) -> dict[str, Any]:
-        """The answer to `GET /billing/usage` for `project`, filtered as the spec says:
-        `plan` (`filter[plan]`, a plan name: a line of that product name or of a server
-        on that plan) and `products` (`filter[products][]`, product ids); the totals
-        are those of the lines kept."""
-        shape = shape or self.shape
-        start, end, hours = self.period()
-        lines = [
-            p
-            for p in project.products
-            if (not products or p.id in products)
-            and (plan is None or plan == p.name or plan in {s.plan for s in p.servers})
-        ]
-        answered = [_product(p, hours, start, shape) for p in lines]
-        price = sum(p["price"] for p in answered)
-        attributes: dict[str, Any] = {
-            "project": {"id": project.id, "slug": project.slug, "name": project.name},
-            "period": {"start": _iso(start), "end": _iso(end)},
-            "available_credit_balance": math.floor(project.credit - price),
-            "price": round(price, 2),
-            "threshold": project.threshold,
-            "products": answered,
-        }
-        # Both shapes: the 2025-10-13 spec's example and today's documentation show a
-        # top-level `amount` beside the older schema too.
-        attributes["amount"] = round(price, 2)
-        return {"data": {"id": "", "type": "billing_usage", "attributes": attributes}, "meta": {}}
-
-    def project_resources(self) -> list[dict[str, Any]]:
-        team = self.team
-        return [
-            {
-                "id": p.id,
-                "type": "projects",
-                "attributes": {
-                    "name": p.name,
-                    "slug": p.slug,
-                    "description": None,
-                    "billing_type": "Hourly",
-                    "provisioning_type": "on_demand",
-                    "team": {
-                        "id": f"team_{team.slug}",
-                        "name": team.name,
-                        "slug": team.slug,
-                        "currency": {
-                            "id": f"cur_{team.currency.lower()}",
-                            "code": team.currency,
-                            "name": team.currency,
-                            "currency_id": None,
-                        },
-                    },
-                },
-            }
-            for p in self.projects.values()
-        ]
-
-
-def default_accounts(**kwargs: Any) -> list[DemoAccount]:
-    """The two demo teams, each behind its own key."""
-    return [
-        DemoAccount(token=DEMO_TOKENS[0], **kwargs),
-        DemoAccount(
-            brazil_projects(),
-            team=DemoTeam("demo-br", "Demo Brasil", "BRL"),
-            token=DEMO_TOKENS[1],
-            **kwargs,
-        ),
-    ]
-
-
-DEMO_TOKENS = ("demo-key-us", "demo-key-br")
-
-
-def _product(product: DemoProduct, hours: float, start: float, shape: str) -> dict[str, Any]:
-    if product.usage_type == "licensed":
-        quantity = product.rate
-    else:
-        quantity = product.rate * hours * (60 if product.unit == "minute" else 1)
-        quantity = round(quantity, 3)
-    billable = quantity / (product.billing_unit_divisor or 1)
-    gross = round(billable * product.unit_price)
-    price = float(gross)
-    discounts = []
-    for description, kind, value in product.discounts:
-        price -= gross * value / 100 if kind == "percent" else value
-        discounts.append({"description": description, "type": kind, "value": value})
-    price = round(max(price, 0.0), 2)
-    out: dict[str, Any] = {
-        "id": product.id,
-        "resource": product.resource,
-        "name": product.name,
-        "description": product.name,
-        "proration": product.usage_type == "metered",
-        "discounts": discounts,
-        "discountable": bool(discounts),
-        "amount_without_discount": gross,
-        "start": _iso(start),
-        "end": None,
-        "unit": product.unit,
-        "unit_price": product.unit_price,
-        "usage_type": product.usage_type,
-        "quantity": quantity,
-        "price": price,
-    }
-    servers = [
-        {"id": s.id, "hostname": s.hostname, "plan": s.plan, "tags": list(s.tags)}
-        for s in product.servers
-    ]
-    bucket = product.bucket
-    if shape == "new":
-        out["amount"] = price
-        out["unit_amount"] = product.unit_price
-        metadata: dict[str, Any] = {"servers": servers}
-        if bucket is not None:
-            metadata["bucket"] = {"id": bucket.id, "name": bucket.name, "location": bucket.location}
-        if product.billing_unit_divisor:
-            metadata["billing_unit_divisor"] = product.billing_unit_divisor
-        out["metadata"] = metadata
-    else:
-        if out["unit"] == "GB":
-            out["unit"] = "quantity"  # the older enum had no GB
-        first = servers[0] if servers else None
-        out["metadata"] = {
-            "id": first["id"] if first else (bucket.id if bucket else None),
-            "hostname": first["hostname"] if first else None,
-            "plan": first["plan"] if first else None,
-            "tags": first["tags"] if first else [],
-        }
-    return out
-
-
-def _iso(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+__all__ = ["DEMO_TOKENS", "Answer", "DemoApi", "error_body", "main", "respond"]
 
 
 def error_body(status: int, title: str, detail: str, meta: dict[str, Any] | None = None) -> str:
@@ -466,57 +54,39 @@ class Answer:
     content_type: str = "application/vnd.api+json"
 
 
-class DemoHandler(BaseHTTPRequestHandler):
-    """Answers as the API would; subclasses (the tests' fake) may misbehave instead."""
-
-    server: DemoHTTPServer
-    protocol_version = "HTTP/1.1"
-    server_version = "latitude-demo/1"
-    # Headers and body go out in two writes on a kept-alive connection: with Nagle's
-    # algorithm the second waits for the client's delayed ACK, ~40 ms a request.
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("demo api request", extra={"request": format % args})
-
-    @property
-    def api(self) -> DemoApi:
-        return self.server.api
-
-    def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        self.send(self.answer(url.path, parse_qs(url.query)))
-
-    def answer(self, path: str, query: dict[str, list[str]]) -> Answer:
-        if path not in (USAGE_ENDPOINT, PROJECTS_ENDPOINT):
-            return Answer(404, error_body(404, "Not Found", "no such route"))
-        account = self.api.account_for(self.headers.get("Authorization"))
-        if account is None:
-            return Answer(401, error_body(401, "Unauthorized", "invalid or missing API key"))
-        if path == PROJECTS_ENDPOINT:
-            return _projects_page(account, query)
-        project = account.projects.get(query.get("filter[project]", [""])[0])
-        if project is None:
-            return Answer(404, error_body(404, "Not Found", "Specified Record Not Found"))
-        plan = query.get("filter[plan]", [None])[0]
-        wanted = tuple(query.get("filter[products][]", []))
-        return Answer(200, json.dumps(account.usage(project, plan=plan, products=wanted)))
-
-    def send(self, answer: Answer) -> None:
-        data = answer.body.encode()
-        self.send_response(answer.status)
-        self.send_header("Content-Type", answer.content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in answer.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        try:
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+def respond(
+    accounts: Sequence[DemoAccount],
+    path: str,
+    query: Mapping[str, Sequence[str]],
+    key: str | None,
+) -> Answer:
+    """The answer the API would give to `GET path?query` with API key `key`."""
+    if path not in (USAGE_ENDPOINT, PROJECTS_ENDPOINT):
+        return Answer(404, error_body(404, "Not Found", "no such route"))
+    account = account_for(accounts, key)
+    if account is None:
+        return Answer(401, error_body(401, "Unauthorized", "invalid or missing API key"))
+    if path == PROJECTS_ENDPOINT:
+        return _projects_page(account, query)
+    project = account.projects.get((query.get("filter[project]") or [""])[0])
+    if project is None:
+        return Answer(404, error_body(404, "Not Found", "Specified Record Not Found"))
+    plans = query.get("filter[plan]")
+    plan = plans[0] if plans else None
+    wanted = tuple(query.get("filter[products][]", []))
+    return Answer(200, json.dumps(account.usage(project, plan=plan, products=wanted)))
 
 
-def _projects_page(account: DemoAccount, query: dict[str, list[str]]) -> Answer:
+def account_for(accounts: Sequence[DemoAccount], key: str | None) -> DemoAccount | None:
+    """The account a key opens: one whose `token` it is, or one without a token (which
+    answers any key; there should then be only one)."""
+    for account in accounts:
+        if account.token is None or account.token == key:
+            return account
+    return None
+
+
+def _projects_page(account: DemoAccount, query: Mapping[str, Sequence[str]]) -> Answer:
     try:
         size = int((query.get("page[size]") or ["20"])[0])
         number = int((query.get("page[number]") or ["1"])[0])
@@ -527,12 +97,48 @@ def _projects_page(account: DemoAccount, query: dict[str, list[str]]) -> Answer:
     return Answer(200, json.dumps({"data": page, "meta": {}}))
 
 
-class DemoHTTPServer(ThreadingHTTPServer):
+class _Handler(BaseHTTPRequestHandler):
+    """`respond`, over HTTP/1.1."""
+
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "latitude-demo/1"
+    # Headers and body go out in two writes on a kept-alive connection: with Nagle's
+    # algorithm the second waits for the client's delayed ACK, ~40 ms a request.
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("demo api request", extra={"request": format % args})
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        answer = respond(
+            self.server.accounts, url.path, parse_qs(url.query), self.headers.get("Authorization")
+        )
+        send(self, answer)
+
+
+def send(handler: BaseHTTPRequestHandler, answer: Answer) -> None:
+    """Write `answer` as the API would: JSON:API content type, a length, its headers."""
+    data = answer.body.encode()
+    handler.send_response(answer.status)
+    handler.send_header("Content-Type", answer.content_type)
+    handler.send_header("Content-Length", str(len(data)))
+    for name, value in answer.headers.items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    try:
+        handler.wfile.write(data)
+    except (BrokenPipeError, ConnectionResetError):
+        handler.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type[DemoHandler], api: DemoApi) -> None:
-        super().__init__(address, handler)
-        self.api = api
+    def __init__(self, address: tuple[str, int], accounts: list[DemoAccount]) -> None:
+        super().__init__(address, _Handler)
+        self.accounts = accounts
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver prints a traceback for a client that hung up mid-answer.
@@ -540,10 +146,11 @@ class DemoHTTPServer(ThreadingHTTPServer):
 
 
 class DemoApi:
-    """The HTTP server around one or more `DemoAccount`s, on a free local port.
+    """`respond` served for one or more `DemoAccount`s, on a free local port.
 
-    An account with a `token` answers only that key; an account without one answers
-    any key (there should then be only one).
+    Parameters:
+        accounts: the simulated accounts (default: `default_accounts()`).
+        host, port: where to listen (port 0: a free one, read back from `url`).
     """
 
     def __init__(
@@ -552,33 +159,17 @@ class DemoApi:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        handler: type[DemoHandler] = DemoHandler,
     ) -> None:
         if accounts is None:
             accounts = default_accounts()
         self.accounts = [accounts] if isinstance(accounts, DemoAccount) else list(accounts)
-        self._server = DemoHTTPServer((host, port), handler, self)
+        self._server = _Server((host, port), self.accounts)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},
             name="demo-api",
             daemon=True,
         )
-
-    @property
-    def account(self) -> DemoAccount:
-        """The first account: the only one in most tests."""
-        return self.accounts[0]
-
-    @account.setter
-    def account(self, account: DemoAccount) -> None:
-        self.accounts[0] = account
-
-    def account_for(self, key: str | None) -> DemoAccount | None:
-        for account in self.accounts:
-            if account.token is None or account.token == key:
-                return account
-        return None
 
     @property
     def url(self) -> str:
@@ -602,17 +193,40 @@ class DemoApi:
 def main(argv: list[str] | None = None) -> int:
     """Run the simulated API on its own (for experiments and the compose stack)."""
     parser = argparse.ArgumentParser(
-        prog="python -m exporter.demo", description="A simulated Latitude.sh API."
+        prog="python -m exporter.demo",
+        description="A simulated Latitude.sh API: two teams whose usage grows as you watch. "
+        f"Their API keys: {' and '.join(DEMO_TOKENS)}. Prints its URL, then serves until "
+        "SIGTERM or Ctrl-C.",
+        epilog="Then, in another shell: LATITUDESH_EXPORTER_API__BASE_URL=URL "
+        f"LATITUDESH_AUTH_TOKEN={DEMO_TOKENS[0]} latitudesh-exporter --once",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--speed", type=float, default=DEFAULT_SPEED)
-    parser.add_argument("--shape", choices=("new", "old"), default="new")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=DEFAULT_SPEED,
+        help=f"simulated seconds per real second (default {DEFAULT_SPEED:g}: a real "
+        "minute is a simulated hour)",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=("new", "old"),
+        default="new",
+        help="answer in the newest billing_usage shape, or the older one live accounts "
+        "may still return",
+    )
     args = parser.parse_args(argv)
     api = DemoApi(
         default_accounts(speed=args.speed, shape=args.shape), host=args.host, port=args.port
     ).start()
     print(api.url, flush=True)
+    print(
+        f"keys: {', '.join(DEMO_TOKENS)}; try: LATITUDESH_EXPORTER_API__BASE_URL={api.url} "
+        f"LATITUDESH_AUTH_TOKEN={DEMO_TOKENS[0]} latitudesh-exporter --once",
+        file=sys.stderr,
+        flush=True,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with contextlib.suppress(KeyboardInterrupt):

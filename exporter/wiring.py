@@ -36,13 +36,14 @@ from exporter.config import (
     load_settings,
     resolve_teams,
 )
-from exporter.demo import DEMO_TOKENS, DemoApi, default_accounts
+from exporter.demo import DemoApi
 from exporter.exposition import Exposition
 from exporter.httpserver import HttpServer
 from exporter.logs import Redactor
 from exporter.poller import Poller, Target
 from exporter.ratelimit import RequestBudget
 from exporter.schedule import Schedule
+from exporter.simulation import DEMO_TOKENS, default_accounts
 from exporter.store import SnapshotStore
 from exporter.usage import Limits
 from exporter.watchdog import Team as WatchedTeam

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -32,18 +31,19 @@ from exporter import __version__
 from exporter.client import LatitudeClient
 from exporter.collector import ProjectCollector, TeamCollector
 from exporter.config import ApiSettings, Settings
-from exporter.demo import DemoAccount
 from exporter.exposition import Exposition
 from exporter.httpserver import HttpServer
 from exporter.models import BillingUsageDocument, parse_document
 from exporter.poller import Poller, UsageSource
 from exporter.ratelimit import RequestBudget
+from exporter.simulation import DemoAccount
 from exporter.snapshot import UsageSnapshot
 from exporter.store import SnapshotStore
 from exporter.usage import Limits, build_usage
 from exporter.web import WebApp
 from exporter.webconfig import WebSettings
-from tests.fakeapi import FakeApi
+from testing.fakeapi import FakeApi
+from testing.waits import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -79,18 +79,6 @@ settings.load_profile("default")
 
 def load_fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, message: str = "") -> Any:
-    """Poll `condition` until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message or condition}")
-        time.sleep(0.02)
 
 
 def require_binary(name: str) -> str:

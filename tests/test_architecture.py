@@ -4,11 +4,13 @@ imports only flow the way its "may import" column says."""
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 from pathlib import Path
 
 import pytest
 
+from exporter.demo import DemoApi
 from tests.conftest import ROOT
 
 PACKAGE = ROOT / "exporter"
@@ -157,6 +159,7 @@ def test_nothing_in_the_repository_reads_outside_it() -> None:
     for path in [
         *ROOT.glob("exporter/*.py"),
         *ROOT.glob("tests/*.py"),
+        *ROOT.glob("testing/*.py"),
         *ROOT.glob("benchmarks/*.py"),
         ROOT / "Makefile",
         ROOT / ".ci" / "run",
@@ -165,3 +168,25 @@ def test_nothing_in_the_repository_reads_outside_it() -> None:
             continue
         text = path.read_text()
         assert not any(marker in text for marker in outside), path
+
+
+def test_the_package_ships_no_test_scaffolding() -> None:
+    """The fakes live in `testing/` and wrap the demo's public `respond`; nothing in the
+    package exists for the tests alone, and the benchmarks import nothing from tests/."""
+    demo = (PACKAGE / "demo.py").read_text()
+    assert "def respond(" in demo and ".setter" not in demo
+    assert list(inspect.signature(DemoApi).parameters) == ["accounts", "host", "port"]
+    for path in ROOT.glob("benchmarks/*.py"):
+        assert not any(n == "tests" or n.startswith("tests.") for n in imports_of(path)), path
+    fakes = ROOT / "testing" / "fakeapi.py"
+    assert "respond" in imports_of_names(fakes) and "DemoHandler" not in fakes.read_text()
+
+
+def imports_of_names(path: Path) -> set[str]:
+    """The names a module imports from others (`from x import a, b`: a, b)."""
+    return {
+        alias.name
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }

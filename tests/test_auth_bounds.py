@@ -27,13 +27,13 @@ import yaml
 from exporter.httpserver import HttpServer
 from exporter.web import CHECK_BURST, CHECK_QUEUE, CHECK_WORKERS, CHECKS_PER_SECOND, WebApp
 from exporter.webconfig import WebSettings
+from testing.waits import wait_for
 from tests.conftest import (
     ExporterProcess,
     exposition_of,
     golden_store,
     http_get,
     serving,
-    wait_for,
 )
 
 PASSWORD = "right horse battery"

@@ -15,7 +15,10 @@ import trustme
 import yaml
 
 from exporter import __version__
-from exporter.demo import DemoAccount, DemoApi
+from exporter.demo import DemoApi
+from exporter.simulation import DemoAccount
+from testing.fakeapi import FakeApi, Fault
+from testing.waits import wait_for
 from tests.conftest import (
     DEMO_PROJECTS,
     TOKEN,
@@ -26,9 +29,7 @@ from tests.conftest import (
     require_binary,
     run_cli,
     sample,
-    wait_for,
 )
-from tests.fakeapi import FakeApi, Fault
 
 
 def test_version() -> None:

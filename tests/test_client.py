@@ -27,8 +27,8 @@ from exporter.client import (
 from exporter.config import ApiSettings
 from exporter.models import MAX_PRODUCTS_PER_ANSWER, PROJECTS_PAGE_SIZE
 from exporter.ratelimit import RequestBudget
+from testing.fakeapi import FakeApi, Fault
 from tests.conftest import TOKEN, frozen_account, load_fixture
-from tests.fakeapi import FakeApi, Fault
 from tests.transports import StreamingTransport
 
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -28,6 +28,8 @@ import pytest
 import yaml
 
 from exporter import __version__
+from testing.fakeapi import FakeApi
+from testing.waits import wait_for
 from tests.conftest import (
     DEMO_PROJECTS,
     ROOT,
@@ -38,9 +40,7 @@ from tests.conftest import (
     parse_samples,
     require_binary,
     sample,
-    wait_for,
 )
-from tests.fakeapi import FakeApi
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

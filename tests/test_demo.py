@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 
-from exporter.demo import DEMO_TOKENS, DemoAccount, DemoApi, default_accounts
-from tests.conftest import TOKEN, http_get, load_fixture
+from exporter.demo import DemoApi
+from exporter.simulation import DEMO_TOKENS, DemoAccount, default_accounts
+from tests.conftest import ROOT, TOKEN, http_get, load_fixture
 from tests.spec import billing_validator, errors_of, projects_validator
 from tests.spec import copy as spec_copy
 
@@ -187,3 +190,21 @@ def test_the_demo_filters_by_plan_and_products_as_the_spec_says() -> None:
         assert kept == ["si_bm_web"] and 0 < price < total
         assert lines("&filter[plan]=c2-small-x86")[0] == ["si_bm_web"]  # a server's plan
         assert lines("&filter[plan]=nope") == ([], 0)
+
+
+def test_the_standalone_demo_says_its_keys_and_the_next_command() -> None:
+    """Before: its keys were only in the source, and its --help had no descriptions."""
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter.demo", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert all(token in result.stdout for token in DEMO_TOKENS)
+    assert "LATITUDESH_AUTH_TOKEN=demo-key-us latitudesh-exporter --once" in result.stdout
+    for flag in ("--speed", "--shape", "--port"):
+        line = next(line for line in result.stdout.splitlines() if line.strip().startswith(flag))
+        assert len(line.split()) > 2, flag  # the flag, its value, then words saying what
+    readme = (ROOT / "README.md").read_text()
+    assert "LATITUDESH_AUTH_TOKEN=demo-key-us latitudesh-exporter --once" in readme
+    assert all(token in readme for token in DEMO_TOKENS)

@@ -26,16 +26,16 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.demo import DemoAccount, DemoTeam, brazil_projects
+from exporter.simulation import DemoAccount, DemoTeam, brazil_projects
+from testing.fakeapi import FakeApi, Fault
+from testing.waits import wait_for
 from tests.conftest import (
     ROOT,
     ExporterProcess,
     free_port,
     http_get,
     require_binary,
-    wait_for,
 )
-from tests.fakeapi import FakeApi, Fault
 
 KEY_US = "e2e-key-us-0123456789"
 KEY_BR = "e2e-key-br-9876543210"

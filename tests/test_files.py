@@ -13,6 +13,8 @@ import pytest
 
 from exporter import files
 from exporter.files import FileUnreadable, read_file
+from testing.fakeapi import FakeApi
+from testing.waits import wait_for
 from tests.conftest import (
     TOKEN,
     ExporterProcess,
@@ -20,9 +22,7 @@ from tests.conftest import (
     http_get,
     parse_samples,
     sample,
-    wait_for,
 )
-from tests.fakeapi import FakeApi
 
 
 def test_a_regular_file_is_read_up_to_one_byte_past_the_limit(tmp_path: Path) -> None:

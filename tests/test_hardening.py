@@ -16,12 +16,14 @@ import pytest
 
 from exporter import errors
 from exporter.config import DEFAULT_TEAM
-from exporter.demo import DemoAccount, DemoProduct, DemoProject, DemoServer
 from exporter.errors import POLL_ERROR_REASONS
 from exporter.httpserver import HttpServer
 from exporter.poller import Poller
+from exporter.simulation import DemoAccount, DemoProduct, DemoProject, DemoServer
 from exporter.snapshot import OTHER
 from exporter.store import SnapshotStore
+from testing.fakeapi import CHAOS, HOSTILE, FakeApi, Fault, probe_script
+from testing.waits import wait_for
 from tests.conftest import (
     TOKEN,
     ExporterProcess,
@@ -33,9 +35,7 @@ from tests.conftest import (
     run_bounded,
     sample,
     serving,
-    wait_for,
 )
-from tests.fakeapi import CHAOS, HOSTILE, FakeApi, Fault, probe_script
 
 PROJECTS = ["proj_demo_web", "proj_demo_gpu", "proj_demo_data", "proj_demo_dev"]
 

@@ -28,6 +28,7 @@ from exporter.httpserver import REFUSAL_DELAY, HttpServer, _Connection
 from exporter.store import SnapshotStore
 from exporter.web import WebApp
 from exporter.webconfig import WebSettings, load_web_config
+from testing.waits import wait_for
 from tests.conftest import (
     ExporterProcess,
     exposition_of,
@@ -39,7 +40,6 @@ from tests.conftest import (
     sample,
     serving,
     store_with,
-    wait_for,
 )
 
 FAST = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4))

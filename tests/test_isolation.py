@@ -17,7 +17,8 @@ import yaml
 
 from exporter.daemon import Reloader
 from exporter.signals import Inbox
-from tests.conftest import ExporterProcess, wait_for
+from testing.waits import wait_for
+from tests.conftest import ExporterProcess
 
 PASSWORD = "scrape-password"
 HASHED = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()

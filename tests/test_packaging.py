@@ -78,7 +78,7 @@ def test_the_sdist_builds_the_package_without_the_test_suite(dist: Path) -> None
     with tarfile.open(sdist) as archive:
         names = archive.getnames()
     assert any(n.endswith("exporter/cli.py") for n in names)
-    assert not any("/tests/" in n or "/benchmarks/" in n for n in names)
+    assert not any("/tests/" in n or "/benchmarks/" in n or "/testing/" in n for n in names)
 
 
 def test_make_run_installs_the_locked_runtime_set_only(tmp_path: Path) -> None:

@@ -20,8 +20,9 @@ from exporter.poller import Poller, Target
 from exporter.ratelimit import RequestBudget
 from exporter.snapshot import ProjectStatus, StoreView, TeamStatus
 from exporter.store import SnapshotStore
-from tests.conftest import FIXED_NOW, new_poller, wait_for
-from tests.fakeapi import FakeApi, Fault
+from testing.fakeapi import FakeApi, Fault
+from testing.waits import wait_for
+from tests.conftest import FIXED_NOW, new_poller
 
 DEMO_IDS = ["proj_demo_web", "proj_demo_gpu", "proj_demo_data", "proj_demo_dev"]
 MakeClient = Callable[..., LatitudeClient]

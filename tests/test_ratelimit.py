@@ -12,7 +12,7 @@ from benchmarks.measure import busiest_window
 from exporter.client import LatitudeClient
 from exporter.errors import Cancelled
 from exporter.ratelimit import RequestBudget
-from tests.fakeapi import FakeApi
+from testing.fakeapi import FakeApi
 
 
 class FakeClock:

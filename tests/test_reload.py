@@ -17,6 +17,8 @@ import yaml
 
 from exporter.daemon import protection_removed
 from exporter.webconfig import WebConfigError, WebSettings, load_web_config
+from testing.fakeapi import FakeApi
+from testing.waits import wait_for
 from tests.conftest import (
     ExporterProcess,
     api_env,
@@ -24,9 +26,7 @@ from tests.conftest import (
     parse_samples,
     run_cli,
     sample,
-    wait_for,
 )
-from tests.fakeapi import FakeApi
 
 PASSWORD = "s3cret-password"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()

@@ -15,7 +15,8 @@ from exporter.schedule import Schedule
 from exporter.snapshot import ProjectStatus
 from exporter.store import SnapshotStore
 from exporter.watchdog import PAUSE_SECONDS, Team, Watchdog
-from tests.conftest import usage_of, wait_for
+from testing.waits import wait_for
+from tests.conftest import usage_of
 
 
 class Clock:

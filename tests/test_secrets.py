@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from exporter.config import TokenSource
+from testing.fakeapi import CHAOS, FakeApi, Fault
+from testing.waits import wait_for
 from tests.conftest import (
     TOKEN,
     ExporterProcess,
@@ -14,9 +16,7 @@ from tests.conftest import (
     frozen_account,
     http_get,
     run_cli,
-    wait_for,
 )
-from tests.fakeapi import CHAOS, FakeApi, Fault
 
 
 def test_debug_run_through_every_fault_never_prints_the_token(tmp_path: Path) -> None:

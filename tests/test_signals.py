@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from exporter.signals import Inbox
-from tests.conftest import ExporterProcess, wait_for
+from testing.waits import wait_for
+from tests.conftest import ExporterProcess
 
 
 @pytest.fixture

@@ -27,15 +27,15 @@ import pytest
 
 from exporter.httpserver import HttpServer
 from exporter.store import SnapshotStore
+from testing.largeapi import LargeApi, large_api
+from testing.waits import wait_for
 from tests.conftest import (
     ExporterProcess,
     http_get,
     load_fixture,
     serving,
     store_with,
-    wait_for,
 )
-from tests.fakeapi import LargeApi, large_api
 
 PROJECTS = 400
 PRODUCTS = 50

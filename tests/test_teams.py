@@ -14,11 +14,13 @@ import pytest
 from pydantic import SecretStr
 
 from exporter.client import LatitudeClient
-from exporter.demo import DemoAccount, DemoTeam, brazil_projects
 from exporter.poller import Poller
 from exporter.ratelimit import RequestBudget
 from exporter.schedule import Schedule
+from exporter.simulation import DemoAccount, DemoTeam, brazil_projects
 from exporter.store import SnapshotStore
+from testing.fakeapi import FakeApi, Fault
+from testing.waits import wait_for
 from tests.conftest import (
     FIXED_NOW,
     ExporterProcess,
@@ -29,9 +31,7 @@ from tests.conftest import (
     run_cli,
     sample,
     serving,
-    wait_for,
 )
-from tests.fakeapi import FakeApi, Fault
 
 KEY_US = "key-us-0123456789abcdef"
 KEY_BR = "key-br-fedcba9876543210"

@@ -22,10 +22,12 @@ import pytest
 import yaml
 
 from exporter.client import LatitudeClient
-from exporter.demo import DemoAccount, DemoTeam, default_projects
 from exporter.schedule import Schedule
+from exporter.simulation import DemoAccount, DemoTeam, default_projects
 from exporter.store import SnapshotStore
 from exporter.watchdog import Team, Watchdog
+from testing.fakeapi import FakeApi, Fault, RequestRecord
+from testing.waits import wait_for
 from tests.conftest import (
     FIXED_NOW,
     IN_CI,
@@ -35,9 +37,7 @@ from tests.conftest import (
     new_poller,
     require_binary,
     sample,
-    wait_for,
 )
-from tests.fakeapi import FakeApi, Fault, RequestRecord
 
 TEAMS = 30  # three times APScheduler's ten default workers
 SLOW = 10

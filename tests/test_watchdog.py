@@ -34,7 +34,8 @@ from exporter.schedule import Schedule
 from exporter.snapshot import ProjectStatus
 from exporter.store import SnapshotStore
 from exporter.watchdog import Team, Watchdog
-from tests.conftest import new_poller, wait_for
+from testing.waits import wait_for
+from tests.conftest import new_poller
 
 TEAM = "t"
 #: The hostile round's account: 40 projects behind a key of 120 requests a minute.

@@ -1,10 +1,11 @@
-"""The tests' fake Latitude.sh API: the demo's simulated accounts, plus scripted faults.
+"""A fake Latitude.sh API for the tests and the benchmarks: the demo's answers, plus faults.
 
-`FakeApi` is the demo API over real sockets with a request log and faults injected per
-project (or for any request): status codes with JSON:API error bodies, 429 waits in the
-body and/or `Retry-After`, slow and trickling answers, connection resets, truncated,
-non-JSON and hostile bodies (compression bombs, millions of tiny products, endless
-pages, deep nesting, unencodable strings), schema drift and both response shapes.
+`FakeApi` serves `exporter.demo.respond` (the demo's public seam) over real sockets,
+with a request log and faults injected per project (or for any request): status codes
+with JSON:API error bodies, 429 waits in the body and/or `Retry-After`, slow and
+trickling answers, connection resets, truncated, non-JSON and hostile bodies
+(compression bombs, millions of tiny products, endless pages, deep nesting,
+unencodable strings), schema drift and both response shapes.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
-from exporter.demo import Answer, DemoAccount, DemoApi, DemoHandler, error_body
+from exporter.demo import Answer, error_body, respond, send
+from exporter.simulation import DemoAccount, default_accounts
 
 TITLES = {
     401: "Unauthorized",
@@ -81,18 +82,27 @@ class RequestRecord:
     key: str | None
 
 
-class FaultyHandler(DemoHandler):
-    server: Any
+class _FaultyHandler(BaseHTTPRequestHandler):
+    """The demo's answers over HTTP/1.1, with the fault scripted for each request."""
+
+    server: _FakeServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
     @property
     def fake(self) -> FakeApi:
-        api = self.server.api
-        assert isinstance(api, FakeApi)
-        return api
+        return self.server.fake
+
+    def answer(self, path: str, query: dict[str, list[str]]) -> Answer:
+        return respond(self.fake.accounts, path, query, self.headers.get("Authorization"))
+
+    def send(self, answer: Answer) -> None:
+        send(self, answer)
 
     def do_GET(self) -> None:
-        from urllib.parse import parse_qs, urlsplit
-
         fake = self.fake
         with fake.lock:
             fake.arrivals += 1
@@ -302,13 +312,35 @@ def _distort(
     return Answer(200, json.dumps(document))
 
 
-class FakeApi(DemoApi):
-    """The demo API with a request log and scripted faults."""
+class _FakeServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], fake: FakeApi) -> None:
+        super().__init__(address, _FaultyHandler)
+        self.fake = fake
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hung up mid-answer: routine here
+
+
+class FakeApi:
+    """The demo's accounts over real sockets, with a request log and scripted faults.
+
+    Parameters:
+        accounts: the simulated accounts (default: the demo's two teams).
+        host, port: where to listen (port 0: a free one, read back from `url`).
+    """
 
     def __init__(
-        self, accounts: Sequence[DemoAccount] | DemoAccount | None = None, **kwargs: Any
+        self,
+        accounts: Sequence[DemoAccount] | DemoAccount | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
-        super().__init__(accounts, handler=FaultyHandler, **kwargs)
+        if accounts is None:
+            accounts = default_accounts()
+        self.accounts = [accounts] if isinstance(accounts, DemoAccount) else list(accounts)
         self.lock = threading.Lock()
         self._faults: dict[str, deque[_Scripted]] = {}
         #: The latest requests; bounded so that a long run can't leak.
@@ -316,10 +348,42 @@ class FakeApi(DemoApi):
         #: Requests received, counted before any fault delays or drops them.
         self.arrivals = 0
         self.stopping = threading.Event()
+        self._server = _FakeServer((host, port), self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="fake-api",
+            daemon=True,
+        )
+
+    @property
+    def account(self) -> DemoAccount:
+        """The first account: the only one in most tests."""
+        return self.accounts[0]
+
+    @account.setter
+    def account(self, account: DemoAccount) -> None:
+        """Serve another account from now on (churn tests)."""
+        self.accounts[0] = account
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
 
     def stop(self) -> None:
         self.stopping.set()
-        super().stop()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def inject(
         self,
@@ -487,217 +551,3 @@ status = Path("/proc/self/status").read_text()  # ru_maxrss counts the forking p
 print("PEAK", int(status.split("VmHWM:")[1].split()[0]) // 1024)
 print("SECONDS", round(time.monotonic() - started, 2))
 """
-
-
-# --- a large account, fast --------------------------------------------------------
-
-PLANS = ("c2-small-x86", "c3-medium-x86", "g3-h100-large", "m4-metal-large")
-RESOURCES = ("bare_metal", "virtual_machine", "object_storage", "elastic_ip")
-SEQ = b"424242424242"  # replaced by each answer's sequence number (same width)
-
-
-def project_body(team: int, index: int, products: int) -> bytes:
-    """One project's billing answer, with SEQ where the figures change per poll."""
-    project_id = f"proj_b{team:02d}_{index:05d}"
-    lines = []
-    for i in range(products):
-        plan = PLANS[i % len(PLANS)]
-        lines.append(
-            {
-                "id": f"si_{index:05d}_{i:03d}",
-                "resource": RESOURCES[i % len(RESOURCES)],
-                "name": f"{plan} #{i}",
-                "description": f"{plan} server",
-                "proration": True,
-                "discounts": (
-                    [{"description": "Monthly Discount", "type": "percent", "value": 5}]
-                    if i % 10 == 0
-                    else []
-                ),
-                "discountable": i % 10 == 0,
-                "amount_without_discount": 1000 + i,
-                "start": "2026-11-01T00:00:00+00:00",
-                "end": None,
-                "unit": "hour",
-                "unit_amount": 20,
-                "unit_price": 20,
-                "usage_type": "metered",
-                "quantity": 720 + i,
-                "amount": 1000 + i,
-                "price": 1000 + i,
-                "metadata": {
-                    "servers": [
-                        {
-                            "id": f"sv_{index}_{i}",
-                            "hostname": f"host-{index}-{i}",
-                            "plan": plan,
-                            "tags": ["web", f"team-{i % 5}"],
-                        }
-                    ]
-                },
-            }
-        )
-    document = {
-        "data": {
-            "id": "",
-            "type": "billing_usage",
-            "attributes": {
-                "project": {
-                    "id": project_id,
-                    "slug": f"bench-{team}-{index}",
-                    "name": f"Bench {team}.{index}",
-                },
-                "period": {
-                    "start": "2026-11-01T00:00:00+00:00",
-                    "end": "2026-12-01T00:00:00+00:00",
-                },
-                "available_credit_balance": 500_000,
-                "amount": 0,
-                "threshold": 10_000_000,
-                "products": lines,
-                "price": 0,
-            },
-        },
-        "meta": {},
-    }
-    text = json.dumps(document).encode()
-    # the project's price and its first product's quantity move with every poll
-    text = text.replace(b'"amount": 0, "threshold"', b'"amount": 1, "threshold"')
-    text = text.replace(b'"price": 0}', b'"price": ' + SEQ + b"}")
-    return text.replace(b'"quantity": 720,', b'"quantity": ' + SEQ + b",", 1)
-
-
-class LargeApi:
-    """A large account, fast: prebuilt answers of `projects` x `products` for each of
-    `teams` keys (`bench-0`, ...), the log of what was served when, and controls
-    (`POST {"storm": [keys]}` answers those keys 429; `{"latency": s}`) for the
-    benchmarks, which run it in a process of its own."""
-
-    def __init__(self, projects: int, products: int, latency: float, teams: int) -> None:
-        self.latency = latency
-        self.keys = {f"bench-{t}": t for t in range(teams)}
-        self.ids = {t: [f"proj_b{t:02d}_{i:05d}" for i in range(projects)] for t in range(teams)}
-        self.bodies = {
-            pid: project_body(t, i, products)
-            for t, ids in self.ids.items()
-            for i, pid in enumerate(ids)
-        }
-        self.lock = threading.Lock()
-        self.seq = 10**11  # twelve digits, the width of SEQ
-        self.requests: dict[str, deque[float]] = {key: deque(maxlen=500_000) for key in self.keys}
-        self.pages: dict[str, deque[float]] = {key: deque(maxlen=100_000) for key in self.keys}
-        #: (project, sequence number, monotonic time) of every billing answer, in order
-        self.served: deque[tuple[str, int, float]] = deque(maxlen=2_000_000)
-        self.storm: set[str] = set()  # keys answered 429 for now
-
-    def log(self) -> dict[str, Any]:
-        with self.lock:
-            return {
-                "requests": {k: list(v) for k, v in self.requests.items()},
-                "pages": {k: list(v) for k, v in self.pages.items()},
-                "served": list(self.served),
-            }
-
-
-class LargeHandler(BaseHTTPRequestHandler):
-    server: LargeServer
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        api = self.server.api
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}")
-        with api.lock:
-            if "storm" in body:
-                api.storm = set(body["storm"])
-            if "latency" in body:
-                api.latency = float(body["latency"])
-        self.send(200, b"{}")
-
-    def do_GET(self) -> None:
-        api = self.server.api
-        url = urlsplit(self.path)
-        query = parse_qs(url.query)
-        if url.path == "/__bench__/log":
-            self.send(200, json.dumps(api.log()).encode())
-            return
-        key = self.headers.get("Authorization") or ""
-        team = api.keys.get(key)
-        now = time.monotonic()
-        if team is None:
-            self.send(401, b'{"errors": [{"title": "Unauthorized"}]}')
-            return
-        with api.lock:
-            api.requests[key].append(now)
-            storm = key in api.storm
-        if api.latency:
-            time.sleep(api.latency)
-        if storm:
-            self.send(429, b'{"errors": [{"meta": {"retry_after": 2}}]}', {"Retry-After": "2"})
-            return
-        if url.path == "/projects":
-            with api.lock:
-                api.pages[key].append(now)
-            size = int((query.get("page[size]") or ["100"])[0])
-            number = int((query.get("page[number]") or ["1"])[0])
-            ids = api.ids[team][(number - 1) * size : number * size]
-            page = [
-                {
-                    "id": pid,
-                    "type": "projects",
-                    "attributes": {
-                        "name": pid,
-                        "slug": pid.replace("_", "-"),
-                        "team": {"slug": f"team-{team}", "currency": {"code": "USD"}},
-                    },
-                }
-                for pid in ids
-            ]
-            self.send(200, json.dumps({"data": page, "meta": {}}).encode())
-            return
-        project = (query.get("filter[project]") or [""])[0]
-        body = api.bodies.get(project)
-        if body is None:
-            self.send(404, b'{"errors": [{"title": "Not Found"}]}')
-            return
-        with api.lock:
-            api.seq += 1
-            seq = api.seq
-            api.served.append((project, seq, time.monotonic()))
-        self.send(200, body.replace(SEQ, str(seq).encode()))
-
-    def send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/vnd.api+json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class LargeServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, api: LargeApi) -> None:
-        super().__init__(("127.0.0.1", 0), LargeHandler)
-        self.api = api
-
-
-@contextmanager
-def large_api(projects: int, products: int, teams: int = 1) -> Iterator[tuple[str, LargeApi]]:
-    """A `LargeApi` served on a free local port (keys `bench-0`, ...): its URL and state."""
-    state = LargeApi(projects, products, 0.0, teams)
-    server = LargeServer(state)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
