@@ -401,10 +401,11 @@ PROJECT_FAMILIES: tuple[Family[ProjectStatus, Any], ...] = (
     ),
     Family(
         "latitudesh_up",
-        "1 if the last poll of the project succeeded, 0 if it failed.",
+        "1 if the last poll of the project succeeded, 0 if it failed or stalled; absent "
+        "until its first poll has an outcome.",
         ("project_id",),
         STATUS,
-        lambda s: 1.0 if s.up else 0.0,
+        lambda s: (1.0 if s.up else 0.0) if s.polled else None,
     ),
     Family(
         "latitudesh_last_success_timestamp_seconds",

@@ -61,7 +61,7 @@ class Discovery:
         targets: the configured projects; none means every project /projects lists.
         currency: the configured currency, or None to take the team's.
         now: the wall clock, for the discovery's timestamp.
-        hints: the hint of each failure reason, for the log line.
+        hint: what to do about a failure's reason, for the log line.
     """
 
     def __init__(
@@ -74,7 +74,7 @@ class Discovery:
         targets: Sequence[Target],
         currency: str | None,
         now: Callable[[], float],
-        hints: dict[str, str],
+        hint: Callable[[str], str],
     ) -> None:
         self._source = source
         self._store = store
@@ -88,7 +88,7 @@ class Discovery:
         self.currency = currency
         self._currency_configured = currency is not None
         self._now = now
-        self._hints = hints
+        self._hint = hint
         self._warned: set[str] = set()
         if self._configured:
             self._claim(configured=True)
@@ -117,7 +117,7 @@ class Discovery:
                     "team": self.team,
                     "reason": outcome.reason,
                     "error": str(outcome),
-                    "hint": self._hints.get(outcome.reason, ""),
+                    "hint": self._hint(outcome.reason),
                     "known_projects": len(self.targets),
                 },
             )

@@ -47,6 +47,49 @@ POLL_ERROR_REASONS: tuple[str, ...] = (
     "stalled",
     "redirected",
 )
+#: Each reason in a few words, for people (the status page).
+REASON_WORDS: dict[str, str] = {
+    "unauthorized": "key rejected (401)",
+    "forbidden": "forbidden (403)",
+    "not_found": "project not found (404)",
+    "rate_limited": "rate limited (429)",
+    "server_error": "the API failed (5xx)",
+    "timeout": "timed out",
+    "network": "the API is unreachable",
+    "invalid_response": "an unusable answer",
+    "token_unreadable": "the key cannot be read",
+    "stalled": "polling stalled",
+    "redirected": "redirected elsewhere",
+}
+#: What to do, by reason: the hint of the log line and of the status page. `{origin}`
+#: is where the team's key comes from (`TokenSource.origin`).
+HINTS: dict[str, str] = {
+    "unauthorized": "the API rejected the key from {origin}: put a valid key there (requests "
+    "with the rejected key pause for 5 minutes; a changed key is tried at once)",
+    "forbidden": "the key may not read this: for a project's billing, check its id and the "
+    "key's team; for /projects, list the projects and set the currency in the config",
+    "not_found": "unknown project id: check projects[].id in the config",
+    "rate_limited": "the API key is over its rate limit: lower requests_per_minute, or "
+    "check what else uses this key",
+    "server_error": "the Latitude.sh API failed; retried with backoff",
+    "timeout": "the Latitude.sh API did not answer in api.timeout_seconds",
+    "network": "could not reach the Latitude.sh API: check api.base_url, DNS and egress",
+    "invalid_response": "the API answered with something that is not usable (the log line "
+    "names the problem)",
+    "redirected": "the API redirected elsewhere than its own origin (not followed: the "
+    "key is never sent to another host), or in a loop: check api.base_url",
+    "token_unreadable": "{origin} is missing, empty or unreadable: check the mounted "
+    "secret (it is read again at every request)",
+    "stalled": "no poll outcome in the time the schedule allows: the API may hang; the "
+    "schedule is restarted",
+}
+
+
+def hint(reason: str, origin: str = "the configured key") -> str:
+    """What to do about `reason`, naming where the key comes from."""
+    return HINTS.get(reason, "").format(origin=origin)
+
+
 #: What a failure that is not a `LatitudeError` (a bug, or a hostile answer that found a
 #: way past the parser) is counted as: the answer could not be used.
 UNEXPECTED_REASON = "invalid_response"

@@ -38,25 +38,7 @@ from exporter.usage import Limits, build_usage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HINTS", "Poller", "Target", "UsageSource"]
-
-#: What the one log line of a failed poll tells the operator to do, by reason.
-HINTS = {
-    "unauthorized": "the API rejected the token: set a valid LATITUDESH_AUTH_TOKEN or "
-    "api.token_file (requests with this token pause for a while)",
-    "forbidden": "the token may not read this project's billing",
-    "not_found": "unknown project id: check projects[].id in the config",
-    "rate_limited": "the API key is over its rate limit: lower api.requests_per_minute, "
-    "or check what else uses this key",
-    "server_error": "the Latitude.sh API failed; retried with backoff",
-    "timeout": "the Latitude.sh API did not answer in api.timeout_seconds",
-    "network": "could not reach the Latitude.sh API",
-    "invalid_response": "the API answered with something that is not usable",
-    "redirected": "the API redirected elsewhere than its own origin (not followed: the "
-    "key is never sent to another host), or in a loop: check api.base_url",
-    "token_unreadable": "the token file is missing, empty or unreadable: check the "
-    "mounted secret (it is read again at every request)",
-}
+__all__ = ["Poller", "Target", "UsageSource"]
 
 
 class _Round:
@@ -107,6 +89,7 @@ class Poller:
         requests_made: the key's requests so far (the budget's `grants`: every
             request, retry and redirect hop takes a slot), for the span of a refresh
             whose retries took more requests than its projects.
+        key_origin: where the team's key comes from, for the hints of log lines.
         grace: how long a refresh waits for its polls beyond its interval.
         now: the wall clock, for timestamps.
         monotonic: the clock of durations and deadlines.
@@ -130,10 +113,11 @@ class Poller:
         monotonic: Callable[[], float] = time.monotonic,
         budget_paused: Callable[[float, float], float] = lambda since, until: 0.0,
         requests_made: Callable[[], int] = lambda: 0,
+        key_origin: str = "the configured key",
     ) -> None:
         self._source = source
         self._store = store
-        store.add_team(team or DEFAULT_TEAM, rank)
+        store.add_team(team or DEFAULT_TEAM, rank, key_origin=key_origin)
         self._discovery = Discovery(
             source,
             store,
@@ -142,13 +126,14 @@ class Poller:
             targets=targets,
             currency=currency,
             now=now,
-            hints=HINTS,
+            hint=lambda reason: errors.hint(reason, key_origin),
         )
         self._interval = interval
         self._limits = limits
         self._budget_seconds = budget_seconds
         self._budget_paused = budget_paused
         self._requests_made = requests_made
+        self._key_origin = key_origin
         self._grace = grace
         self._now = now
         self._monotonic = monotonic
@@ -255,6 +240,7 @@ class Poller:
                 duration=self._monotonic() - started,
                 effective_interval=effective,
                 currency=self._discovery.currency or "",
+                healthy=ok and discovered,
             )
             return ok and discovered
         finally:
@@ -395,7 +381,7 @@ class Poller:
                 "project_id": target.project_id,
                 "reason": outcome.reason,
                 "error": str(outcome),
-                "hint": HINTS.get(outcome.reason, ""),
+                "hint": errors.hint(outcome.reason, self._key_origin),
             },
         )
         return False

@@ -219,6 +219,18 @@ class ProjectStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class TeamProblem:
+    """What is wrong with a team now, for people: the status page says it in words."""
+
+    #: The latest failure's reason (one of `errors.POLL_ERROR_REASONS`).
+    reason: str
+    #: Unix time of the first failure with this reason since the team was last healthy.
+    since: float
+    #: Unix time of the latest.
+    last: float
+
+
+@dataclass(frozen=True, slots=True)
 class TeamStatus:
     """The exporter's own figures of one API key."""
 
@@ -241,6 +253,11 @@ class TeamStatus:
     restarts: int = 0
     #: Project ids the last discovery refused (longer than `MAX_ID_CHARS`).
     refused_ids: int = 0
+    #: Where the team's key comes from, in words (`TokenSource.origin`), for hints.
+    key_origin: str = ""
+    #: Set by a failed poll, discovery or stall; cleared by a refresh where discovery
+    #: (if needed) and every poll succeeded.
+    problem: TeamProblem | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 Per team and project: spend so far, the threshold as a bar with the share used, credit
 left, how far the billing period has gone, the spend projected to its end, the top
-products, and poll health with the last error. One self-contained HTML document (no
+products, poll health with the last error, and what is wrong with a team in words
+(a rejected key, a timeout), since when and what to do. One self-contained HTML document (no
 script, no external asset: it must work on an air-gapped host and under a strict
 Content-Security-Policy) that reloads itself. Every string from the API is escaped.
 """
@@ -13,6 +14,7 @@ import html
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from exporter import errors
 from exporter.snapshot import ProjectStatus, StoreView, TeamStatus, UsageSnapshot
 
 #: Seconds between reloads of the page: polls land every few minutes at most.
@@ -37,6 +39,7 @@ table{width:100%;border-collapse:collapse;font-size:.9em}
 td{padding:.1em 0;border-top:1px solid #eaeef2}td.n{text-align:right}
 .up{color:#1a7f37}.down{color:#cf222e}.pending{color:#9a6700}
 .warn-text{color:#cf222e;font-weight:600}
+.problem{border-left:4px solid #cf222e;background:#fff5f5;padding:.5em .8em;margin:.3em 0 1em}
 """
 
 
@@ -151,6 +154,33 @@ def _project(status: ProjectStatus, now: float) -> str:
     return "".join(parts)
 
 
+def _problem(team: TeamStatus, now: float) -> str:
+    """What is wrong with the team, in words, since when, and what to do: the likeliest
+    first-run failures (a mistyped key, a timeout) show here before any project does."""
+    problem = team.problem
+    if problem is None:
+        return ""
+    since = datetime.fromtimestamp(problem.since, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    origin = team.key_origin or "the configured key"
+    return (
+        f'<p class="problem" data-field="problem" data-reason="{_e(problem.reason)}">'
+        f'<span class="down">{_e(errors.REASON_WORDS.get(problem.reason, problem.reason))}'
+        f"</span> since {since} ({_e(_ago(now - problem.since))} ago) · "
+        f"{_e(errors.hint(problem.reason, origin))}</p>"
+    )
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
 def _team(team: TeamStatus, projects: Iterable[ProjectStatus], now: float) -> str:
     cards = [_project(p, now) for p in projects]
     totals: dict[str, float] = {}
@@ -161,7 +191,7 @@ def _team(team: TeamStatus, projects: Iterable[ProjectStatus], now: float) -> st
     return (
         f'<section data-team="{_e(team.name)}"><h2>{_e(team.name)} '
         f'<span class="muted">· {len(cards)} project{"" if len(cards) == 1 else "s"} · '
-        f"{_e(total)} so far</span></h2>"
+        f"{_e(total)} so far</span></h2>{_problem(team, now)}"
         f'<div class="grid">{"".join(cards) or "<p class=muted>no projects yet</p>"}'
         "</div></section>"
     )

@@ -22,8 +22,9 @@ first in the config wins. Writes from a team that does not own a project are ign
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -32,6 +33,7 @@ from exporter.snapshot import (
     ProjectStatus,
     ReloadStatus,
     StoreView,
+    TeamProblem,
     TeamStatus,
     UsageSnapshot,
     label,
@@ -71,9 +73,13 @@ class SnapshotStore:
 
     Parameters:
         listeners: told of every change (more can `subscribe` later).
+        clock: the wall clock, for when a team's problem started.
     """
 
-    def __init__(self, listeners: Sequence[StoreListener] = ()) -> None:
+    def __init__(
+        self, listeners: Sequence[StoreListener] = (), *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._teams: dict[str, _Team] = {}
         self._projects: dict[str, ProjectStatus] = {}
@@ -94,12 +100,14 @@ class SnapshotStore:
 
     # --- teams ----------------------------------------------------------------
 
-    def add_team(self, key: str, rank: int | None = None) -> None:
+    def add_team(self, key: str, rank: int | None = None, *, key_origin: str = "") -> None:
         """A team, known by `key` for good (and named so until `rename_team`), ranked by
-        its place in the config (default: after every other)."""
+        its place in the config (default: after every other); `key_origin` says where
+        its API key comes from, for the hints people read."""
         with self._lock:
             if key not in self._teams:
-                team = _Team(TeamStatus(key), rank if rank is not None else len(self._teams))
+                status = TeamStatus(key, key_origin=key_origin)
+                team = _Team(status, rank if rank is not None else len(self._teams))
                 team.requests = dict(team.status.api_requests)
                 self._teams[key] = team
                 self._changed()
@@ -203,6 +211,7 @@ class SnapshotStore:
                         errors=_bump(previous.errors, reason),
                     )
                 )
+                self._trouble(team, reason)
         self._tell()
 
     def record_stalled(self, team: str, project_ids: Iterable[str]) -> int:
@@ -219,11 +228,14 @@ class SnapshotStore:
                     replace(
                         previous,
                         up=False,
+                        polled=True,  # an outcome: the watchdog's
                         last_error=STALLED,
                         errors=_bump(previous.errors, STALLED),
                     )
                 )
                 marked += 1
+            if marked:
+                self._trouble(team, STALLED)
         self._tell()
         return marked
 
@@ -247,6 +259,7 @@ class SnapshotStore:
             owner.status = replace(
                 owner.status, discovery_errors=_bump(owner.status.discovery_errors, reason)
             )
+            self._trouble(team, reason)
             self._changed()
 
     def record_discovery_success(self, team: str, now: float, *, refused_ids: int = 0) -> None:
@@ -272,14 +285,16 @@ class SnapshotStore:
         duration: float | None,
         effective_interval: float,
         currency: str | None = None,
+        healthy: bool = False,
     ) -> None:
         """A refresh of `team` ended (`duration`) or starts (`duration` None); a start
-        ends a stall."""
+        ends a stall; a `healthy` end (discovery and every poll fine) ends its problem."""
         with self._lock:
             owner = self._teams[team]
             status = owner.status
             owner.status = replace(
                 status,
+                problem=None if duration is not None and healthy else status.problem,
                 effective_interval=effective_interval,
                 refresh_duration=duration if duration is not None else status.refresh_duration,
                 refreshed=status.refreshed or duration is not None,
@@ -316,6 +331,17 @@ class SnapshotStore:
         if status is None or owner is None or status.team != owner.status.name:
             return None
         return status
+
+    def _trouble(self, team: str, reason: str) -> None:
+        """The team's problem is `reason` now (since when it first failed so)."""
+        owner = self._teams.get(team)
+        if owner is None:
+            return
+        now = self._clock()
+        problem = owner.status.problem
+        since = problem.since if problem is not None and problem.reason == reason else now
+        owner.status = replace(owner.status, problem=TeamProblem(reason, since, now))
+        self._changed()
 
     def _update(self, status: ProjectStatus) -> None:
         self._projects[status.project_id] = status

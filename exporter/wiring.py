@@ -223,7 +223,8 @@ def build_app(setup: Setup) -> App:
         budget = RequestBudget(team.requests_per_minute, stop=stop)
         # The team's key in the store never changes (discovery may rename its label),
         # so its requests are counted under it from the first one.
-        store.add_team(team.label, rank)
+        origin = "the demo" if setup.demo else team.token.origin
+        store.add_team(team.label, rank, key_origin=origin)
         client = LatitudeClient(
             token=team.token.get,
             budget=budget,
@@ -245,6 +246,7 @@ def build_app(setup: Setup) -> App:
             budget_seconds=budget.seconds_for,
             budget_paused=budget.paused_between,
             requests_made=budget.grants,
+            key_origin=origin,
             grace=api.timeout_seconds,
         )
         schedule = Schedule(team.label, poller.refresh, poller.effective_interval)

@@ -286,7 +286,8 @@ def test_token_file_rotation_and_a_vanishing_file(tmp_path: Path) -> None:
     assert 'msg="token file is readable by every user"' in output
     assert "mode=0o644" in output
     assert 'msg="project discovery failed" team=default reason=unauthorized' in output
-    assert "LATITUDESH_AUTH_TOKEN or api.token_file" in output  # the one-line fix
+    # the one-line fix names where this team's key comes from
+    assert f"the API rejected the key from the file {token_file} (api.token_file)" in output
     assert "reason=token_unreadable" in output
     assert TOKEN not in output and "revoked-token" not in output
 

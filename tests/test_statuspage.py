@@ -13,7 +13,15 @@ import pytest
 
 from exporter import statuspage
 from exporter.store import SnapshotStore
-from tests.conftest import ROOT, ExporterProcess, golden_store, require_binary, usage_of
+from testing.fakeapi import FakeApi
+from tests.conftest import (
+    ROOT,
+    ExporterProcess,
+    api_env,
+    golden_store,
+    require_binary,
+    usage_of,
+)
 
 SCREENSHOT = ROOT / "docs" / "status-page.png"
 NOW = 1_795_000_000.0  # 2026-11-18, inside the fixtures' November period
@@ -151,3 +159,58 @@ def test_the_demo_page_in_a_real_browser(browser: object, tmp_path: Path) -> Non
 def test_the_readme_shows_the_committed_screenshot() -> None:
     assert SCREENSHOT.is_file() and SCREENSHOT.stat().st_size > 10_000
     assert "docs/status-page.png" in (ROOT / "README.md").read_text()
+
+
+def test_a_rejected_key_shows_on_the_page_in_a_real_browser(
+    browser: object, fake_api: FakeApi, tmp_path: Path
+) -> None:
+    """The likeliest first-run failure, a mistyped key: before, the page said only
+    `default · 0 projects · n/a so far · no projects yet`."""
+    from playwright.sync_api import Browser
+
+    assert isinstance(browser, Browser)
+    env = {**api_env(fake_api), "LATITUDESH_AUTH_TOKEN": "a-mistyped-key"}
+    exporter = ExporterProcess([], env=env, cwd=tmp_path, tmp=tmp_path)
+    try:
+        exporter.wait_ready()  # /readyz keeps its meaning: the first refresh was attempted
+        page = browser.new_page()
+        page.goto(exporter.url + "/")
+        problem = page.locator('section[data-team="default"] [data-field="problem"]')
+        assert problem.get_attribute("data-reason") == "unauthorized"
+        text = problem.inner_text()
+        assert text.startswith("key rejected (401) since ")
+        assert "the environment variable LATITUDESH_AUTH_TOKEN" in text
+        assert "a-mistyped-key" not in page.content()
+    finally:
+        exporter.stop()
+
+
+def test_a_problem_says_since_when_and_ends_with_a_healthy_refresh() -> None:
+    clock = [1_795_000_000.0]
+    store = SnapshotStore(clock=lambda: clock[0])
+    store.add_team("t", key_origin="the file /run/key (api.token_file)")
+    store.set_projects("t", [("p", "")])
+    store.record_failure("t", "p", "timeout", duration=1.0)
+    clock[0] += 120
+    store.record_failure("t", "p", "timeout", duration=1.0)  # the same trouble: same start
+    (team,) = store.view().teams
+    assert team.problem is not None and team.problem.since == 1_795_000_000.0
+    page = statuspage.render(store.view(), now=clock[0], telemetry_path="/m", version="v").decode()
+    assert "timed out</span> since 2026-11-18 11:06 UTC (2 min ago)" in page
+    store.record_failure("t", "p", "unauthorized", duration=1.0)  # another: a new start
+    (team,) = store.view().teams
+    assert team.problem is not None and team.problem.since == clock[0]
+    assert (
+        "the file /run/key (api.token_file)"
+        in statuspage.render(store.view(), now=clock[0], telemetry_path="/m", version="v").decode()
+    )
+    store.record_refresh("t", duration=1.0, effective_interval=300.0, healthy=False)
+    assert store.view().teams[0].problem is not None
+    store.record_refresh("t", duration=1.0, effective_interval=300.0, healthy=True)
+    assert store.view().teams[0].problem is None
+    assert (
+        'data-field="problem"'
+        not in statuspage.render(
+            store.view(), now=clock[0], telemetry_path="/m", version="v"
+        ).decode()
+    )
