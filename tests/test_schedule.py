@@ -134,6 +134,88 @@ def test_a_restart_leaves_a_stuck_run_behind_and_polls_again() -> None:
         release.set()
 
 
+def test_a_run_that_takes_exactly_the_interval_is_followed_at_once_without_a_wait() -> None:
+    clock = Clock()
+    starts: list[float] = []
+    waits: list[float] = []
+
+    def job() -> None:
+        starts.append(clock.now)
+        clock.now += 1.0 if len(starts) == 1 else 0.25
+        if len(starts) == 3:
+            schedule.stop()
+
+    def sleep(seconds: float) -> bool:
+        waits.append(seconds)
+        clock.now += seconds
+        return False
+
+    schedule = Schedule("t", job, lambda: 1.0, clock=clock, sleep=sleep)
+    schedule.run()
+    assert starts == [1000.0, 1001.0, 1002.0]
+    assert waits == [0.75, 0.75]  # none after the run that took the whole interval
+
+
+def test_a_started_schedule_is_due_since_each_runs_start_in_its_own_thread() -> None:
+    """What the watchdog reads (`due_since`) of a schedule running as the daemon runs it:
+    started, in its own thread, its runs one interval apart or at once after an overrun,
+    and restarted while a run is stuck."""
+    clock = Clock()
+    entered = threading.Semaphore(0)
+    go = threading.Semaphore(0)
+    waits: list[float] = []
+
+    def job() -> None:
+        entered.release()
+        assert go.acquire(timeout=30)
+
+    def sleep(seconds: float) -> bool:
+        waits.append(seconds)
+        clock.now += seconds
+        return schedule._stopped.is_set()
+
+    schedule = Schedule("t", job, lambda: 10.0, clock=clock, sleep=sleep)
+    assert schedule.due_since() is None  # not started: nothing is due
+    schedule.start()
+    try:
+        assert entered.acquire(timeout=10)
+        assert (schedule.started_at, schedule.due_since()) == (1000.0, 1000.0)
+        clock.now = 1004.0  # the first run takes 4 s
+        go.release()
+        assert entered.acquire(timeout=10)
+        assert waits == [6.0]  # one interval after the first run *started*
+        assert (schedule.started_at, schedule.due_since()) == (1000.0, 1010.0)
+        clock.now = 1025.0  # the second run overran its interval: 15 s
+        go.release()
+        assert entered.acquire(timeout=10)
+        assert waits == [6.0]  # the third started at once
+        assert schedule.due_since() == 1025.0
+        clock.now = 1040.0  # the third is stuck: the watchdog restarts the schedule
+        schedule.restart()
+        assert entered.acquire(timeout=10)  # a new thread, a new run at once
+        assert (schedule.restarts, schedule.started_at, schedule.due_since()) == (
+            1,
+            1040.0,
+            1040.0,
+        )
+    finally:
+        schedule.stop()
+        go.release()
+        go.release()
+    assert schedule.join(10)
+    assert waits == [6.0, 10.0]  # the new thread's wait, cut short by the stop
+
+
+def test_a_started_schedule_that_never_ran_is_due_since_it_started() -> None:
+    clock = Clock()
+    schedule = Schedule("t", lambda: None, lambda: 10.0, clock=clock)
+    schedule.stop()  # its thread ends before a first run
+    schedule.start()
+    assert schedule.join(10)
+    assert schedule.last_start is None
+    assert schedule.due_since() == 1000.0
+
+
 # --- the watchdog -------------------------------------------------------------------
 
 
@@ -268,7 +350,6 @@ def test_a_paused_process_is_given_a_margin_before_anything_is_stalled(
         clock.now += 1.0
         watchdog.check()
     assert schedule.restarted == 0 and status(store, "a").up
-    assert PAUSE_SECONDS < 600
 
 
 def test_the_watchdog_thread_outlives_a_failing_check(caplog: pytest.LogCaptureFixture) -> None:
@@ -295,3 +376,149 @@ def test_the_watchdog_thread_outlives_a_failing_check(caplog: pytest.LogCaptureF
             )
         finally:
             watchdog.stop()
+
+
+# --- the watchdog's limits, exactly ---------------------------------------------------
+
+#: A fraction of a second that binary floats hold exactly: boundaries stay exact.
+EPSILON = 2.0**-10
+
+
+def test_a_team_is_stalled_only_past_its_interval_plus_the_margin(
+    rig: tuple[Clock, SnapshotStore, FakePoller, FakeSchedule, Watchdog],
+) -> None:
+    clock, store, poller, schedule, watchdog = rig
+    for _ in range(15):  # 15 s since the last start: the interval (10) plus margin (5)
+        clock.now += 1.0
+        poller.outcomes = dict.fromkeys(poller.projects, clock.now)
+        watchdog.check()
+    assert schedule.restarted == 0
+    assert store.view().ready
+    clock.now += EPSILON
+    watchdog.check()
+    assert schedule.restarted == 1
+    assert not store.view().ready
+
+
+def test_a_schedule_not_started_yet_is_never_stalled(
+    rig: tuple[Clock, SnapshotStore, FakePoller, FakeSchedule, Watchdog],
+) -> None:
+    clock, _store, poller, schedule, watchdog = rig
+    schedule.last_start = None
+    watchdog.check()
+    clock.now += 1.0
+    poller.outcomes = dict.fromkeys(poller.projects, clock.now + 3600)
+    for _ in range(100):
+        clock.now += 1.0
+        watchdog.check()
+    assert schedule.restarted == 0
+
+
+@pytest.mark.parametrize(
+    ("gap", "paused"),
+    [(1.0 + PAUSE_SECONDS, False), (1.0 + PAUSE_SECONDS + EPSILON, True)],
+    ids=["late", "paused"],
+)
+def test_a_look_up_to_pause_seconds_late_is_judged_at_once_and_beyond_it_held(
+    rig: tuple[Clock, SnapshotStore, FakePoller, FakeSchedule, Watchdog],
+    caplog: pytest.LogCaptureFixture,
+    gap: float,
+    paused: bool,
+) -> None:
+    """The window between late and paused: a look that comes up to `PAUSE_SECONDS`
+    after its tick is a busy process, and a team late by then is stalled at once; a
+    later one is a pause of the process, and the watchdog waits one margin first."""
+    clock, _store, _poller, schedule, watchdog = rig
+    schedule.last_start = clock.now + gap - 15.0 - EPSILON  # late at the next look
+    watchdog.check()
+    assert schedule.restarted == 0
+    with caplog.at_level(logging.INFO, logger="exporter.watchdog"):
+        clock.now += gap
+        watchdog.check()
+    said = [r.getMessage() for r in caplog.records]
+    assert ("the process was paused; polling resumes" in said) is paused
+    assert schedule.restarted == (0 if paused else 1)
+    noticed = clock.now
+    assert watchdog.paused_since(noticed - gap) == (gap - 1.0 if paused else 0.0)
+    assert watchdog.paused_since(noticed) == 0.0  # a pause noticed at `since` is not after it
+
+
+def test_after_a_pause_the_teams_are_judged_again_exactly_one_margin_later(
+    rig: tuple[Clock, SnapshotStore, FakePoller, FakeSchedule, Watchdog],
+) -> None:
+    clock, _store, poller, schedule, watchdog = rig
+    schedule.last_start = clock.now - 100.0  # late all along, and never restarted yet
+    poller.outcomes = dict.fromkeys(poller.projects, clock.now + 3600)
+    clock.now -= 1.0
+    watchdog._last_look = clock.now  # as if started a second ago
+    clock.now += 1.0 + PAUSE_SECONDS + EPSILON  # a pause: hold until now + margin (5)
+    watchdog.check()
+    resumed = clock.now
+    assert watchdog.paused_since(resumed - 10) == PAUSE_SECONDS + EPSILON
+    for second in range(1, 5):
+        clock.now = resumed + second
+        watchdog.check()
+    clock.now = resumed + 5.0 - EPSILON
+    watchdog.check()
+    assert schedule.restarted == 0
+    clock.now = resumed + 5.0
+    watchdog.check()
+    assert schedule.restarted == 1
+
+
+def test_the_first_look_after_start_notices_a_pause_since_the_start() -> None:
+    clock = Clock()
+    store = SnapshotStore()
+    poller = FakePoller(store, ["a"])
+    schedule = FakeSchedule(clock)
+    schedule.last_start = clock.now
+    # A tick of an hour: the watchdog's own thread never looks during the test.
+    watchdog = Watchdog([Team(poller, schedule)], store, margin=5.0, tick=3600.0, clock=clock)
+    watchdog.start()
+    try:
+        clock.now += 3600.0 + PAUSE_SECONDS + EPSILON
+        poller.outcomes = {"a": clock.now}
+        watchdog.check()  # the team is an hour late, but the process was stopped
+        assert schedule.restarted == 0
+        assert watchdog.paused_since(1000.0) == PAUSE_SECONDS + EPSILON
+    finally:
+        watchdog.stop()
+
+
+def test_a_started_schedule_stuck_in_its_first_run_is_restarted_by_the_watchdog() -> None:
+    """A real schedule, started as the daemon starts it (the other tests use one that
+    never started): due since its first run's start, restarted just past its interval
+    plus the margin, due since the restart's run from then on."""
+    clock = Clock()
+    store = SnapshotStore()
+    poller = FakePoller(store, ["a"])
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+
+    def stuck() -> None:
+        entered.release()
+        release.wait(30)
+
+    schedule = Schedule("t", stuck, lambda: 10.0, clock=clock)
+    watchdog = Watchdog([Team(poller, schedule)], store, margin=5.0, tick=1.0, clock=clock)
+    schedule.start()
+    try:
+        assert entered.acquire(timeout=10)
+        watchdog.check()
+        for second in range(1, 16):
+            clock.now = 1000.0 + second
+            poller.outcomes = {"a": clock.now}
+            watchdog.check()
+        assert schedule.restarts == 0
+        clock.now = 1015.0 + EPSILON
+        watchdog.check()
+        assert schedule.restarts == 1
+        assert entered.acquire(timeout=10)  # the new thread's run started at once
+        assert schedule.due_since() == 1015.0 + EPSILON
+        clock.now += 1.0
+        watchdog.check()
+        assert schedule.restarts == 1
+    finally:
+        schedule.stop()
+        release.set()
+    assert schedule.join(10)
