@@ -1,70 +1,32 @@
-"""The benchmarks' side of the wire: child processes, scrapers, the fake API's log, the report.
+"""The benchmarks' processes: the code under test, the daemon and the workloads, run as children.
 
-Everything here measures the exporter from outside, as Prometheus and the API see it,
-so the same harness measures any version of the code that has the same command line.
+Everything measures the exporter from outside, as Prometheus and the API see it, so
+the same harness measures any version of the code that has the same command line
+(`--compare`). Ports: every child that can binds port 0 and says which port it got;
+only an old build, which cannot, is started on a picked port (`testing.ports`).
 """
 
 from __future__ import annotations
 
 import gzip
-import http.client
-import itertools
-import json
-import math
 import os
-import platform
 import select
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from benchmarks.measure import cpu_seconds, median, peak_rss_mib, percentile, rss_mib
+from benchmarks.measure import cpu_seconds, peak_rss_mib, rss_mib
+from benchmarks.modes import Mode
+from benchmarks.scraping import PROMETHEUS, fetch
+from testing.ports import PortTaken, listening_port, start_on_free_port
+from testing.waits import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-#: What Prometheus 2.x sends: it prefers OpenMetrics and always accepts gzip.
-PROMETHEUS = {
-    "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
-    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
-    "Accept-Encoding": "gzip",
-}
-TEXT = {"Accept": "text/plain"}
-OPENMETRICS = {"Accept": "application/openmetrics-text; version=1.0.0"}
 OPEN_BUDGET = 100_000.0  # requests per minute: the limiter out of the way
-
-
-@dataclass(frozen=True, slots=True)
-class Mode:
-    steady: int  # projects of the steady-state run (x `products`)
-    big: int  # projects of the Prometheus-like run
-    products: int
-    phase: float  # seconds of each steady-state phase
-    scrapers: int
-    big_seconds: float
-    scrape_interval: float  # the Prometheus-like run's, with `scrape_timeout`
-    scrape_timeout: float
-    warm_scrapes: int
-    gauges: int  # projects of the naive-Gauges comparison
-    interval_projects: int
-    interval_rpm: float
-    interval_periods: int
-    budget_seconds: float
-    teams: int
-    team_projects: int
-    team_rpm: float
-    team_seconds: float
-    isolation_seconds: float
-    hostile: tuple[str, ...]
-    slow_connections: int
-    churn_cycles: int
-    startups: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +35,8 @@ class Code:
 
     label: str
     root: Path
+    #: Binds port 0 and logs the port it got (this tree); an old build does not.
+    reports_port: bool = True
 
     @property
     def commit(self) -> str:
@@ -85,70 +49,11 @@ class Code:
         return result.stdout.strip() or "unknown"
 
 
-@dataclass
-class Report:
-    """Tables as they are measured, printed at once and written as Markdown at the end."""
-
-    parts: list[str] = field(default_factory=list)
-    targets: list[tuple[str, str, str]] = field(default_factory=list)
-
-    def table(self, title: str, text: str, header: Sequence[str], rows: list[list[str]]) -> None:
-        widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
-        print(f"\n{title}\n{text}")
-        for row in (header, ["-" * w for w in widths], *rows):
-            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)))
-        lines = [
-            f"## {title}",
-            "",
-            text,
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
-        ]
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-        self.parts.append("\n".join(lines) + "\n")
-
-    def target(self, what: str, figure: str, met: bool | None) -> None:
-        verdict = "n/a" if met is None else ("met" if met else "**missed**")
-        self.targets.append((what, figure, verdict))
-        print(f"target: {what}: {figure} ({verdict})")
-
-    def markdown(self, mode: str, codes: Sequence[Code], started: datetime) -> str:
-        cpu = _cpu_model()
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-        versions = ", ".join(f"{c.label} = `{c.commit}`" for c in codes)
-        head = [
-            "# Benchmark results",
-            "",
-            f"Run {started:%Y-%m-%d %H:%M} UTC with `python -m benchmarks"
-            f"{'' if mode == 'full' else ' --' + mode}` on: {cpu}, {os.cpu_count()} cores, "
-            f"{memory:.0f} GiB, Linux {platform.release()}, Python {platform.python_version()}. "
-            f"Code: {versions}.",
-            "",
-            "Every figure comes from this one run; the exporter runs as `python -m exporter` "
-            "and is measured from outside, beside a floor served in the same run. Timings on "
-            "a shared machine are noisy: compare rows of one run, not runs of one day.",
-            "",
-        ]
-        if self.targets:
-            head += ["## Targets", "", "| target | measured (after) | verdict |", "|---|---|---|"]
-            head += [f"| {w} | {f} | {v} |" for w, f, v in self.targets]
-            head.append("")
-        return "\n".join(head) + "\n" + "\n".join(self.parts)
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-# --- processes -------------------------------------------------------------------
+AFTER = Code("after", ROOT)
 
 
 class Child:
-    """A process that prints one line (its address) when ready, killed at the end."""
+    """A process whose stdout is read line by line and whose stderr is its log."""
 
     def __init__(self, argv: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> None:
         self.log = log
@@ -163,12 +68,16 @@ class Child:
         return self.proc.pid
 
     def first_line(self, timeout: float = 600) -> str:
+        """The next line it prints (a workload prints its address when ready)."""
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline().decode().strip() if ready else ""
         if not line:
-            raise RuntimeError(f"{self.proc.args!r} printed nothing: {self.log.read_text()[-800:]}")
+            raise RuntimeError(f"{self.proc.args!r} printed nothing: {self.tail()}")
         return line
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-800:]
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -183,10 +92,18 @@ class Child:
 class Bench:
     """Where the run keeps its children, logs and files."""
 
-    def __init__(self, mode: Mode, scratch: Path, stack: ExitStack) -> None:
+    def __init__(
+        self,
+        mode: Mode,
+        scratch: Path,
+        stack: ExitStack,
+        pythons: Sequence[str] = (sys.executable,),
+    ) -> None:
         self.mode = mode
         self.scratch = scratch
-        self.stack = stack
+        self.stack = stack  # what ends with the section: its workloads
+        #: the interpreters the tuning section runs the daemon under (`--python`)
+        self.pythons = tuple(pythons)
         self._count = 0
 
     def path(self, name: str) -> Path:
@@ -205,6 +122,10 @@ class Bench:
         self.stack.callback(child.stop)
         return child, child.first_line()
 
+    def api(self, projects: int, products: int, latency: float = 0, teams: int = 1) -> str:
+        """The URL of a fast fake API (`benchmarks.workloads api`) for this section."""
+        return self.workload("api", projects, products, latency, teams)[1]
+
     @contextmanager
     def daemon(
         self,
@@ -216,13 +137,24 @@ class Bench:
         config: str | None = None,
         env: dict[str, str] | None = None,
         args: Sequence[str] = (),
+        python: str = sys.executable,
+        module: Sequence[str] = ("exporter",),
     ) -> Iterator[Daemon]:
-        """`python -m exporter` of `code` polling `api` with key bench-0 (or `config`)."""
-        port = free_port()
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("LATITUDESH_")}
+        """`python -m exporter` of `code` polling `api` with key bench-0 (or `config`).
+
+        `python` and `module` run it otherwise: another interpreter (a venv with the
+        exporter's dependencies), `benchmarks.tuned PIECES` (some of the runtime tuning).
+        """
+        # this tree's root as well for a module of its own (benchmarks.tuned)
+        paths = [str(code.root)] if module == ("exporter",) else [str(code.root), str(ROOT)]
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("LATITUDESH_") and k != "MALLOC_ARENA_MAX"
+        }
         full_env.update(
             {
-                "PYTHONPATH": str(code.root),
+                "PYTHONPATH": os.pathsep.join(paths),
                 "LATITUDESH_AUTH_TOKEN": "bench-0",
                 "LATITUDESH_EXPORTER_API__BASE_URL": api,
                 "LATITUDESH_EXPORTER_API__REQUESTS_PER_MINUTE": str(rpm),
@@ -230,25 +162,63 @@ class Bench:
                 **(env or {}),
             }
         )
-        argv = [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--log.level",
-            "warn",
-            *args,
-        ]
+        extra = list(args)
         if config is not None:
             path = self.path("config.yaml")
             path.write_text(config)
-            argv += ["--config.file", str(path)]
-        child = Child(argv, env=full_env, cwd=self.scratch, log=self.path(f"{code.label}.log"))
+            extra += ["--config.file", str(path)]
+
+        def spawn(port: int) -> Child:
+            # info: the "listening" line says the port; an old build is kept at warn
+            level = "info" if code.reports_port else "warn"
+            argv = [python, "-m", *module, "--web.listen-address", f"127.0.0.1:{port}"]
+            argv += ["--log.level", level, *extra]
+            return Child(argv, env=full_env, cwd=self.scratch, log=self.path(f"{code.label}.log"))
+
+        if code.reports_port:
+            child = spawn(0)
+            port = _reported_port(child)
+        else:
+            port, child = start_on_free_port(lambda p: _listening_on(spawn(p), p))
         try:
             yield Daemon(child, f"http://127.0.0.1:{port}")
         finally:
             child.stop()
+
+
+def _reported_port(child: Child) -> int:
+    """The port the exporter bound (port 0), from its "listening" line."""
+
+    def said() -> int | None:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"exporter exited: {child.tail()}")
+        return listening_port(child.log.read_text(errors="replace"))
+
+    port: int = wait_for(said, 120, "the exporter's listening line", step=0.02)
+    return port
+
+
+def _listening_on(child: Child, port: int) -> Child:
+    """`child` once it listens on `port`; `PortTaken` when it could not bind it (an old
+    build given a picked port that something else took meanwhile)."""
+    from exporter.healthcheck import listening_ports
+
+    def listening() -> bool:
+        if child.proc.poll() is not None:
+            text = child.log.read_text(errors="replace")
+            child.stop()
+            if "cannot listen" in text or "in use" in text:
+                raise PortTaken(port)
+            raise RuntimeError(f"exporter exited: {text[-800:]}")
+        return port in listening_ports(child.pid)
+
+    try:
+        wait_for(listening, 120, f"the exporter to listen on {port}", step=0.02)
+    except BaseException:
+        if child.proc.poll() is None:
+            child.stop()
+        raise
+    return child
 
 
 @dataclass
@@ -265,29 +235,29 @@ class Daemon:
 
         def ready() -> bool:
             if self.child.proc.poll() is not None:
-                raise RuntimeError(f"exporter exited: {self.child.log.read_text()[-800:]}")
+                raise RuntimeError(f"exporter exited: {self.child.tail()}")
             try:
                 return fetch(self.url + path, timeout=5)[0] == 200
             except OSError:
                 return False
 
-        wait_until(ready, timeout, f"the exporter's {path}", step=0.05)
+        wait_for(ready, timeout, f"the exporter's {path}", step=0.05)
         return time.monotonic() - self.child.started
 
     def wait_full(self, projects: int, timeout: float = 900) -> tuple[float, bytes]:
         """Seconds from spawn until a scrape shows every project; that scrape's body."""
         self.wait_ready(timeout)
-        deadline = time.monotonic() + timeout
-        while True:
+        full: list[bytes] = []
+
+        def every_project() -> bool:
             status, body, _ = fetch(self.url + "/metrics", PROMETHEUS, timeout=300)
-            seen = (
-                gzip.decompress(body).count(b"\nlatitudesh_billing_price{") if status == 200 else 0
-            )
-            if seen >= projects:
-                return time.monotonic() - self.child.started, body
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {seen} of {projects} projects after {timeout} s")
-            time.sleep(0.05)
+            text = gzip.decompress(body) if status == 200 else b""
+            if text.count(b"\nlatitudesh_billing_price{") >= projects:
+                full.append(body)
+            return bool(full)
+
+        wait_for(every_project, timeout, f"all {projects} projects in /metrics", step=0.05)
+        return time.monotonic() - self.child.started, full[0]
 
     def rss(self) -> float:
         return rss_mib(self.pid)
@@ -300,215 +270,3 @@ class Daemon:
 
     def log_count(self, text: str) -> int:
         return self.child.log.read_text(errors="replace").count(text)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
-
-
-# --- HTTP from the scraper's side ------------------------------------------------------
-
-
-def fetch(
-    url: str, headers: dict[str, str] | None = None, *, timeout: float = 60
-) -> tuple[int, bytes, float]:
-    """(status, body, seconds) of one GET on a fresh connection."""
-    parts = urlsplit(url)
-    started = time.monotonic()
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-    try:
-        conn.request(
-            "GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers or {}
-        )
-        answer = conn.getresponse()
-        return answer.status, answer.read(), time.monotonic() - started
-    finally:
-        conn.close()
-
-
-class Scraper:
-    """One keep-alive connection, as Prometheus keeps one per target."""
-
-    def __init__(self, url: str, headers: dict[str, str], timeout: float = 120) -> None:
-        parts = urlsplit(url)
-        self.host, self.port, self.path = parts.hostname or "", parts.port, parts.path
-        self.headers, self.timeout = headers, timeout
-        self.conn: http.client.HTTPConnection | None = None
-
-    def scrape(self) -> tuple[float, int]:
-        """(seconds, bytes) of one scrape; OSError (timeouts included) on failure."""
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        started = time.monotonic()
-        try:
-            self.conn.request("GET", self.path, headers=self.headers)
-            answer = self.conn.getresponse()
-            body = answer.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise OSError(str(exc)) from exc
-        if answer.status != 200:
-            raise OSError(f"status {answer.status}")
-        return time.monotonic() - started, len(body)
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-
-@dataclass
-class Scrapes:
-    seconds: list[float] = field(default_factory=list)
-    failures: int = 0
-    size: int = 0
-    wall: float = 0.0
-
-    def add(self, other: Scrapes) -> None:
-        self.seconds += other.seconds
-        self.failures += other.failures
-        self.size = other.size or self.size
-        self.wall = max(self.wall, other.wall)
-
-    @property
-    def p50(self) -> float:
-        return median(self.seconds)
-
-    @property
-    def p99(self) -> float:
-        return percentile(self.seconds, 0.99)
-
-    @property
-    def rate(self) -> float:
-        return len(self.seconds) / self.wall if self.wall else 0.0
-
-
-def scrape_loop(
-    scrapers: Sequence[Scraper],
-    seconds: float = 0.0,
-    *,
-    spacing: float = 0.0,
-    rounds: int | None = None,
-) -> list[Scrapes]:
-    """Scrape each of `scrapers` in turn (interleaved: the same moments for each) for
-    `rounds`, or until `seconds` have passed and the round in flight is done."""
-    results = [Scrapes() for _ in scrapers]
-    started = time.monotonic()
-    done = 0
-    while (done < rounds) if rounds is not None else (time.monotonic() - started < seconds):
-        done += 1
-        round_started = time.monotonic()
-        for scraper, result in zip(scrapers, results, strict=True):
-            try:
-                elapsed, size = scraper.scrape()
-                result.seconds.append(elapsed)
-                result.size = size
-            except OSError:
-                result.failures += 1
-        if spacing:
-            time.sleep(max(0.0, spacing - (time.monotonic() - round_started)))
-    for result in results:
-        result.wall = time.monotonic() - started
-    for scraper in scrapers:
-        scraper.close()
-    return results
-
-
-def concurrent_scrapes(url: str, headers: dict[str, str], count: int, seconds: float) -> Scrapes:
-    """`count` scrapers at once, each as fast as it is answered."""
-    total = Scrapes()
-    parts: list[Scrapes] = []
-
-    def one() -> None:
-        parts.extend(scrape_loop([Scraper(url, headers)], seconds))
-
-    threads = [threading.Thread(target=one) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for part in parts:
-        total.add(part)
-    total.wall = max((p.wall for p in parts), default=0.0)
-    return total
-
-
-# --- the fake API's log ------------------------------------------------------------
-
-
-@dataclass
-class ApiLog:
-    requests: dict[str, list[float]]
-    pages: dict[str, list[float]]
-    served: list[tuple[str, int, float]]
-
-    @classmethod
-    def of(cls, api: str) -> ApiLog:
-        _, body, _ = fetch(api + "/__bench__/log", timeout=120)
-        data = json.loads(body)
-        return cls(data["requests"], data["pages"], [tuple(s) for s in data["served"]])
-
-    def refreshes(
-        self, team: int = 0, start: float = 0.0, end: float = float("inf")
-    ) -> list[tuple[float, float]]:
-        """(first, last) answer time of every complete refresh of `team` within
-        [start, end]: a refresh ends where a project is asked for again."""
-        prefix = f"proj_b{team:02d}_"
-        cycles: list[tuple[float, float]] = []
-        seen: set[str] = set()
-        first = last = None
-        for project, _, at in self.served:
-            if not project.startswith(prefix):
-                continue
-            if project in seen and first is not None and last is not None:
-                cycles.append((first, last))
-                seen, first = set(), None
-            if first is None:
-                first = at
-            seen.add(project)
-            last = at
-        return [c for c in cycles if c[0] >= start and c[1] <= end]
-
-    def answers(self, start: float, end: float) -> int:
-        return sum(1 for _, _, at in self.served if start <= at <= end)
-
-    def periods(self, project: str) -> list[float]:
-        """Seconds between successive answers for `project`: its real refresh period."""
-        times = [at for p, _, at in self.served if p == project]
-        return [b - a for a, b in itertools.pairwise(times)]
-
-
-def spans(cycles: list[tuple[float, float]]) -> list[float]:
-    return [end - start for start, end in cycles]
-
-
-# --- formatting ----------------------------------------------------------------------
-
-
-def ms(seconds: float) -> str:
-    return "—" if math.isnan(seconds) else f"{seconds * 1000:,.1f}"
-
-
-def sec(seconds: float, digits: int = 2) -> str:
-    return "—" if math.isnan(seconds) else f"{seconds:,.{digits}f}"
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b and not (math.isnan(a) or math.isnan(b)) else float("nan")
-
-
-def times(value: float) -> str:
-    return "—" if math.isnan(value) else f"{value:.2f}×"
-
-
-# --- sections --------------------------------------------------------------------------
