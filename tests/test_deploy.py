@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +85,7 @@ def host_volumes(service: dict[str, Any]) -> list[tuple[Path, str]]:
 
 def test_compose_has_the_whole_stack() -> None:
     services = compose()["services"]
-    assert set(services) == {"exporter", "prometheus", "alertmanager", "grafana"}
+    assert set(services) == {"exporter", "prometheus", "alertmanager", "alert-log", "grafana"}
     exporter = services["exporter"]
     assert (DEPLOY / exporter["build"]["context"] / "Dockerfile").is_file()
     assert exporter["read_only"] is True
@@ -185,7 +188,9 @@ def test_every_build_validates_strictly_against_the_kubernetes_schemas(
     assert {d["kind"] for d in core} >= {"ConfigMap", "Deployment", "Service"}
     for document in core:
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
-    assert all(d["metadata"].get("namespace") == "monitoring" for d in documents)
+    # The overlay chooses the namespace; the base leaves it to the one applying it.
+    wanted = None if overlay == "base" else "monitoring"
+    assert all(d["metadata"].get("namespace") == wanted for d in documents)
 
 
 def test_strict_validation_catches_a_typo() -> None:
@@ -301,3 +306,50 @@ def test_the_image_installs_dependencies_from_the_lock_before_the_source() -> No
     ):
         assert re.search(rf"^{dependency}==\S+ \\$", lock, re.M), dependency
     assert "--hash=sha256:" in lock
+
+
+def test_the_compose_alerts_end_somewhere_you_can_see() -> None:
+    """Before: the example Alertmanager config sent to localhost:5001, which inside its
+    container is nothing: every notification failed, and no alert was ever seen."""
+    services = compose()["services"]
+    receiver = services["alert-log"]
+    port = receiver["entrypoint"][-1]
+    routes = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
+    urls = [c["url"] for r in routes["receivers"] for c in r.get("webhook_configs", [])]
+    assert urls and all(url.startswith(f"http://alert-log:{port}/") for url in urls)
+    assert "alert-log" in services["alertmanager"]["depends_on"]
+
+
+def test_the_alert_log_prints_one_line_per_alert(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(DEPLOY / "alert-log.py"), "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline().split()[-1])
+        notification = {
+            "alerts": [
+                {"status": "firing", "labels": {"alertname": "LatitudeshCreditLow", "x": "1"}},
+                {"status": "resolved", "labels": {"alertname": "LatitudeshDataStale"}},
+            ]
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/page",
+            data=json.dumps(notification).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+        lines = [process.stdout.readline().strip() for _ in range(2)]
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+    assert (
+        lines[0]
+        == '/page firing LatitudeshCreditLow {"alertname": "LatitudeshCreditLow", "x": "1"}'
+    )
+    assert lines[1].startswith("/page resolved LatitudeshDataStale")

@@ -122,3 +122,34 @@ def test_per_key_alerts_carry_the_team(rule: dict[str, Any]) -> None:
 def test_the_prometheusrule_manifest_holds_exactly_these_rules() -> None:
     manifest = yaml.safe_load((ROOT / "deploy/kubernetes/base/prometheusrule.yaml").read_text())
     assert manifest["spec"] == yaml.safe_load((PROMETHEUS / "rules.yml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["severity=critical", "alertname=LatitudeshThresholdExceeded"], "billing-pager"),
+        (["severity=warning", "alertname=LatitudeshCreditLow"], "billing-team"),
+        (["alertname=LatitudeshExporterDown"], "billing-team"),
+    ],
+)
+def test_the_example_routes_send_each_alert_where_it_says(labels: list[str], receiver: str) -> None:
+    amtool = require_binary("amtool")
+    result = subprocess.run(
+        [amtool, "config", "routes", "test", "--config.file=alertmanager.yml", *labels],
+        capture_output=True,
+        text=True,
+        cwd=PROMETHEUS,
+        check=False,
+    )
+    assert result.stdout.strip() == receiver, result.stdout + result.stderr
+
+
+def test_an_exporter_down_silences_only_its_own_staleness() -> None:
+    """Without `equal`, one replica down silenced the staleness alerts of every other."""
+    config = yaml.safe_load((PROMETHEUS / "alertmanager.yml").read_text())
+    (rule,) = [
+        r
+        for r in config["inhibit_rules"]
+        if r["source_matchers"] == ['alertname="LatitudeshExporterDown"']
+    ]
+    assert "instance" in rule["equal"]
