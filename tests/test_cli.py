@@ -518,3 +518,12 @@ def test_with_projects_and_currency_listed_no_discovery_is_made_or_missed(
     assert 'team="default"' in result.stdout
     # A budget above what the API allows a key is said once, at start.
     assert "requests_per_minute is above what the API allows a key" in result.stderr
+
+
+def test_demo_check_config_tells_the_interval_the_demo_really_polls_at() -> None:
+    """Before: `--demo --check-config` printed `poll: every 300s` while the demo polls
+    every 10 s (its override was applied only when the daemon was built)."""
+    result = run_cli("--demo", "--check-config")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every 10s" in result.stdout and "300" not in result.stdout
+    assert "key from the demo" in result.stdout
