@@ -99,6 +99,15 @@ def test_make_run_installs_the_locked_runtime_set_only(tmp_path: Path) -> None:
         ["make", "-n", "dev"], cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout
     assert "'.[test,dev]'" in planned and "npm ci" in planned
+    # a benchmark run writes where git does not look, unless told otherwise
+    planned = subprocess.run(
+        ["make", "-n", "bench"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
+    assert "--out benchmarks/out/RESULTS.md" in planned
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--quiet", "benchmarks/out/RESULTS.md"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0
 
 
 def test_a_real_token_in_deploy_env_is_never_committed() -> None:
