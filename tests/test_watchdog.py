@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from exporter.config import ApiSettings
 from exporter.errors import POLL_ERROR_REASONS
 from exporter.models import (
     BillingUsageDocument,
@@ -34,6 +35,7 @@ from exporter.schedule import Schedule
 from exporter.snapshot import ProjectStatus
 from exporter.store import SnapshotStore
 from exporter.watchdog import Team, Watchdog
+from exporter.wiring import stall_margin
 from testing.waits import wait_for
 from tests.conftest import new_poller
 
@@ -433,3 +435,107 @@ def test_a_hung_poll_is_marked_stalled_by_the_watchdog_and_the_others_are_not(
     assert status(team.store, "a").up
     assert stalled(team.store) == {"b": 1}
     assert [r.getMessage() for r in caplog.records] == ["polls overdue: marked stalled"]
+
+
+#: A fraction of a second that binary floats hold exactly: boundaries stay exact.
+EPSILON = 2.0**-10
+
+
+def test_a_never_polled_project_waits_on_the_first_refresh_not_on_the_pollers_creation(
+    hung: Callable[..., Hung],
+) -> None:
+    """The schedule's first refresh may start well after the poller was made (a slow
+    start): a project that never had an outcome is judged from that refresh's start."""
+    team = hung()  # made at 1000
+    assert team.poller.overdue(1015.0, 5.0) == []
+    assert team.poller.overdue(1015.0 + EPSILON, 5.0) == ["a", "b"]
+    team.clock.now = 1100.0
+    team.refresh()  # b's first poll hangs
+    assert team.poller.overdue(1115.0, 5.0) == []
+    assert team.poller.overdue(1115.0 + EPSILON, 5.0) == ["b"]
+
+
+class DiscoveredApi:
+    """/projects lists `listed`; a poll of a project in `hung` waits until released."""
+
+    def __init__(self, listed: list[str], hung: set[str]) -> None:
+        self.listed = listed
+        self.hung = hung
+        self.entered: set[str] = set()
+        self.release = threading.Event()
+        self.answered: list[str] = []
+
+    def projects(self) -> list[ProjectResource]:
+        team = {"slug": TEAM, "currency": {"code": "USD"}}
+        body = {"data": [{"id": p, "attributes": {"team": team}} for p in self.listed]}
+        return parse_document(ProjectsPage, json.dumps(body).encode()).data
+
+    def billing_usage(
+        self, project_id: str, *, plan: str | None = None, products: Sequence[str] = ()
+    ) -> UsageAttributes:
+        if project_id in self.hung:
+            self.entered.add(project_id)
+            self.release.wait(30)
+        self.answered.append(project_id)
+        return attributes(project_id)
+
+
+def test_projects_discovered_behind_a_hung_poll_are_overdue_after_their_refresh() -> None:
+    """One poll at a time: a newly discovered project whose poll hangs holds the others
+    discovered with it in the queue. None of them ever has an outcome; each is
+    overdue just past the span of the refresh that discovered it, never before, and
+    never not at all."""
+    clock = Clock()
+    store = SnapshotStore()
+    api = DiscoveredApi(["a"], hung={"b"})
+    poller = new_poller(
+        api,
+        store,
+        team=TEAM,
+        interval=10.0,
+        concurrency=1,
+        budget_seconds=lambda requests: requests * 0.5,
+        grace=1.0,
+        monotonic=clock,
+    )
+    threads: list[threading.Thread] = []
+
+    def refresh() -> None:
+        thread = threading.Thread(target=poller.refresh, daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    try:
+        refresh()  # at 1000: a alone
+        threads[0].join(timeout=30)
+        assert api.answered == ["a"]
+        clock.now = 1020.0
+        api.listed = ["b", "c", "a"]
+        refresh()
+        wait_for(lambda: "b" in api.entered, message="b's poll to hang")
+        wait_for(lambda: len(poller.targets) == 3, message="c to be discovered")
+        assert poller.overdue(1035.0, 5.0) == []
+        assert sorted(poller.overdue(1035.0 + EPSILON, 5.0)) == ["a", "b", "c"]
+    finally:
+        api.release.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        poller.stop(timeout=10)
+    assert sorted(api.answered) == ["a", "a", "b", "c"]
+    assert poller.overdue(1e9, 5.0) == []  # every project had its outcome at last
+
+
+@pytest.mark.parametrize(
+    ("timeout", "retries", "margin"),
+    [
+        (10.0, 0, 10.0),  # one attempt, no wait
+        (10.0, 1, 20.0 + 1.0),  # two attempts, one backoff of 1 s
+        (10.0, 3, 40.0 + 1.0 + 2.0 + 4.0),
+        (5.0, 8, 45.0 + 1 + 2 + 4 + 8 + 16 + 32 + 60 + 60),  # backoff capped at 60 s
+    ],
+)
+def test_the_stall_margin_is_every_attempt_at_its_timeout_and_each_backoff(
+    timeout: float, retries: int, margin: float
+) -> None:
+    api = ApiSettings(timeout_seconds=timeout, max_retries=retries)
+    assert stall_margin(api) == margin
