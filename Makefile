@@ -12,7 +12,7 @@ ARGS   ?= --demo
 WORKERS ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help run dev test quick lint format unit bench lock clean
+.PHONY: help run dev test quick lint format unit bench bench-micro lock clean
 
 $(RUNTIME): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -58,7 +58,14 @@ unit: $(DEV) ## the test suite, on every core
 # benchmarks/RESULTS.md changes only when asked: make bench OUT=benchmarks/RESULTS.md
 OUT ?= benchmarks/out/RESULTS.md
 bench: $(DEV) ## the benchmarks: print the tables, write them under benchmarks/out/ (OUT=... elsewhere)
+	@mkdir -p $(dir $(OUT))
 	$(BIN)/python -m benchmarks --out $(OUT)
+
+# Per-call costs (parse, build, render, join, a scrape's body) with pytest-benchmark, in
+# one process on one core: outside the test suite, whose testpaths is tests/.
+bench-micro: $(DEV) ## the micro-benchmarks: what one parse, render, join or scrape costs
+	$(BIN)/pytest -n 0 benchmarks/micro --benchmark-sort=name --benchmark-time-unit=ms \
+	  --benchmark-columns=min,median,max,rounds
 
 lock: $(DEV) ## refresh requirements.lock (the image installs from it, hashes checked)
 	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
