@@ -14,7 +14,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from benchmarks.measure import cpu_seconds, peak_rss_mib, rss_mib
 from benchmarks.modes import Mode
 from benchmarks.scraping import PROMETHEUS, fetch
 from testing.ports import PortTaken, listening_port, start_on_free_port
-from testing.waits import wait_for
+from testing.waits import WaitTimeout, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 OPEN_BUDGET = 100_000.0  # requests per minute: the limiter out of the way
@@ -86,6 +86,8 @@ class Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self._log_file.close()
 
 
@@ -181,7 +183,9 @@ class Bench:
         else:
             port, child = start_on_free_port(lambda p: _listening_on(spawn(p), p))
         try:
-            yield Daemon(child, f"http://127.0.0.1:{port}")
+            # toy sizes are ready in seconds: a minute means something is wrong, say what
+            patience = 60.0 if self.mode.name == "smoke" else 900.0
+            yield Daemon(child, f"http://127.0.0.1:{port}", patience)
         finally:
             child.stop()
 
@@ -225,12 +229,13 @@ def _listening_on(child: Child, port: int) -> Child:
 class Daemon:
     child: Child
     url: str
+    patience: float = 900.0  # seconds to wait for it to be ready or full, at most
 
     @property
     def pid(self) -> int:
         return self.child.pid
 
-    def wait_ready(self, timeout: float = 900, path: str = "/readyz") -> float:
+    def wait_ready(self, timeout: float | None = None, path: str = "/readyz") -> float:
         """Seconds from spawn until `path` says 200 (/healthz: listening)."""
 
         def ready() -> bool:
@@ -241,10 +246,10 @@ class Daemon:
             except OSError:
                 return False
 
-        wait_for(ready, timeout, f"the exporter's {path}", step=0.05)
+        self._wait(ready, timeout, f"the exporter's {path}")
         return time.monotonic() - self.child.started
 
-    def wait_full(self, projects: int, timeout: float = 900) -> tuple[float, bytes]:
+    def wait_full(self, projects: int, timeout: float | None = None) -> tuple[float, bytes]:
         """Seconds from spawn until a scrape shows every project; that scrape's body."""
         self.wait_ready(timeout)
         full: list[bytes] = []
@@ -256,8 +261,14 @@ class Daemon:
                 full.append(body)
             return bool(full)
 
-        wait_for(every_project, timeout, f"all {projects} projects in /metrics", step=0.05)
+        self._wait(every_project, timeout, f"all {projects} projects in /metrics")
         return time.monotonic() - self.child.started, full[0]
+
+    def _wait(self, condition: Callable[[], bool], timeout: float | None, what: str) -> None:
+        try:
+            wait_for(condition, self.patience if timeout is None else timeout, what, step=0.05)
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"{exc}; the exporter's log ends: {self.child.tail()}") from None
 
     def rss(self) -> float:
         return rss_mib(self.pid)

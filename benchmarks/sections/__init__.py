@@ -27,6 +27,7 @@ from benchmarks.sections import (
     slow,
     steady,
     teams,
+    tuning,
     warm,
 )
 
@@ -53,4 +54,5 @@ SECTIONS: dict[str, Section] = {
     "slow": Section(slow.measure, slow.report, ("11. Slow and idle clients",)),
     "churn": Section(churn.measure, churn.report, ("12. RSS over",)),
     "demo": Section(demo.measure, demo.report, ("13. Start-up of the demo",)),
+    "tuning": Section(tuning.measure, tuning.report, ("14. Runtime tuning",)),
 }

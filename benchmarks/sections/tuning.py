@@ -1,0 +1,241 @@
+"""Section 14: what `exporter/runtime.py`'s tuning is worth, on and off and piece by piece.
+
+One daemon per configuration at 1,000 x 50 (as in sections 2 to 4): polls back to back
+without scrapers (CPU per project), then one scraper while polls run back to back, then
+one scraper at ten polls a second (the steady state), then RSS once the minute's
+housekeeping job has run. Every configuration runs `tuning_rounds` times, in a rotated
+order, under this Python and each interpreter `--python` names.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from benchmarks.apilog import ApiLog
+from benchmarks.harness import AFTER, Bench, Code
+from benchmarks.measure import median
+from benchmarks.modes import Mode
+from benchmarks.report import Findings, Table, ms, ratio, sec
+from benchmarks.scraping import (
+    OPENMETRICS,
+    PROMETHEUS,
+    TEXT,
+    Scraper,
+    Scrapes,
+    control,
+    fetch,
+    scrape_loop,
+)
+from benchmarks.sections.steady import STEADY_LATENCY
+
+#: configuration -> (exporter flags, how the daemon is run)
+CONFIGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "off": (("--runtime.tuning", "off"), ("exporter",)),
+    "on (as shipped)": ((), ("exporter",)),
+    "gc only": ((), ("benchmarks.tuned", "gc")),
+    "switch interval only": ((), ("benchmarks.tuned", "switch")),
+    "malloc only": ((), ("benchmarks.tuned", "malloc")),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    python: str  # its version, "3.11.7"
+    config: str
+    round: int
+    cpu_per_project: float  # seconds, polls back to back without scrapers
+    stress_polls: float  # per second, in that phase
+    stress: Scrapes  # one scraper while polls run back to back
+    steady: Scrapes  # one scraper at ten polls a second
+    steady_polls: float
+    rss: float  # MiB, settled, after the housekeeping job ran once
+    peak: float
+
+
+def measure(bench: Bench, codes: Sequence[Code]) -> list[Run]:
+    """This tree only, under each of the run's interpreters (`--python`)."""
+    mode = bench.mode
+    runs = []
+    for python in bench.pythons:
+        version = _version(python)
+        api = bench.api(mode.steady, mode.products)
+        names = list(CONFIGS)
+        for round_ in range(mode.tuning_rounds):
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
+            for config in order:
+                print(f"  tuning: Python {version}, {config}, round {round_ + 1}", flush=True)
+                runs.append(_one(bench, api, python, version, config, round_))
+    return runs
+
+
+def _version(python: str) -> str:
+    result = subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+def _one(bench: Bench, api: str, python: str, version: str, config: str, round_: int) -> Run:
+    mode = bench.mode
+    flags, module = CONFIGS[config]
+    control(api, {"latency": 0})
+    with bench.daemon(AFTER, api, args=flags, python=python, module=module) as daemon:
+        daemon.wait_full(mode.steady)
+        metrics = daemon.url + "/metrics"
+        idle_start, cpu_start = time.monotonic(), daemon.cpu()
+        time.sleep(mode.tuning_phase)
+        idle_end, cpu_end = time.monotonic(), daemon.cpu()
+        stress = scrape_loop([Scraper(metrics, PROMETHEUS)], mode.tuning_phase)[0]
+        control(api, {"latency": STEADY_LATENCY})
+        time.sleep(2 * STEADY_LATENCY)
+        steady_start = time.monotonic()
+        steady = scrape_loop([Scraper(metrics, PROMETHEUS)], mode.tuning_phase)[0]
+        steady_end = time.monotonic()
+        for headers in (TEXT, OPENMETRICS, PROMETHEUS):
+            fetch(metrics, headers, timeout=300)
+        # past the minute's housekeeping (collection and trim), then settled
+        time.sleep(max(0.0, daemon.child.started + mode.tuning_settle - time.monotonic()))
+        time.sleep(1 if mode.tuning_settle else 0.1)
+        rss, peak = daemon.rss(), daemon.peak()
+        control(api, {"latency": 0})
+    log = ApiLog.of(api)
+    answers = log.answers(idle_start, idle_end)
+    return Run(
+        python=version,
+        config=config,
+        round=round_,
+        cpu_per_project=(cpu_end - cpu_start) / answers if answers else float("nan"),
+        stress_polls=answers / (idle_end - idle_start),
+        stress=stress,
+        steady=steady,
+        steady_polls=log.answers(steady_start, steady_end) / (steady_end - steady_start),
+        rss=rss,
+        peak=peak,
+    )
+
+
+# --- reporting ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One configuration under one interpreter, its rounds pooled."""
+
+    python: str
+    config: str
+    rounds: int
+    steady: Scrapes
+    steady_polls: float
+    stress: Scrapes
+    cpu_per_project: float
+    rss: float
+    peak: float
+
+
+def pooled(runs: Sequence[Run]) -> list[Row]:
+    """Scrapes of every round together (their percentiles), the rest the rounds' median."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.python, run.config), []).append(run)
+    rows = []
+    for python in dict.fromkeys(r.python for r in runs):
+        for config in CONFIGS:
+            group = groups.get((python, config))
+            if not group:
+                continue
+            steady, stress = Scrapes(), Scrapes()
+            for run in group:
+                steady.add(run.steady)
+                stress.add(run.stress)
+            rows.append(
+                Row(
+                    python,
+                    config,
+                    len(group),
+                    steady,
+                    median([r.steady_polls for r in group]),
+                    stress,
+                    median([r.cpu_per_project for r in group]),
+                    median([r.rss for r in group]),
+                    median([r.peak for r in group]),
+                )
+            )
+    return rows
+
+
+def report(runs: list[Run], mode: Mode) -> Findings:
+    rows = pooled(runs)
+    off = {r.python: r for r in rows if r.config == "off"}
+    cells = []
+    for r in rows:
+        base = off.get(r.python)
+        cells.append(
+            [
+                r.python,
+                r.config,
+                str(r.rounds),
+                f"{r.steady_polls:.0f}",
+                str(len(r.steady.seconds)),
+                ms(r.steady.p50),
+                ms(r.steady.p99),
+                ms(r.steady.slowest),
+                ms(r.stress.p50),
+                ms(r.stress.p99),
+                sec(r.cpu_per_project * 1000),
+                sec(r.rss, 1),
+                sec(r.peak, 1),
+                _versus(r, base),
+            ]
+        )
+    table = Table(
+        f"14. Runtime tuning, on and off and piece by piece, {mode.steady} × {mode.products}",
+        "`exporter/runtime.py` off (`--runtime.tuning off`), on (as shipped), and each piece "
+        "alone (`python -m benchmarks.tuned PIECE`): gc = freeze, thresholds and a full "
+        "collection a minute; switch interval = 1 ms; malloc = two arenas (`mallopt`, no "
+        "MALLOC_ARENA_MAX set) and `malloc_trim` a minute. One daemon per configuration and "
+        f"round ({mode.tuning_rounds} round(s), configurations in rotated order): "
+        f"{mode.tuning_phase:.0f} s of polls back to back without scrapers (CPU per project), "
+        f"{mode.tuning_phase:.0f} s of one scraper beside them (stress), "
+        f"{mode.tuning_phase:.0f} s of one scraper at about ten polls a second (steady, as "
+        "section 2), then text, OpenMetrics and gzip scrapes and RSS once the minute's "
+        "housekeeping has run. Scraped as Prometheus does (OpenMetrics, gzip); percentiles "
+        "over every round's scrapes, the other figures the rounds' median.",
+        [
+            "Python",
+            "tuning",
+            "rounds",
+            "polls/s",
+            "scrapes",
+            "steady p50 ms",
+            "steady p99 ms",
+            "steady max ms",
+            "stress p50 ms",
+            "stress p99 ms",
+            "CPU ms per project",
+            "RSS MiB",
+            "peak MiB",
+            "vs off: steady p99, CPU, RSS",
+        ],
+        cells,
+    )
+    return Findings([table])
+
+
+def _versus(row: Row, off: Row | None) -> str:
+    if off is None or row is off:
+        return ""
+    return ", ".join(
+        "—" if math.isnan(ratio(a, b)) else f"{(ratio(a, b) - 1) * 100:+.0f} %"
+        for a, b in (
+            (row.steady.p99, off.steady.p99),
+            (row.cpu_per_project, off.cpu_per_project),
+            (row.rss, off.rss),
+        )
+    )
