@@ -11,6 +11,7 @@ hours), and Alertmanager routing to a webhook receiver run here. Everything list
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -32,7 +33,6 @@ from testing.waits import wait_for
 from tests.conftest import (
     ROOT,
     ExporterProcess,
-    free_port,
     http_get,
     require_binary,
 )
@@ -101,6 +101,30 @@ class Stack:
         )
 
 
+#: The line in which Prometheus and Alertmanager (exporter-toolkit's web server) say
+#: the address they bound: with port 0, the port the kernel gave them.
+_LISTENING_ON = re.compile(rb'msg="Listening on" address=[\w.:\[\]]*:(\d+)')
+
+
+def listening_port(name: str, process: subprocess.Popen[bytes], log: Path) -> int:
+    """The port a Prometheus server (started with `--web.listen-address=...:0`) bound,
+    read from its log. Port 0: the server binds a free port itself, so nothing can take
+    it between a pick and the bind (picking a free port for it to bind later was a race
+    that parallel tests lost now and then)."""
+
+    def bound() -> int | None:
+        match = _LISTENING_ON.search(log.read_bytes())
+        if match:
+            return int(match.group(1))
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:]
+            pytest.fail(f"{name} exited with {process.returncode}:\n{tail}")
+        return None
+
+    port: int = wait_for(bound, 60, f"{name} to say the port it listens on")
+    return port
+
+
 def shortened_rules(source: Path, target: Path) -> None:
     document = yaml.safe_load(source.read_text())
     for group in document["groups"]:
@@ -118,117 +142,130 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     processes: list[subprocess.Popen[bytes]] = []
     logs: dict[str, Path] = {}
 
-    def spawn(name: str, argv: list[str]) -> None:
+    def spawn(name: str, argv: list[str]) -> int:
+        """Start `name` listening on port 0; the port it bound, from its log."""
         logs[name] = tmp / f"{name}.log"
         with logs[name].open("wb") as log:  # the child keeps its own descriptor
-            processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp))
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+        processes.append(process)
+        return listening_port(name, process, logs[name])
 
-    receiver = Receiver()
-    receiver_server = start_receiver(receiver)
-    api = FakeApi(
-        [
-            DemoAccount(speed=1.0, token=KEY_US),
-            DemoAccount(
-                brazil_projects(),
-                speed=1.0,
-                token=KEY_BR,
-                team=DemoTeam("demo-br", "Demo Brasil", "BRL"),
-            ),
-        ]
-    ).start()
-    exporters = [
-        ExporterProcess(
-            [],
-            env={
-                "LATITUDESH_EXPORTER_TEAMS": json.dumps(
-                    [
-                        {"name": "us", "token_env": "KEY_US", "requests_per_minute": 6000},
-                        {"name": "br", "token_env": "KEY_BR", "requests_per_minute": 6000},
-                    ]
+    def stop_processes() -> None:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    # Whatever fails on the way up, what was started is stopped (in reverse order).
+    with contextlib.ExitStack() as started:
+        receiver = Receiver()
+        receiver_server = start_receiver(receiver)
+        started.callback(receiver_server.server_close)
+        started.callback(receiver_server.shutdown)
+        api = FakeApi(
+            [
+                DemoAccount(speed=1.0, token=KEY_US),
+                DemoAccount(
+                    brazil_projects(),
+                    speed=1.0,
+                    token=KEY_BR,
+                    team=DemoTeam("demo-br", "Demo Brasil", "BRL"),
                 ),
-                "KEY_US": KEY_US,
-                "KEY_BR": KEY_BR,
-                "LATITUDESH_EXPORTER_API__BASE_URL": api.url,
-                "LATITUDESH_EXPORTER_API__MAX_RETRIES": "0",
-                "LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS": "1",
-            },
-            cwd=tmp,
-            tmp=tmp,
-        )
-        for _ in range(2)
-    ]
-    for index, exporter in enumerate(exporters):
-        logs[f"exporter-{index}"] = exporter.log_path
-
-    am_port = free_port()
-    (tmp / "alertmanager.yml").write_text(
-        yaml.safe_dump(
-            {
-                "route": {
-                    "receiver": "webhook",
-                    "group_by": ["alertname", "project_id", "reason", "team"],
-                    "group_wait": "0s",
-                    "group_interval": "1s",
-                    "repeat_interval": "1h",
+            ]
+        ).start()
+        started.callback(api.stop)
+        exporters: list[ExporterProcess] = []
+        for index in range(2):
+            exporter = ExporterProcess(
+                [],
+                env={
+                    "LATITUDESH_EXPORTER_TEAMS": json.dumps(
+                        [
+                            {"name": "us", "token_env": "KEY_US", "requests_per_minute": 6000},
+                            {"name": "br", "token_env": "KEY_BR", "requests_per_minute": 6000},
+                        ]
+                    ),
+                    "KEY_US": KEY_US,
+                    "KEY_BR": KEY_BR,
+                    "LATITUDESH_EXPORTER_API__BASE_URL": api.url,
+                    "LATITUDESH_EXPORTER_API__MAX_RETRIES": "0",
+                    "LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS": "1",
                 },
-                "receivers": [
-                    {
-                        "name": "webhook",
-                        "webhook_configs": [
-                            {
-                                "url": f"http://127.0.0.1:{receiver_server.server_address[1]}/",
-                                "send_resolved": True,
-                            }
-                        ],
-                    }
-                ],
-            }
-        )
-    )
-    spawn(
-        "alertmanager",
-        [
-            alertmanager_bin,
-            "--config.file=alertmanager.yml",
-            f"--storage.path={tmp / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{am_port}",
-            "--cluster.listen-address=",
-        ],
-    )
+                cwd=tmp,
+                tmp=tmp,
+            )
+            started.callback(exporter.stop)
+            exporters.append(exporter)
+            logs[f"exporter-{index}"] = exporter.log_path
+        started.callback(stop_processes)
 
-    prom_port = free_port()
-    shortened_rules(ROOT / "prometheus" / "rules.yml", tmp / "rules.yml")
-    (tmp / "prometheus.yml").write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": ["rules.yml"],
-                "alerting": {
-                    "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
-                },
-                "scrape_configs": [
-                    {
-                        "job_name": "latitudesh",
-                        "static_configs": [
-                            {"targets": [f"127.0.0.1:{exporter.port}" for exporter in exporters]}
-                        ],
-                    }
-                ],
-            }
+        (tmp / "alertmanager.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "route": {
+                        "receiver": "webhook",
+                        "group_by": ["alertname", "project_id", "reason", "team"],
+                        "group_wait": "0s",
+                        "group_interval": "1s",
+                        "repeat_interval": "1h",
+                    },
+                    "receivers": [
+                        {
+                            "name": "webhook",
+                            "webhook_configs": [
+                                {
+                                    "url": f"http://127.0.0.1:{receiver_server.server_address[1]}/",
+                                    "send_resolved": True,
+                                }
+                            ],
+                        }
+                    ],
+                }
+            )
         )
-    )
-    spawn(
-        "prometheus",
-        [
-            prometheus_bin,
-            "--config.file=prometheus.yml",
-            f"--storage.tsdb.path={tmp / 'prom-data'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-    )
+        am_port = spawn(
+            "alertmanager",
+            [
+                alertmanager_bin,
+                "--config.file=alertmanager.yml",
+                f"--storage.path={tmp / 'am-data'}",
+                "--web.listen-address=127.0.0.1:0",
+                "--cluster.listen-address=",
+            ],
+        )
 
-    built = Stack(api, exporters, f"http://127.0.0.1:{prom_port}", receiver, logs)
-    try:
+        shortened_rules(ROOT / "prometheus" / "rules.yml", tmp / "rules.yml")
+        alertmanagers = [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
+        exporter_targets = [f"127.0.0.1:{exporter.port}" for exporter in exporters]
+        (tmp / "prometheus.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": ["rules.yml"],
+                    "alerting": {"alertmanagers": alertmanagers},
+                    "scrape_configs": [
+                        {
+                            "job_name": "latitudesh",
+                            "static_configs": [{"targets": exporter_targets}],
+                        }
+                    ],
+                }
+            )
+        )
+        prom_port = spawn(
+            "prometheus",
+            [
+                prometheus_bin,
+                "--config.file=prometheus.yml",
+                f"--storage.tsdb.path={tmp / 'prom-data'}",
+                "--web.listen-address=127.0.0.1:0",
+            ],
+        )
+
+        built = Stack(api, exporters, f"http://127.0.0.1:{prom_port}", receiver, logs)
         for exporter in exporters:
             exporter.wait_ready()
         wait_for(
@@ -237,19 +274,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             message="Prometheus to scrape both exporters",
         )
         yield built
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for exporter in exporters:
-            exporter.stop()
-        api.stop()
-        receiver_server.shutdown()
-        receiver_server.server_close()
 
 
 def _results(stack: Stack, query: str) -> list[dict[str, Any]]:
