@@ -10,6 +10,7 @@ order, under this Python and each interpreter `--python` names.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -54,6 +55,7 @@ class Run:
     steady_polls: float
     rss: float  # MiB, settled, after the housekeeping job ran once
     peak: float
+    load: float  # the machine's 1-minute load average at the end: others' work shows here
 
 
 def measure(bench: Bench, codes: Sequence[Code]) -> list[Run]:
@@ -67,8 +69,15 @@ def measure(bench: Bench, codes: Sequence[Code]) -> list[Run]:
         for round_ in range(mode.tuning_rounds):
             order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for config in order:
-                print(f"  tuning: Python {version}, {config}, round {round_ + 1}", flush=True)
-                runs.append(_one(bench, api, python, version, config, round_))
+                run = _one(bench, api, python, version, config, round_)
+                runs.append(run)
+                print(
+                    f"  tuning: Python {version}, {config}, round {round_ + 1}: steady p50 "
+                    f"{ms(run.steady.p50)} p99 {ms(run.steady.p99)} ms, stress p99 "
+                    f"{ms(run.stress.p99)} ms, CPU {sec(run.cpu_per_project * 1000)} ms per "
+                    f"project, RSS {run.rss:.0f} MiB, load {run.load:.1f}",
+                    flush=True,
+                )
     return runs
 
 
@@ -118,6 +127,7 @@ def _one(bench: Bench, api: str, python: str, version: str, config: str, round_:
         steady_polls=log.answers(steady_start, steady_end) / (steady_end - steady_start),
         rss=rss,
         peak=peak,
+        load=os.getloadavg()[0],
     )
 
 
@@ -137,6 +147,7 @@ class Row:
     cpu_per_project: float
     rss: float
     peak: float
+    load: float
 
 
 def pooled(runs: Sequence[Run]) -> list[Row]:
@@ -165,6 +176,7 @@ def pooled(runs: Sequence[Run]) -> list[Row]:
                     median([r.cpu_per_project for r in group]),
                     median([r.rss for r in group]),
                     median([r.peak for r in group]),
+                    median([r.load for r in group]),
                 )
             )
     return rows
@@ -192,6 +204,7 @@ def report(runs: list[Run], mode: Mode) -> Findings:
                 sec(r.rss, 1),
                 sec(r.peak, 1),
                 _versus(r, base),
+                sec(r.load, 1),
             ]
         )
     table = Table(
@@ -206,7 +219,9 @@ def report(runs: list[Run], mode: Mode) -> Findings:
         f"{mode.tuning_phase:.0f} s of one scraper at about ten polls a second (steady, as "
         "section 2), then text, OpenMetrics and gzip scrapes and RSS once the minute's "
         "housekeeping has run. Scraped as Prometheus does (OpenMetrics, gzip); percentiles "
-        "over every round's scrapes, the other figures the rounds' median.",
+        "over every round's scrapes, the other figures the rounds' median. Load: the "
+        "machine's 1-minute load average at the end of a run (the daemon, the fake API and "
+        "the scraper make about 2 on their own; more is someone else's work).",
         [
             "Python",
             "tuning",
@@ -222,6 +237,7 @@ def report(runs: list[Run], mode: Mode) -> Findings:
             "RSS MiB",
             "peak MiB",
             "vs off: steady p99, CPU, RSS",
+            "load",
         ],
         cells,
     )
