@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, settings
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -110,6 +112,46 @@ def frozen_account(**kwargs: Any) -> DemoAccount:
 def fake_api() -> Iterator[FakeApi]:
     with FakeApi(frozen_account(token=TOKEN)) as api:
         yield api
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """TLS files of one test CA, made once a session (as files: the web config names
+    files): the server's certificate for localhost and 127.0.0.1 (`cert`, `key`, and the
+    key encrypted with the password "pass", `encrypted`), the CA (`ca`), two clients it
+    issued (`client` for prometheus@example, `other` for grafana@example) and one another
+    CA issued (`stranger`), each client file holding its key and its chain."""
+    tmp = tmp_path_factory.mktemp("tls")
+    names = ("cert", "key", "encrypted", "ca", "client", "other", "stranger")
+    files = {name: tmp / f"{name}.pem" for name in names}
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    server.cert_chain_pems[0].write_to_path(files["cert"])
+    server.private_key_pem.write_to_path(files["key"])
+    ca.cert_pem.write_to_path(files["ca"])
+    key = serialization.load_pem_private_key(server.private_key_pem.bytes(), password=None)
+    files["encrypted"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pass"),
+        )
+    )
+    clients = {
+        "client": ca.issue_cert("prometheus@example"),
+        "other": ca.issue_cert("grafana@example"),
+        "stranger": trustme.CA().issue_cert("mallory@example"),
+    }
+    for name, issued in clients.items():
+        issued.private_key_and_cert_chain_pem.write_to_path(files[name])
+    return files
+
+
+def tls_web_config(certs: dict[str, Path], **tls: object) -> dict[str, Any]:
+    """A web config (as YAML would hold it) serving TLS with the `certs` server's files."""
+    return {
+        "tls_server_config": {"cert_file": str(certs["cert"]), "key_file": str(certs["key"]), **tls}
+    }
 
 
 @pytest.fixture

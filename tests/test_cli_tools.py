@@ -13,10 +13,9 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-import trustme
 import yaml
 
-from tests.conftest import ROOT, ExporterProcess, run_cli
+from tests.conftest import ROOT, ExporterProcess, run_cli, tls_web_config
 
 
 def shell(command: str, tmp: Path) -> subprocess.CompletedProcess[str]:
@@ -138,26 +137,15 @@ def test_hash_password_on_a_terminal_asks_twice_without_echo() -> None:
 
 
 @pytest.mark.parametrize("tls", [False, True])
-def test_the_health_check_follows_the_listen_address_and_tls(tmp_path: Path, tls: bool) -> None:
+def test_the_health_check_follows_the_listen_address_and_tls(
+    tmp_path: Path, certs: dict[str, Path], tls: bool
+) -> None:
     """The image's HEALTHCHECK: before, a fixed http://127.0.0.1:10067 turned the
     container unhealthy under TLS or on another port."""
     args: list[str] = []
     if tls:
-        ca = trustme.CA()
-        cert = ca.issue_cert("localhost")
-        cert.cert_chain_pems[0].write_to_path(tmp_path / "tls.crt")
-        cert.private_key_pem.write_to_path(tmp_path / "tls.key")
         web = tmp_path / "web.yml"
-        web.write_text(
-            yaml.safe_dump(
-                {
-                    "tls_server_config": {
-                        "cert_file": str(tmp_path / "tls.crt"),
-                        "key_file": str(tmp_path / "tls.key"),
-                    }
-                }
-            )
-        )
+        web.write_text(yaml.safe_dump(tls_web_config(certs)))
         args = ["--web.config.file", str(web)]
     exporter = ExporterProcess(["--demo", *args], tmp=tmp_path)
     try:

@@ -22,7 +22,7 @@ from typing import Any
 
 import bcrypt
 import pytest
-import trustme
+import yaml
 
 from exporter.httpserver import REFUSAL_DELAY, HttpServer, _Connection
 from exporter.store import SnapshotStore
@@ -40,54 +40,15 @@ from tests.conftest import (
     sample,
     serving,
     store_with,
+    tls_web_config,
 )
 
 FAST = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4))
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def certs(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("tls")
-    server = ca.issue_cert("localhost", "127.0.0.1")
-    client = ca.issue_cert("prometheus@example")
-    other = ca.issue_cert("grafana@example")
-    stranger = trustme.CA().issue_cert("mallory@example")
-    files = {
-        "cert": tmp / "server.crt",
-        "key": tmp / "server.key",
-        "ca": tmp / "ca.crt",
-        "client": tmp / "client.pem",
-        "other": tmp / "other.pem",
-        "stranger": tmp / "stranger.pem",
-    }
-    server.cert_chain_pems[0].write_to_path(files["cert"])
-    server.private_key_pem.write_to_path(files["key"])
-    ca.cert_pem.write_to_path(files["ca"])
-    for name, issued in (("client", client), ("other", other), ("stranger", stranger)):
-        issued.private_key_and_cert_chain_pem.write_to_path(files[name])
-    return files
-
-
 def web_config(tmp_path: Path, certs: dict[str, Path], **tls: object) -> WebSettings:
-    import yaml
-
     path = tmp_path / "web.yml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "tls_server_config": {
-                    "cert_file": str(certs["cert"]),
-                    "key_file": str(certs["key"]),
-                    **tls,
-                }
-            }
-        )
-    )
+    path.write_text(yaml.safe_dump(tls_web_config(certs, **tls)))
     return load_web_config(path)
 
 
@@ -264,7 +225,7 @@ def test_client_allowed_sans_keep_out_other_certificates_of_the_ca(
 
 
 def test_a_reload_swaps_the_certificate_for_new_connections(
-    tmp_path: Path, certs: dict[str, Path], ca: trustme.CA
+    tmp_path: Path, certs: dict[str, Path]
 ) -> None:
     with serving(golden_store(), web=WebSettings()) as server:
         assert http_get(f"http://127.0.0.1:{server.port}/healthz")[0] == 200

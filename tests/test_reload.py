@@ -12,7 +12,6 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-import trustme
 import yaml
 
 from exporter.daemon import protection_removed
@@ -26,6 +25,7 @@ from tests.conftest import (
     parse_samples,
     run_cli,
     sample,
+    tls_web_config,
 )
 
 PASSWORD = "s3cret-password"
@@ -97,20 +97,10 @@ def test_a_file_caught_half_written_is_refused_and_auth_stays(
 
 
 def test_a_valid_file_without_users_is_applied_with_a_warning(
-    protected: tuple[ExporterProcess, Path], tmp_path: Path
+    protected: tuple[ExporterProcess, Path], certs: dict[str, Path]
 ) -> None:
     exporter, web = protected
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.cert_chain_pems[0].write_to_path(tmp_path / "tls.crt")
-    cert.private_key_pem.write_to_path(tmp_path / "tls.key")
-    tls_only = {
-        "tls_server_config": {
-            "cert_file": str(tmp_path / "tls.crt"),
-            "key_file": str(tmp_path / "tls.key"),
-        }
-    }
-    web.write_text(yaml.safe_dump(tls_only))
+    web.write_text(yaml.safe_dump(tls_web_config(certs)))
     hup_and_wait(exporter, "msg=reloaded")
     output = exporter.output()
     assert "web config reload removes protection" in output

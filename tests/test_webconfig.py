@@ -9,42 +9,12 @@ from typing import Any
 
 import bcrypt
 import pytest
-import trustme
 import yaml
-from cryptography.hazmat.primitives import serialization
 
 from exporter.webconfig import WebConfigError, load_web_config, seconds
+from tests.conftest import tls_web_config
 
 HASH = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def certs(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("tls")
-    server = ca.issue_cert("localhost", "127.0.0.1")
-    files = {
-        "cert": tmp / "server.crt",
-        "key": tmp / "server.key",
-        "ca": tmp / "ca.crt",
-        "encrypted": tmp / "encrypted.key",
-    }
-    server.cert_chain_pems[0].write_to_path(files["cert"])
-    server.private_key_pem.write_to_path(files["key"])
-    ca.cert_pem.write_to_path(files["ca"])
-    key = serialization.load_pem_private_key(server.private_key_pem.bytes(), password=None)
-    files["encrypted"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"pass"),
-        )
-    )
-    return files
 
 
 def load(tmp_path: Path, content: dict[str, Any]) -> Any:
@@ -62,21 +32,11 @@ def refused(tmp_path: Path, content: dict[str, Any]) -> str:
     return message
 
 
-def tls(certs: dict[str, Path], **extra: Any) -> dict[str, Any]:
-    return {
-        "tls_server_config": {
-            "cert_file": str(certs["cert"]),
-            "key_file": str(certs["key"]),
-            **extra,
-        }
-    }
-
-
 def test_a_node_exporter_web_yml_loads_whole(tmp_path: Path, certs: dict[str, Path]) -> None:
     web = load(
         tmp_path,
         {
-            **tls(
+            **tls_web_config(
                 certs,
                 client_auth_type="RequireAndVerifyClientCert",
                 client_ca_file=str(certs["ca"]),
@@ -191,7 +151,7 @@ def test_bad_web_config_is_one_line_naming_the_file_and_field(
 def test_bad_tls_settings_are_refused(
     tmp_path: Path, certs: dict[str, Path], extra: dict[str, Any], message: str
 ) -> None:
-    assert message in refused(tmp_path, tls(certs, **extra))
+    assert message in refused(tmp_path, tls_web_config(certs, **extra))
 
 
 def test_an_encrypted_key_is_an_error_never_a_prompt(
