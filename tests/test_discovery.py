@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from exporter import errors
 from exporter.client import LatitudeClient
+from exporter.config import ProjectSettings
 from exporter.discovery import Discovery, Target, discovery_needed
 from exporter.errors import POLL_ERROR_REASONS
 from exporter.models import (
@@ -26,7 +28,6 @@ from exporter.models import (
     PROJECTS_PAGE_SIZE,
     ProjectResource,
     ProjectsPage,
-    UsageAttributes,
     parse_document,
 )
 from exporter.snapshot import TeamStatus
@@ -67,7 +68,7 @@ class Source:
 
     def billing_usage(
         self, project_id: str, *, plan: str | None = None, products: Sequence[str] = ()
-    ) -> UsageAttributes:
+    ) -> NoReturn:
         raise AssertionError("discovery never polls")
 
 
@@ -351,3 +352,10 @@ def test_requests_count_every_page_read_even_for_a_configured_team(
     discovery, _ = make(client, targets=[Target("proj_00000")], currency=None)
     assert discovery.run()
     assert discovery.requests() == len(requests) == 4
+
+
+def test_a_configured_id_of_exactly_max_id_chars_is_accepted_and_one_more_refused() -> None:
+    """The config holds the same bound as discovery: an id is never cut."""
+    assert ProjectSettings(id="p" * MAX_ID_CHARS).id == "p" * MAX_ID_CHARS
+    with pytest.raises(ValidationError, match="at most 128 characters"):
+        ProjectSettings(id="p" * (MAX_ID_CHARS + 1))

@@ -4,6 +4,7 @@ that could break the exposition: strings come out encodable, parsing comes out b
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from exporter.models import (
     MAX_JSON_VALUES,
+    MAX_NUMBER,
     REPLACEMENT,
     BillingUsageDocument,
     ErrorDocument,
@@ -260,3 +262,54 @@ def test_millions_of_tiny_values_are_refused_before_parsing() -> None:
 def test_deep_nesting_is_refused_not_a_recursion_error(body: bytes) -> None:
     with pytest.raises(PayloadError):
         parse_document(BillingUsageDocument, body)
+
+
+# --- the bounds, exactly --------------------------------------------------------------
+
+
+def threshold(number: str) -> float | None:
+    body = ('{"data": {"attributes": {"price": 12, "threshold": ' + number + "}}}").encode()
+    attributes = parse_document(BillingUsageDocument, body).usage_for("p")
+    assert attributes is not None
+    return attributes.threshold
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_numbers_of_exactly_max_number_are_read_and_the_next_float_is_not(sign: float) -> None:
+    exact = sign * MAX_NUMBER
+    beyond = math.nextafter(exact, sign * math.inf)
+    within = math.nextafter(exact, 0.0)
+    assert threshold(repr(exact)) == exact
+    assert threshold(f'"{exact!r}"') == exact  # a numeric string, the same bound
+    assert threshold(str(int(exact))) == exact  # an integer
+    assert threshold(repr(within)) == within
+    assert threshold(repr(beyond)) is None
+    assert threshold(f'"{beyond!r}"') is None
+    assert threshold(str(int(exact) + int(sign))) is None  # one unit more, as an integer
+
+
+SMALL = b'{"data": {"attributes": {"price": 1, "threshold": 2}}}'  # 3 objects, 1 comma
+
+
+@pytest.mark.parametrize(
+    "body",
+    [SMALL, SMALL.replace(b'"price"', '"prîce"'.encode())],
+    ids=["ascii", "utf-8"],  # both ways `clean_json` hands the body on
+)
+def test_an_answer_of_exactly_max_values_is_parsed_and_one_value_more_refused(
+    body: bytes,
+) -> None:
+    assert parse_document(BillingUsageDocument, body, max_values=4).data is not None
+    with pytest.raises(PayloadError, match="more than 3 JSON values"):
+        parse_document(BillingUsageDocument, body, max_values=3)
+
+
+def test_the_default_bound_of_values_is_max_json_values_exactly() -> None:
+    def answer(values: int) -> bytes:
+        # Three objects and one array, and `values - 4` commas between the items.
+        items = b",".join([b"0"] * (values - 3))
+        return b'{"data": {"attributes": {"products": [' + items + b"]}}}"
+
+    parse_document(BillingUsageDocument, answer(MAX_JSON_VALUES))
+    with pytest.raises(PayloadError, match="JSON values"):
+        parse_document(BillingUsageDocument, answer(MAX_JSON_VALUES + 1))
