@@ -21,10 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
+import h11
 import pytest
 import yaml
 
-from exporter.httpserver import REFUSAL_DELAY, HttpServer, _Connection
+from exporter.httpserver import (
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    MAX_TARGET_BYTES,
+    REFUSAL_DELAY,
+    HttpServer,
+    _Connection,
+    _too_big,
+)
 from exporter.store import SnapshotStore
 from exporter.web import WebApp
 from exporter.webconfig import WebSettings, load_web_config
@@ -120,6 +129,76 @@ def test_request_heads_that_are_too_big_are_refused(url: str) -> None:
     assert http_get(url + "/metrics", many)[0] == 431
     assert http_get(url + "/metrics?" + "a" * 10_000)[0] == 414
     assert http_get(url + "/metrics", {"X-Big": "v" * 70_000})[0] == 431
+
+
+def status_of(url: str, request: bytes) -> int:
+    """The status of the answer to `request`, sent raw."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(request)
+        head = b""
+        while b"\r\n" not in head:
+            chunk = raw.recv(4096)
+            assert chunk, f"no answer: {head!r}"
+            head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+def test_a_target_of_exactly_max_target_bytes_is_served_and_one_byte_more_refused(
+    url: str,
+) -> None:
+    def target(size: int) -> bytes:
+        return b"/healthz?" + b"a" * (size - len(b"/healthz?"))
+
+    exact = b"GET " + target(MAX_TARGET_BYTES) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert status_of(url, exact) == 200
+    over = b"GET " + target(MAX_TARGET_BYTES + 1) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert status_of(url, over) == 414
+
+
+def test_exactly_max_headers_are_served_and_one_more_refused(url: str) -> None:
+    def request(headers: int) -> bytes:
+        lines = [b"Host: x"] + [b"X-H%d: v" % i for i in range(headers - 1)]
+        return b"GET /healthz HTTP/1.1\r\n" + b"\r\n".join(lines) + b"\r\n\r\n"
+
+    assert status_of(url, request(MAX_HEADERS)) == 200
+    assert status_of(url, request(MAX_HEADERS + 1)) == 431
+
+
+def test_a_body_of_exactly_max_head_bytes_is_read_and_one_byte_more_refused(url: str) -> None:
+    """A body is never used (only GET and HEAD are served): at most as much as a head
+    is read before the answer (405), beyond that it is refused unread (413)."""
+
+    def post(size: int) -> bytes:
+        head = b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
+        return head + b"b" * size
+
+    assert status_of(url, post(MAX_HEAD_BYTES)) == 405
+    assert status_of(url, post(MAX_HEAD_BYTES + 1)) == 413
+
+
+def test_a_head_of_exactly_max_head_bytes_passes_the_bound_and_one_byte_more_not() -> None:
+    """The head's size as `_too_big` counts it (names and values): over a socket, h11's
+    own buffer bound makes the exact case depend on how the bytes arrive."""
+
+    def request(size: int) -> h11.Request:
+        value = b"v" * (size - len(b"Host") - len(b"x") - len(b"X-Big"))
+        return h11.Request(method="GET", target="/", headers=[(b"Host", b"x"), (b"X-Big", value)])
+
+    assert _too_big(request(MAX_HEAD_BYTES), 0) is None
+    assert _too_big(request(MAX_HEAD_BYTES + 1), 0) == 431
+    headers = [("Host", "x")] + [(f"X-H{i}", "v") for i in range(MAX_HEADERS - 1)]
+    assert _too_big(h11.Request(method="GET", target="/", headers=headers), 0) is None
+    assert (
+        _too_big(
+            h11.Request(method="GET", target="/" + "a" * (MAX_TARGET_BYTES - 1), headers=headers),
+            MAX_HEAD_BYTES,
+        )
+        is None
+    )
+    assert (
+        _too_big(h11.Request(method="GET", target="/", headers=headers), MAX_HEAD_BYTES + 1) == 413
+    )
 
 
 def test_garbage_gets_400_and_the_server_goes_on(url: str) -> None:
