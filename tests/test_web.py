@@ -15,9 +15,13 @@ from exporter.web import (
     CHECK_QUEUE,
     CHECK_WORKERS,
     CHECKS_PER_SECOND,
+    MAX_PASSWORD_BYTES,
+    MAX_RATE_CLIENTS,
+    MAX_REMEMBERED_FAILURES,
     SECURITY_HEADERS,
     Admission,
     BasicAuth,
+    Credentials,
     RateLimit,
     Request,
     Response,
@@ -382,3 +386,108 @@ def test_refusals_close_their_connection_and_answers_are_cheap_to_admit() -> Non
     probe = app.admit(Request("GET", "/healthz"))
     assert probe.answer is not None and probe.answer.status == 200 and probe.check is None
     assert not probe.answer.close
+
+
+# --- the limits, exactly --------------------------------------------------------------
+
+#: A fraction of a second that binary floats hold exactly: boundaries stay exact.
+EPSILON = 2.0**-10
+
+
+def test_passwords_of_exactly_72_bytes_are_told_apart_and_73_refused() -> None:
+    """bcrypt reads 72 bytes: a password one byte shorter is another password, one
+    byte longer is refused whatever its first 72 bytes."""
+    exact = "p" * MAX_PASSWORD_BYTES
+    auth = BasicAuth({"u": bcrypt.hashpw(exact.encode(), bcrypt.gensalt(rounds=4))})
+    assert auth.check(basic("u", exact))
+    assert not auth.check(basic("u", exact[:-1]))
+    assert not auth.check(basic("u", exact + "p"))
+    shorter = "q" * (MAX_PASSWORD_BYTES - 1)
+    auth = BasicAuth({"u": bcrypt.hashpw(shorter.encode(), bcrypt.gensalt(rounds=4))})
+    assert auth.check(basic("u", shorter))
+    assert not auth.check(basic("u", shorter + "q"))
+
+
+def test_a_source_gets_exactly_its_burst_of_checks_then_one_per_second() -> None:
+    now = [0.0]
+    app = app_for(web=WebSettings(users={"prometheus": FAST}))
+    app._budget = RateLimit(1.0 / CHECKS_PER_SECOND, CHECK_BURST, clock=lambda: now[0])
+    fresh = (basic("prometheus", f"guess{i}") for i in range(1000))
+    burst = [ask(app, "10.0.0.9", next(fresh)) for _ in range(CHECK_BURST + 1)]
+    assert burst == [401] * CHECK_BURST + [429]
+    now[0] += 1.0 / CHECKS_PER_SECOND - EPSILON
+    assert ask(app, "10.0.0.9", next(fresh)) == 429
+    now[0] += EPSILON  # exactly one more check's worth
+    assert ask(app, "10.0.0.9", next(fresh)) == 401
+    assert ask(app, "10.0.0.9", next(fresh)) == 429
+    assert ask(app, "10.0.0.8", next(fresh)) == 401  # another source: its own burst
+
+
+def test_a_token_bucket_holds_exactly_its_burst_and_refills_one_per_interval() -> None:
+    now = [0.0]
+    limit = RateLimit(2.0, 3, clock=lambda: now[0])
+    assert [limit.allow() for _ in range(4)] == [True, True, True, False]
+    now[0] += 1.0  # half a token: not enough
+    assert not limit.allow()
+    now[0] += 1.0 - EPSILON
+    assert not limit.allow()
+    now[0] += EPSILON  # exactly one token since the bucket was empty
+    assert limit.allow()
+    assert not limit.allow()
+    now[0] += 3600.0  # idle for an hour: full again, never more than the burst
+    assert [limit.allow() for _ in range(4)] == [True, True, True, False]
+
+
+def test_exactly_max_rate_clients_buckets_are_remembered() -> None:
+    limit = RateLimit(1000.0, 1, clock=lambda: 0.0)
+    assert limit.allow(("client", "first"))
+    for i in range(MAX_RATE_CLIENTS - 1):  # buckets: exactly MAX_RATE_CLIENTS
+        assert limit.allow(("client", str(i)))
+    assert not limit.allow(("client", "first"))  # still remembered (now the most recent)
+    assert limit.allow(("client", "one more"))  # one bucket too many: the least recent goes
+    assert limit.allow(("client", "0"))  # forgotten: a full bucket again
+    assert not limit.allow(("client", "first"))
+
+
+def fast_bcrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bcrypt that takes no time: a password is right when it is "right"."""
+    monkeypatch.setattr(bcrypt, "checkpw", lambda password, hashed: password == b"right")
+
+
+def test_exactly_max_remembered_failures_refused_pairs_are_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    auth = BasicAuth({"prometheus": FAST})
+    fast_bcrypt(monkeypatch)
+
+    def pair(i: int) -> Credentials:
+        credentials = auth.parse(basic("prometheus", f"guess{i}"))
+        assert credentials is not None
+        return credentials
+
+    for i in range(MAX_REMEMBERED_FAILURES):
+        assert not auth.verify(pair(i))
+    assert auth.remembered(pair(0)) is False  # still remembered (now the most recent)
+    assert not auth.verify(pair(MAX_REMEMBERED_FAILURES))  # one too many: the oldest goes
+    assert auth.remembered(pair(1)) is None
+    assert auth.remembered(pair(0)) is False
+
+
+def test_a_bounded_number_of_verified_pairs_is_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kept = BasicAuth._VERIFIED
+    auth = BasicAuth({f"user{i}": FAST for i in range(kept + 1)})
+    fast_bcrypt(monkeypatch)
+
+    def pair(i: int) -> Credentials:
+        credentials = auth.parse(basic(f"user{i}", "right"))
+        assert credentials is not None
+        return credentials
+
+    for i in range(kept):
+        assert auth.verify(pair(i))
+    assert auth.remembered(pair(0)) is True  # still remembered (now the most recent)
+    assert auth.verify(pair(kept))  # one too many: the oldest goes
+    assert auth.remembered(pair(1)) is None
+    assert auth.remembered(pair(0)) is True
