@@ -45,8 +45,13 @@ LABEL org.opencontainers.image.title="latitudesh-exporter" \
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    MALLOC_ARENA_MAX=2
+    MALLOC_ARENA_MAX=2 \
+    LATITUDESH_EXPORTER_STATE__PATH=/var/lib/latitudesh-exporter/state.db
 COPY --from=build /opt/venv /opt/venv
+# The state (the last answer of every project, for a warm start) lives on a volume the
+# exporter's user owns: the root stays read-only.
+RUN install -d -m 0700 -o 10001 -g 10001 /var/lib/latitudesh-exporter
+VOLUME ["/var/lib/latitudesh-exporter"]
 # A numeric uid needs no /etc/passwd entry and lets runAsNonRoot verify it.
 USER 10001:10001
 EXPOSE 10067

@@ -35,17 +35,16 @@ from pydantic import SecretStr
 from exporter import __version__, errors
 from exporter.config import ApiSettings
 from exporter.models import (
-    MAX_PRODUCTS_PER_ANSWER,
     PROJECTS_ENDPOINT,
     PROJECTS_PAGE_SIZE,
     USAGE_ENDPOINT,
-    BillingUsageDocument,
     PayloadError,
     ProjectResource,
     ProjectsPage,
-    UsageAttributes,
+    UsageAnswer,
     parse_document,
     parse_error_document,
+    read_usage,
 )
 from exporter.ratelimit import RequestBudget
 from exporter.transport import NETWORK_ERRORS, TIMEOUTS, Deadlines, DeadlineTransport
@@ -202,30 +201,20 @@ class LatitudeClient:
         plan: str | None = None,
         products: Sequence[str] = (),
         retries: int | None = None,
-    ) -> UsageAttributes:
-        """One project's usage; `retries` other than `api.max_retries` (0 for a check
-        that says what the API answered)."""
+    ) -> UsageAnswer:
+        """One project's usage, read by `models.read_usage`, and the body it came in;
+        `retries` other than `api.max_retries` (0 for a check that says what the API
+        answered)."""
         params: Params = [("filter[project]", project_id)]
         if plan:
             params.append(("filter[plan]", plan))
         params.extend(("filter[products][]", product) for product in products)
-        document = self._get(USAGE_ENDPOINT, params, BillingUsageDocument, retries=retries)
-        usage = document.usage_for(project_id)
-        if usage is None:
-            raise errors.InvalidResponse(
-                f"GET {USAGE_ENDPOINT}: the answer holds no usage for the requested project"
-            )
-        if len(usage.products) > MAX_PRODUCTS_PER_ANSWER:
-            raise errors.InvalidResponse(
-                f"GET {USAGE_ENDPOINT}: the answer holds {len(usage.products)} product "
-                f"lines, over the cap of {MAX_PRODUCTS_PER_ANSWER}"
-            )
-        if not usage.has_figures:
-            raise errors.InvalidResponse(
-                f"GET {USAGE_ENDPOINT}: the answer holds no usable figure (no price, "
-                "amount, credit or product line)"
-            )
-        return usage
+        return self._get(
+            USAGE_ENDPOINT,
+            params,
+            lambda body: UsageAnswer(read_usage(project_id, body), body),
+            retries=retries,
+        )
 
     def projects(self) -> list[ProjectResource]:
         """Every project the key can see.
@@ -266,8 +255,15 @@ class LatitudeClient:
         )
 
     def _get(
-        self, endpoint: str, params: Params, model: type[M], *, retries: int | None = None
+        self,
+        endpoint: str,
+        params: Params,
+        read: type[M] | Callable[[bytes], M],
+        *,
+        retries: int | None = None,
     ) -> M:
+        """The answer to `GET endpoint`, read by `read` (a model, or a function of the
+        decoded body), with the budget, the retries and the 401 pause."""
         retries = self._max_retries if retries is None else retries
         attempt = 0
         token: SecretStr | None = None
@@ -276,7 +272,7 @@ class LatitudeClient:
                 token = self._token()
                 self._refuse_rejected_token(endpoint, token)
                 self._budget.acquire()
-                return self._get_once(endpoint, params, token, model)
+                return self._get_once(endpoint, params, token, read)
             except errors.LatitudeError as exc:
                 if isinstance(exc, errors.Unauthorized) and exc.status == 401 and token:
                     self._remember_rejected(token)
@@ -327,7 +323,9 @@ class LatitudeClient:
                 self._clock() + self._unauthorized_backoff,
             )
 
-    def _get_once(self, endpoint: str, params: Params, token: SecretStr, model: type[M]) -> M:
+    def _get_once(
+        self, endpoint: str, params: Params, token: SecretStr, read: type[M] | Callable[[bytes], M]
+    ) -> M:
         """One request, and the redirects httpx follows from it (each hop counted and
         budgeted in `_before_hop`); the chain's last request is counted here, once its
         outcome is known."""
@@ -365,7 +363,9 @@ class LatitudeClient:
         if not response.is_success:
             raise self._status_error(endpoint, response, body, token)
         try:
-            return parse_document(model, body)
+            if isinstance(read, type):
+                return parse_document(read, body)
+            return read(body)
         except PayloadError as exc:
             raise errors.InvalidResponse(f"GET {endpoint}: {exc}") from None
 

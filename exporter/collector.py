@@ -31,12 +31,14 @@ from exporter.snapshot import (
     ReloadStatus,
     ServerSpend,
     ServerTag,
+    StateStatus,
     StoreView,
     TagSpend,
     TeamStatus,
     UnitDivisor,
     UsageSnapshot,
 )
+from exporter.state import STATE_ERROR_REASONS
 
 ViewSource = Callable[[], StoreView]
 R = TypeVar("R")
@@ -509,6 +511,34 @@ RELOAD_FAMILIES: tuple[Family[ReloadStatus, ReloadStatus], ...] = (
     ),
 )
 
+STATE: Rows[StateStatus, StateStatus] = Rows(
+    of=lambda s: (s,) if s.enabled else (), labels=lambda s, _: {}
+)
+STATE_ERRORS: Rows[StateStatus, tuple[str, int]] = Rows(
+    of=lambda s: tuple(zip(STATE_ERROR_REASONS, s.errors, strict=True)) if s.enabled else (),
+    labels=lambda s, row: {"reason": row[0]},
+)
+STATE_FAMILIES: tuple[Family[StateStatus, Any], ...] = (
+    Family(
+        "latitudesh_state_up",
+        "1 while the state file is in use; 0 when it could not be read or written and the "
+        "state lives in memory only. Absent with state.enabled false.",
+        (),
+        STATE,
+        lambda s: float(s.up),
+    ),
+    Family(
+        "latitudesh_state_errors_total",
+        "Failures to use the state file, by reason (unreadable: moved aside; "
+        "newer_version, locked, read_only, disk_full, io; invalid_answer: a stored answer "
+        "that no longer reads).",
+        ("reason",),
+        STATE_ERRORS,
+        _count,
+        type="counter",
+    ),
+)
+
 BUILD_INFO = ("latitudesh_exporter_build_info", "Version of the exporter and of Python. Always 1.")
 BUILD_LABELS = ("version", "python_version")
 
@@ -522,7 +552,12 @@ class MetricDoc:
     labels: tuple[str, ...]
 
 
-_FAMILIES: tuple[Family[Any, Any], ...] = (*PROJECT_FAMILIES, *TEAM_FAMILIES, *RELOAD_FAMILIES)
+_FAMILIES: tuple[Family[Any, Any], ...] = (
+    *PROJECT_FAMILIES,
+    *TEAM_FAMILIES,
+    *RELOAD_FAMILIES,
+    *STATE_FAMILIES,
+)
 ALL_METRICS: tuple[MetricDoc, ...] = (
     *(MetricDoc(f.name, f.type, f.labels) for f in _FAMILIES),
     MetricDoc(BUILD_INFO[0], "gauge", BUILD_LABELS),
@@ -578,6 +613,7 @@ class TeamCollector(Collector):
         view = self._view()
         yield from _render(TEAM_FAMILIES, view.teams)
         yield from _render(RELOAD_FAMILIES, (view.reload,))
+        yield from _render(STATE_FAMILIES, (view.state,))
         info = GaugeMetricFamily(*BUILD_INFO, labels=BUILD_LABELS)
         info.add_metric([__version__, platform.python_version()], 1.0)
         yield info

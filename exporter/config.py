@@ -174,6 +174,28 @@ class PollSettings(Section):
     concurrency: int = Field(4, ge=1, le=64, description="Projects polled at once, per team.")
 
 
+class StateSettings(Section):
+    enabled: bool = Field(
+        True,
+        description="Keep the last answer of every project in a file, so that a restart "
+        "serves them at once; false: in memory only.",
+    )
+    path: Path | None = Field(
+        None,
+        description="The state file (SQLite). Default: state.db in the per-user state "
+        "directory ($XDG_STATE_HOME or ~/.local/state)/latitudesh-exporter; the image "
+        "sets /var/lib/latitudesh-exporter/state.db.",
+    )
+
+    def resolved_path(self, environ: Mapping[str, str], *, demo: bool = False) -> Path:
+        """The file in use: `path`, or the per-user default (the demo's own file beside
+        it, so a demo never mixes with a real account)."""
+        if self.path is not None:
+            return self.path
+        base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "latitudesh-exporter" / ("demo.db" if demo else "state.db")
+
+
 class ProjectSettings(Section):
     id: str = Field(
         min_length=1, max_length=MAX_ID_CHARS, description="Project id, e.g. proj_r0MK4O4kDa95w."
@@ -245,6 +267,7 @@ class Settings(BaseSettings):
         description="ISO 4217 code for the `currency` label; null takes the team's.",
     )
     poll: PollSettings = Field(default_factory=PollSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     projects: list[ProjectSettings] = Field(
         default_factory=list,
         description="Projects to poll; empty discovers every project of the team.",

@@ -136,6 +136,7 @@ def serve(app: App, setup: Setup, flags: Flags) -> int:
             "demo mode: polling the built-in simulated Latitude.sh API", extra={"api": app.demo.url}
         )
     reloader.start()
+    app.state.start()
     for schedule in app.schedules:
         schedule.start()
     app.watchdog.start()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from exporter import errors
-from exporter.models import MAX_ID_CHARS, PROJECTS_PAGE_SIZE, ProjectResource, UsageAttributes
+from exporter.models import MAX_ID_CHARS, PROJECTS_PAGE_SIZE, ProjectResource, UsageAnswer
 from exporter.store import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class UsageSource(Protocol):
 
     def billing_usage(
         self, project_id: str, *, plan: str | None = None, products: Sequence[str] = ()
-    ) -> UsageAttributes: ...
+    ) -> UsageAnswer: ...
 
     def projects(self) -> list[ProjectResource]: ...
 
@@ -160,6 +160,25 @@ class Discovery:
         )
         self._claim(configured=bool(self._configured))
         self._store.record_discovery_success(self.key, self._now(), refused_ids=too_long)
+
+    def restore(
+        self, targets: Sequence[Target], *, currency: str | None, team_name: str | None
+    ) -> tuple[Target, ...]:
+        """What the state kept, at start: the configured projects among `targets` (a
+        project dropped from the config is not served), or, when the team discovers its
+        projects, all of them until discovery answers; the currency and the team's name
+        it last learned. Returns the targets restored."""
+        if self._configured:
+            kept = {t.project_id for t in self._configured}
+            return tuple(t for t in targets if t.project_id in kept)
+        if not self._currency_configured and currency:
+            self.currency = currency
+        if not self._named and team_name and team_name != self.team:
+            self._store.rename_team(self.key, team_name)
+            self.team = team_name
+        self.targets = tuple(targets)
+        self._claim(configured=False)
+        return self.targets
 
     def _claim(self, *, configured: bool) -> None:
         claims = self._store.set_projects(

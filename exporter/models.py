@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import field
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from typing import Annotated, Any, TypeVar, cast
@@ -315,6 +315,35 @@ class BillingUsageDocument:
             if answered_for in (None, "", project_id):
                 return attributes
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageAnswer:
+    """One project's usage as the API answered it: parsed, and the decoded body it was
+    parsed from, which the state store keeps to read again the same way at a restart
+    (`read_usage`), so a stored answer is never trusted more than a live one."""
+
+    attributes: UsageAttributes
+    body: bytes
+
+
+def read_usage(project_id: str, body: bytes) -> UsageAttributes:
+    """`project_id`'s usage in a `/billing/usage` answer, bounded and checked: the answer
+    must hold that project's usage, at most `MAX_PRODUCTS_PER_ANSWER` product lines and
+    at least one usable figure. Raises `PayloadError`."""
+    usage = parse_document(BillingUsageDocument, body).usage_for(project_id)
+    if usage is None:
+        raise PayloadError("the answer holds no usage for the requested project")
+    if len(usage.products) > MAX_PRODUCTS_PER_ANSWER:
+        raise PayloadError(
+            f"the answer holds {len(usage.products)} product lines, over the cap of "
+            f"{MAX_PRODUCTS_PER_ANSWER}"
+        )
+    if not usage.has_figures:
+        raise PayloadError(
+            "the answer holds no usable figure (no price, amount, credit or product line)"
+        )
+    return usage
 
 
 @pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)

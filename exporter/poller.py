@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from exporter import errors
 from exporter.config import DEFAULT_TEAM
 from exporter.discovery import Discovery, Target, UsageSource
+from exporter.models import PayloadError, read_usage
+from exporter.state import NoState, State, StoredAnswer
 from exporter.store import SnapshotStore
 from exporter.usage import Limits, build_usage
 
@@ -90,6 +92,7 @@ class Poller:
             request, retry and redirect hop takes a slot), for the span of a refresh
             whose retries took more requests than its projects.
         key_origin: where the team's key comes from, for the hints of log lines.
+        state: where each successful answer is kept for a warm start (none: nowhere).
         grace: how long a refresh waits for its polls beyond its interval.
         now: the wall clock, for timestamps.
         monotonic: the clock of durations and deadlines.
@@ -114,6 +117,7 @@ class Poller:
         budget_paused: Callable[[float, float], float] = lambda since, until: 0.0,
         requests_made: Callable[[], int] = lambda: 0,
         key_origin: str = "the configured key",
+        state: State | None = None,
     ) -> None:
         self._source = source
         self._store = store
@@ -134,6 +138,7 @@ class Poller:
         self._budget_paused = budget_paused
         self._requests_made = requests_made
         self._key_origin = key_origin
+        self._state: State = state or NoState()
         self._grace = grace
         self._now = now
         self._monotonic = monotonic
@@ -229,6 +234,8 @@ class Poller:
             self._store.record_refresh(self.key, duration=None, effective_interval=effective)
             deadline = started + effective + self._grace
             discovered = self._discover(deadline)
+            if discovered and self._discovery.needed:
+                self._state.keep_only(self.key, [t.project_id for t in self.targets])
             effective = self.effective_interval()
             # The projects discovery found are the budget's to pace: the watchdog gives
             # them the span they take.
@@ -276,6 +283,44 @@ class Poller:
                 state.waiting = waiting
             pending[target.project_id] = state
         self._pending = pending
+
+    def restore(self, answers: Sequence[StoredAnswer]) -> int:
+        """Serve what the state kept of this team, before any poll: each project still
+        configured (or, with discovery, each kept until discovery says otherwise) gets
+        its figures and the time they were received; its answer is read again by the
+        live path. Returns the projects served."""
+        mine = [a for a in answers if a.team == self.key]
+        latest = max(mine, key=lambda a: a.received_at, default=None)
+        targets = self._discovery.restore(
+            [Target(a.project_id, slug=a.slug, name=a.name) for a in mine],
+            currency=latest.currency if latest else None,
+            team_name=latest.team_name if latest else None,
+        )
+        kept = {t.project_id for t in targets}
+        served = 0
+        for answer in mine:
+            if answer.project_id not in kept:
+                continue
+            try:
+                attributes = read_usage(answer.project_id, answer.body)
+            except PayloadError as exc:
+                log.warning(
+                    "a stored answer no longer reads: not served",
+                    extra={"team": self.team, "project_id": answer.project_id, "error": str(exc)},
+                )
+                continue
+            usage = build_usage(
+                answer.project_id,
+                attributes,
+                currency=answer.currency,
+                limits=self._limits,
+                slug=answer.slug,
+                name=answer.name,
+            )
+            self._store.record_restored(self.key, usage, received_at=answer.received_at)
+            served += 1
+        self._state.keep_only(self.key, kept)
+        return served
 
     def _discover(self, deadline: float) -> bool:
         if not self._discovery.needed:
@@ -346,20 +391,34 @@ class Poller:
         started = self._monotonic()
 
         def fetch() -> bool:
-            attributes = self._source.billing_usage(
+            answer = self._source.billing_usage(
                 target.project_id, plan=target.plan, products=target.products
             )
+            currency = self._discovery.currency or ""
             usage = build_usage(
                 target.project_id,
-                attributes,
-                currency=self._discovery.currency or "",
+                answer.attributes,
+                currency=currency,
                 limits=self._limits,
                 slug=target.slug,
                 name=target.name,
             )
             self._outcome(target)
+            now = self._now()
             self._store.record_success(
-                self.key, usage, duration=self._monotonic() - started, now=self._now()
+                self.key, usage, duration=self._monotonic() - started, now=now
+            )
+            self._state.keep(
+                StoredAnswer(
+                    self.key,
+                    target.project_id,
+                    answer.body,
+                    now,
+                    currency,
+                    target.slug,
+                    target.name,
+                    self.team,
+                )
             )
             return True
 

@@ -272,6 +272,17 @@ class ReloadStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class StateStatus:
+    """The state backend (`exporter.state`): off, or in use, or refused and in memory."""
+
+    enabled: bool = False
+    #: Writing to its file (False: memory only, after a failure to read or write it).
+    up: bool = False
+    #: Failures by reason, in the order of `state.STATE_ERROR_REASONS`.
+    errors: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class StoreView:
     """Everything one scrape renders, read in one go."""
 
@@ -280,6 +291,7 @@ class StoreView:
     #: Changes on every write.
     version: int
     reload: ReloadStatus = ReloadStatus()
+    state: StateStatus = StateStatus()
 
     @property
     def ready(self) -> bool:

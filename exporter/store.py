@@ -32,12 +32,14 @@ from exporter.errors import POLL_ERROR_REASONS
 from exporter.snapshot import (
     ProjectStatus,
     ReloadStatus,
+    StateStatus,
     StoreView,
     TeamProblem,
     TeamStatus,
     UsageSnapshot,
     label,
 )
+from exporter.state import STATE_ERROR_REASONS
 
 STALLED = "stalled"
 
@@ -91,6 +93,7 @@ class SnapshotStore:
         self._changes: deque[ProjectStatus | tuple[ProjectStatus, ...]] = deque()
         self._telling = threading.Lock()
         self._reload = ReloadStatus()
+        self._state = StateStatus()
 
     def subscribe(self, listener: StoreListener) -> None:
         with self._telling, self._lock:
@@ -310,6 +313,28 @@ class SnapshotStore:
             self._reload = ReloadStatus(successful=successful, last_success=last)
             self._changed()
 
+    def record_state(self, up: bool, reason: str | None = None) -> None:
+        """The state backend is in use (`up`) or not; `reason`: a failure, counted."""
+        with self._lock:
+            state = self._state
+            errors = state.errors or (0,) * len(STATE_ERROR_REASONS)
+            if reason is not None:
+                index = STATE_ERROR_REASONS.index(reason)
+                errors = (*errors[:index], errors[index] + 1, *errors[index + 1 :])
+            if (state.enabled, state.up, state.errors) != (True, up, errors):
+                self._state = StateStatus(enabled=True, up=up, errors=errors)
+                self._changed()
+
+    def record_restored(self, team: str, usage: UsageSnapshot, *, received_at: float) -> None:
+        """A project's last answer from the state, at start: its figures and when they
+        were received are served; no poll of this process is claimed (`up` stays absent
+        until the first outcome)."""
+        with self._lock:
+            previous = self._owned(team, usage.project_id)
+            if previous is not None and not previous.polled:
+                self._update(replace(previous, usage=usage, last_success=received_at))
+        self._tell()
+
     def view(self) -> StoreView:
         with self._lock:
             if self._view is None:
@@ -318,6 +343,7 @@ class SnapshotStore:
                     teams=tuple(team.status for team in self._teams.values()),
                     version=self._version,
                     reload=self._reload,
+                    state=self._state,
                 )
             return self._view
 

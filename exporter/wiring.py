@@ -11,6 +11,7 @@ watchdog; `App.close` stops them in order.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ from exporter.poller import Poller, Target
 from exporter.ratelimit import RequestBudget
 from exporter.schedule import Schedule
 from exporter.simulation import DEMO_TOKENS, default_accounts
+from exporter.state import NoState, State
+from exporter.state.sqlite import SqliteState
 from exporter.store import SnapshotStore
 from exporter.usage import Limits
 from exporter.watchdog import Team as WatchedTeam
@@ -60,6 +63,8 @@ DEMO_REQUESTS_PER_MINUTE = 600.0
 SHUTDOWN_SECONDS = 4.0
 #: Where the metrics are served: the port every exporter of this kind registers.
 DEFAULT_LISTEN = ":10067"
+#: The longest a stop waits for the state's last write.
+STATE_CLOSE_SECONDS = 1.0
 #: Paths the server answers itself: the metrics cannot live there.
 RESERVED_PATHS = ("/", "/healthz", "/readyz")
 
@@ -93,6 +98,8 @@ class Setup:
     #: Seconds between two refreshes: `poll.interval_seconds`, or the demo's.
     interval: float
     demo: DemoApi | None = None
+    #: The state file, or None: off (`state.enabled: false`, `--once`, `--check-config`).
+    state_path: Path | None = None
 
 
 @dataclass(slots=True)
@@ -111,6 +118,7 @@ class App:
     server: HttpServer | None = None
     #: The web config in use (replaced by each successful reload).
     web: WebSettings = field(default_factory=WebSettings)
+    state: State = field(default_factory=NoState)
 
     def close(self) -> bool:
         """Stop everything; True when no poll was still running at the end."""
@@ -127,6 +135,8 @@ class App:
             poller.stop(timeout=max(deadline - time.monotonic(), 0)) for poller in self.pollers
         ]
         idle = all(stopped)
+        # What the polls landed is written before the end (bounded: the exit deadline).
+        self.state.close(timeout=max(min(deadline - time.monotonic(), STATE_CLOSE_SECONDS), 0.1))
         for client in self.clients:
             client.close()
         if self.server is not None:
@@ -197,7 +207,10 @@ def configure(flags: Flags, redactor: Redactor) -> Setup:
             )
     for key in web.unapplied:
         log.warning("web config key accepted but not applied", extra={"key": key})
-    return Setup(settings, teams, listen, web, api, interval, demo)
+    state_path = None
+    if settings.state.enabled and not (flags.once or flags.check_config):
+        state_path = settings.state.resolved_path(os.environ, demo=flags.demo)
+    return Setup(settings, teams, listen, web, api, interval, demo, state_path)
 
 
 def build_app(setup: Setup) -> App:
@@ -218,6 +231,13 @@ def build_app(setup: Setup) -> App:
         servers=settings.max_servers_per_project,
         tags_per_server=settings.max_tags_per_server,
     )
+    state: State = NoState()
+    if setup.state_path is not None:
+        state = SqliteState(
+            setup.state_path,
+            on_status=store.record_state,
+            max_body_bytes=api.max_response_bytes,
+        )
     pollers, schedules, clients, watched = [], [], [], []
     for rank, team in enumerate(setup.teams):
         budget = RequestBudget(team.requests_per_minute, stop=stop)
@@ -247,6 +267,7 @@ def build_app(setup: Setup) -> App:
             budget_paused=budget.paused_between,
             requests_made=budget.grants,
             key_origin=origin,
+            state=state,
             grace=api.timeout_seconds,
         )
         schedule = Schedule(team.label, poller.refresh, poller.effective_interval)
@@ -255,6 +276,10 @@ def build_app(setup: Setup) -> App:
         clients.append(client)
         watched.append(WatchedTeam(poller, schedule))
     watchdog = Watchdog(watched, store, margin=stall_margin(api))
+    answers = state.load()
+    served = sum(poller.restore(answers) for poller in pollers)
+    if setup.state_path is not None:
+        log.info("warm start", extra={"state": str(setup.state_path), "projects": served})
     return App(
         store,
         exposition,
@@ -266,6 +291,7 @@ def build_app(setup: Setup) -> App:
         stop,
         demo=setup.demo,
         web=setup.web,
+        state=state,
     )
 
 

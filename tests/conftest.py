@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import urllib.error
 import urllib.request
@@ -397,6 +398,8 @@ def run_cli(
         for k, v in os.environ.items()
         if not k.startswith(("LATITUDESH_EXPORTER_", "LATITUDESH_AUTH"))
     }
+    # A state file of its own: never the user's, never another test's.
+    full_env["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="state-")
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "exporter", *args],
@@ -443,6 +446,8 @@ class ExporterProcess:
             for k, v in os.environ.items()
             if not k.startswith(("LATITUDESH_EXPORTER_", "LATITUDESH_AUTH"))
         }
+        # A state file of its own (a test that restarts passes XDG_STATE_HOME itself).
+        full_env["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="state-", dir=folder)
         full_env.update(env or {})
         self._log = self.log_path.open("wb")
         self._port: int | None = None

@@ -31,10 +31,10 @@ def table() -> dict[str, set[str] | None]:
     """module → what it may import (None: everything), from ARCHITECTURE.md."""
     rows: dict[str, set[str] | None] = {}
     for line in DOCUMENT.splitlines():
-        match = re.match(r"\|\s*`(\w+)\.py`\s*\|[^|]*\|([^|]*)\|", line)
+        match = re.match(r"\|\s*`([\w/]+)\.py`\s*\|[^|]*\|([^|]*)\|", line)
         if match:
             allowed = match.group(2).strip().replace("`", "")
-            rows[match.group(1)] = (
+            rows[_module_name(match.group(1))] = (
                 None
                 if allowed == "everything"
                 else {name.strip() for name in allowed.split(",") if name.strip()}
@@ -52,12 +52,27 @@ def imports_of(path: Path) -> set[str]:
                 names.add(node.module)
                 continue
             for alias in node.names:  # `from exporter import errors` names a module
-                is_module = (PACKAGE / f"{alias.name}.py").exists()
+                is_module = (PACKAGE / f"{alias.name}.py").exists() or (
+                    PACKAGE / alias.name / "__init__.py"
+                ).exists()
                 names.add(f"exporter.{alias.name}" if is_module else "exporter")
     return names
 
 
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
+def _module_name(relative: str) -> str:
+    """`state/sqlite` → `state.sqlite`; a package's `state/__init__` → `state`."""
+    return relative.removesuffix("/__init__").replace("/", ".")
+
+
+def source(module: str) -> Path:
+    """The file of a module named as the table names it."""
+    path = PACKAGE / f"{module.replace('.', '/')}.py"
+    return path if path.exists() else PACKAGE / module.replace(".", "/") / "__init__.py"
+
+
+MODULES = sorted(
+    _module_name(str(p.relative_to(PACKAGE).with_suffix(""))) for p in PACKAGE.rglob("*.py")
+)
 
 
 def test_the_module_table_matches_the_package() -> None:
@@ -67,11 +82,11 @@ def test_the_module_table_matches_the_package() -> None:
 @pytest.mark.parametrize("module", MODULES)
 def test_imports_flow_one_way(module: str) -> None:
     internal = set()
-    for name in imports_of(PACKAGE / f"{module}.py"):
+    for name in imports_of(source(module)):
         if name == "exporter":
             internal.add("__init__")
         elif name.startswith("exporter."):
-            internal.add(name.split(".")[1])
+            internal.add(name.removeprefix("exporter."))
     allowed = table()[module]
     if allowed is not None:
         assert internal <= allowed, f"{module} reaches {internal - allowed}"
@@ -86,7 +101,7 @@ def test_libraries_stay_in_their_modules(library: str) -> None:
     users = {
         m
         for m in MODULES
-        if any(n == library or n.startswith(f"{library}.") for n in imports_of(PACKAGE / f"{m}.py"))
+        if any(n == library or n.startswith(f"{library}.") for n in imports_of(source(m)))
     }
     assert users <= THIRD_PARTY_HOMES[library]
     assert library in DOCUMENT.lower() or library.replace("_", "-") in DOCUMENT.lower()
@@ -103,7 +118,7 @@ def test_package_init_has_only_the_version() -> None:
 def test_broad_excepts_only_at_the_boundaries() -> None:
     broad = []
     for module in MODULES:
-        for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+        for node in ast.walk(ast.parse((source(module)).read_text())):
             if isinstance(node, ast.ExceptHandler) and (
                 node.type is None
                 or (
@@ -117,7 +132,7 @@ def test_broad_excepts_only_at_the_boundaries() -> None:
 
 def test_no_class_is_built_at_run_time_with_type() -> None:
     for module in MODULES:
-        for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+        for node in ast.walk(ast.parse((source(module)).read_text())):
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Name)
@@ -141,12 +156,12 @@ def test_no_class_is_built_at_run_time_with_type() -> None:
     ],
 )
 def test_pure_modules_do_not_log(module: str) -> None:
-    assert "logging" not in imports_of(PACKAGE / f"{module}.py")
+    assert "logging" not in imports_of(source(module))
 
 
 def test_every_module_says_its_job_in_one_line() -> None:
     for module in MODULES:
-        docstring = ast.get_docstring(ast.parse((PACKAGE / f"{module}.py").read_text()))
+        docstring = ast.get_docstring(ast.parse((source(module)).read_text()))
         assert docstring, module
         assert len(docstring.splitlines()[0]) <= 100, module
 

@@ -146,14 +146,14 @@ def test_plain_json_content_type_is_accepted(client_for: ClientFor) -> None:
         content=json.dumps(load_fixture("billing_usage_new.json")),
         headers={"Content-Type": "application/json"},
     )
-    assert client_for(Recorder(answer)).billing_usage(PROJECT).price == 51230
+    assert client_for(Recorder(answer)).billing_usage(PROJECT).attributes.price == 51230
 
 
 def test_server_errors_are_retried_then_succeed(client_for: ClientFor) -> None:
     recorder = Recorder(httpx.Response(500), httpx.Response(503), ok())
     seen: list[tuple[str, str]] = []
     client = client_for(recorder, on_request=lambda e, c: seen.append((e, c)))
-    assert client.billing_usage(PROJECT).price == 51230
+    assert client.billing_usage(PROJECT).attributes.price == 51230
     assert len(recorder.requests) == 3
     assert seen == [("/billing/usage", "500"), ("/billing/usage", "503"), ("/billing/usage", "200")]
 
@@ -170,7 +170,7 @@ def test_backoff_jitter_leaves_the_global_random_state_alone(make_client: MakeCl
     )
     random.seed(7)
     before = random.getstate()
-    assert client.billing_usage(PROJECT).price == 51230
+    assert client.billing_usage(PROJECT).attributes.price == 51230
     assert len(recorder.requests) == 3
     assert random.getstate() == before
 
@@ -214,7 +214,7 @@ def test_429_waits_as_asked_for_the_whole_key(
     )
     budget = Pauses()
     client = client_for(Recorder(limited, ok()), budget=budget, backoff_base=2.0)
-    assert client.billing_usage(PROJECT).price == 51230
+    assert client.billing_usage(PROJECT).attributes.price == 51230
     assert budget.pauses == [expected]
 
 
@@ -269,7 +269,7 @@ def test_a_rejected_token_is_not_sent_again_until_the_backoff_ends(
             client.billing_usage(PROJECT)
     assert len(recorder.requests) == 1
     now[0] += 301
-    assert client.billing_usage(PROJECT).price == 51230
+    assert client.billing_usage(PROJECT).attributes.price == 51230
     assert len(recorder.requests) == 2
 
 
@@ -285,7 +285,7 @@ def test_a_rotated_token_is_tried_at_once_after_a_401() -> None:
         with pytest.raises(errors.Unauthorized):
             client.billing_usage(PROJECT)
         current[0] = "new-token"
-        assert client.billing_usage(PROJECT).price == 51230
+        assert client.billing_usage(PROJECT).attributes.price == 51230
     assert [r.headers["Authorization"] for r in recorder.requests] == ["old-token", "new-token"]
 
 
@@ -301,7 +301,7 @@ def test_an_unreadable_token_is_its_own_reason_and_retried(client_for: ClientFor
     recorder = Recorder(ok())
     client = client_for(recorder)
     client._token = token
-    assert client.billing_usage(PROJECT).price == 51230
+    assert client.billing_usage(PROJECT).attributes.price == 51230
     client._token = lambda: (_ for _ in ()).throw(errors.TokenUnavailable("gone for good"))
     with pytest.raises(errors.TokenUnavailable) as caught:
         client.billing_usage(PROJECT)
@@ -382,7 +382,9 @@ def test_encoded_answers_are_decoded_by_httpx(
     make_client: MakeClient, encoding: str, compress: Callable[[bytes], bytes]
 ) -> None:
     transport = StreamingTransport(lambda request: encoded(200, compress(PLAIN), encoding))
-    usage = make_client("https://api.example", transport=transport).billing_usage(PROJECT)
+    usage = (
+        make_client("https://api.example", transport=transport).billing_usage(PROJECT).attributes
+    )
     assert usage.price == 51230
 
 
@@ -484,10 +486,10 @@ def load_fixture_bytes(name: str) -> bytes:
 
 def test_real_socket_round_trip_in_both_shapes(fake_api: FakeApi, make_client: MakeClient) -> None:
     client = make_client(fake_api.url)
-    new = client.billing_usage("proj_demo_data")
+    new = client.billing_usage("proj_demo_data").attributes
     assert new.products[0].unit == "GB" and new.amount is not None
     fake_api.inject(Fault("old_shape"), project="proj_demo_data")
-    old = client.billing_usage("proj_demo_data")
+    old = client.billing_usage("proj_demo_data").attributes
     assert old.products[0].unit == "quantity" and old.amount == old.price  # both shapes
     assert old.price == new.price
 
@@ -530,8 +532,10 @@ def test_a_truncated_body_is_counted_once_as_network_and_retried(
 ) -> None:
     fake_api.inject(Fault("truncated"), project="proj_demo_web")
     seen: list[tuple[str, str]] = []
-    usage = make_client(fake_api.url, on_request=lambda e, c: seen.append((e, c))).billing_usage(
-        "proj_demo_web"
+    usage = (
+        make_client(fake_api.url, on_request=lambda e, c: seen.append((e, c)))
+        .billing_usage("proj_demo_web")
+        .attributes
     )
     assert usage.project is not None and usage.project.id == "proj_demo_web"
     assert seen == [("/billing/usage", "network"), ("/billing/usage", "200")]
@@ -542,7 +546,7 @@ def test_gzipped_answers_are_decoded_layer_by_layer(
     fake_api: FakeApi, make_client: MakeClient, layers: int
 ) -> None:
     fake_api.inject(Fault("gzip", layers=layers), project="proj_demo_gpu")
-    usage = make_client(fake_api.url).billing_usage("proj_demo_gpu")
+    usage = make_client(fake_api.url).billing_usage("proj_demo_gpu").attributes
     assert usage.price is not None and usage.price > 0
 
 
@@ -594,7 +598,7 @@ def test_a_same_origin_redirect_is_followed_and_counted_as_a_request(
     seen: list[tuple[str, str]] = []
     client = make_client(fake_api.url, on_request=lambda e, c: seen.append((e, c)))
     fake_api.inject(Fault("redirect", status=status), project="proj_demo_web")
-    usage = client.billing_usage("proj_demo_web")
+    usage = client.billing_usage("proj_demo_web").attributes
     assert usage.price is not None
     assert seen == [("/billing/usage", str(status)), ("/billing/usage", "200")]
     assert fake_api.request_count(project="proj_demo_web") == 2  # two requests, both budgeted
@@ -640,7 +644,7 @@ def test_a_redirects_body_is_never_read(make_client: MakeClient) -> None:
     client = make_client(
         "https://api.example", transport=transport, on_request=lambda e, c: seen.append(c)
     )
-    assert client.billing_usage(PROJECT).price == 51230
+    assert client.billing_usage(PROJECT).attributes.price == 51230
     assert transport.streamed == len(ok().content)  # the 200's body only
     assert seen == ["308", "200"]
 
@@ -661,7 +665,7 @@ def test_each_hop_takes_a_budget_slot_and_its_own_deadline(
         on_request=lambda e, c: seen.append(c),
     )
     fake_api.inject(Fault("redirect"), project="proj_demo_web", times=2)
-    assert client.billing_usage("proj_demo_web").price is not None
+    assert client.billing_usage("proj_demo_web").attributes.price is not None
     assert slots.taken == 3
     assert seen == ["308", "308", "200"]
 

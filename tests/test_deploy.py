@@ -179,13 +179,24 @@ def test_the_base_lists_every_manifest_and_holds_no_secret() -> None:
     assert not list(K8S.rglob("secret*.yaml"))  # no placeholder to overwrite a real key
 
 
-@pytest.mark.parametrize("overlay", ["base", "overlays/kube-prometheus-stack"])
+@pytest.mark.parametrize(
+    "overlay", ["base", "overlays/kube-prometheus-stack", "overlays/persistent-state"]
+)
 def test_every_build_validates_strictly_against_the_kubernetes_schemas(
     deploy_copy: Path, overlay: str
 ) -> None:
     documents = rendered(deploy_copy / overlay)
     core = [d for d in documents if d["apiVersion"] in ("v1", "apps/v1")]
     assert {d["kind"] for d in core} >= {"ConfigMap", "Deployment", "Service"}
+    (deployment,) = [d for d in core if d["kind"] == "Deployment"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    if overlay.endswith("persistent-state"):
+        claim = volumes["state"]["persistentVolumeClaim"]["claimName"]
+        assert any(
+            d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim for d in core
+        )
+    else:
+        assert "emptyDir" in volumes["state"]  # the warm start's file, by default
     for document in core:
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
     # The overlay chooses the namespace; the base leaves it to the one applying it.

@@ -107,7 +107,7 @@ def poll(document: Any) -> tuple[str, Any] | None:
         transport=StreamingTransport(lambda request: httpx.Response(200, content=body)),
     ) as client:
         try:
-            return project, client.billing_usage(project)
+            return project, client.billing_usage(project).attributes
         except errors.InvalidResponse:
             return None  # the one error an answer may cause
 

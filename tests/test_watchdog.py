@@ -23,11 +23,11 @@ import pytest
 from exporter.config import ApiSettings
 from exporter.errors import POLL_ERROR_REASONS
 from exporter.models import (
-    BillingUsageDocument,
     ProjectResource,
     ProjectsPage,
-    UsageAttributes,
+    UsageAnswer,
     parse_document,
+    read_usage,
 )
 from exporter.poller import Target
 from exporter.ratelimit import RequestBudget
@@ -47,11 +47,9 @@ RATE = 120.0
 MARGIN = 4.0
 
 
-def attributes(project_id: str) -> UsageAttributes:
-    body = {"data": {"attributes": {"project": {"id": project_id}, "price": 100}}}
-    found = parse_document(BillingUsageDocument, json.dumps(body).encode()).usage_for(project_id)
-    assert found is not None
-    return found
+def attributes(project_id: str) -> UsageAnswer:
+    body = json.dumps({"data": {"attributes": {"project": {"id": project_id}, "price": 100}}})
+    return UsageAnswer(read_usage(project_id, body.encode()), body.encode())
 
 
 def status(store: SnapshotStore, project: str) -> ProjectStatus:
@@ -124,7 +122,7 @@ class PacedApi:
 
     def billing_usage(
         self, project_id: str, *, plan: str | None = None, products: Sequence[str] = ()
-    ) -> UsageAttributes:
+    ) -> UsageAnswer:
         self.before_poll(sum(len(times) for times in self.answers.values()))
         self._request("/billing/usage")
         self.answers.setdefault(project_id, []).append(self.world.now)
@@ -281,7 +279,7 @@ class HangingApi:
 
     def billing_usage(
         self, project_id: str, *, plan: str | None = None, products: Sequence[str] = ()
-    ) -> UsageAttributes:
+    ) -> UsageAnswer:
         if project_id == self.hung:
             self.entered.set()
             self.release.wait(30)
@@ -472,7 +470,7 @@ class DiscoveredApi:
 
     def billing_usage(
         self, project_id: str, *, plan: str | None = None, products: Sequence[str] = ()
-    ) -> UsageAttributes:
+    ) -> UsageAnswer:
         if project_id in self.hung:
             self.entered.add(project_id)
             self.release.wait(30)
