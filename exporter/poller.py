@@ -297,7 +297,7 @@ class Poller:
             team_name=latest.team_name if latest else None,
         )
         kept = {t.project_id for t in targets}
-        served = 0
+        restored = []
         for answer in mine:
             if answer.project_id not in kept:
                 continue
@@ -317,10 +317,10 @@ class Poller:
                 slug=answer.slug,
                 name=answer.name,
             )
-            self._store.record_restored(self.key, usage, received_at=answer.received_at)
-            served += 1
+            restored.append((usage, answer.received_at))
+        self._store.record_restored(self.key, restored)
         self._state.keep_only(self.key, kept)
-        return served
+        return len(restored)
 
     def _discover(self, deadline: float) -> bool:
         if not self._discovery.needed:
