@@ -184,7 +184,7 @@ class Waits:
         return False
 
 
-def test_a_request_exactly_at_its_slot_goes_without_a_wait_and_a_late_one_keeps_the_grid() -> None:
+def test_a_request_exactly_at_its_slot_goes_at_once_and_a_late_one_keeps_the_grid() -> None:
     """Spacing 1 s. A request let through late by less than half a spacing keeps the
     next slots where they were; one late by half a spacing or more moves them."""
     clock = Waits()
