@@ -201,6 +201,12 @@ def test_the_team_is_renamed_to_its_slug_and_keeps_its_key() -> None:
     assert discovery.key == KEY
     errors_of = team_status(store, "acme-corp").discovery_errors
     assert errors_of[POLL_ERROR_REASONS.index("server_error")] == 1
+    # The team renamed again on Latitude.sh: the label follows, the key stays.
+    discovery._source = Source(resources(project("proj_a", team="acme-inc")))
+    assert discovery.run()
+    assert (discovery.key, discovery.team) == (KEY, "acme-inc")
+    assert [t.name for t in store.view().teams] == ["acme-inc"]
+    assert tracked(store) == {"proj_a": ("acme-inc", "slug-proj_a")}
 
 
 def test_a_named_team_keeps_its_name() -> None:

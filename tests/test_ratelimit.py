@@ -311,6 +311,15 @@ def test_grants_count_every_request_let_through_and_nothing_else() -> None:
     assert clock.waits == [1.0, 1.0]  # no wait for a request refused by the stop
 
 
+def test_grants_count_beyond_what_the_window_remembers() -> None:
+    """The window keeps the last `limit` grant times; the count goes on past them."""
+    clock = Waits()
+    budget = RequestBudget(2, clock=clock, sleep=clock.sleep)
+    for _ in range(5):
+        budget.acquire()
+    assert budget.grants() == 5
+
+
 @pytest.mark.parametrize(("limit", "window"), [(0, 60.0), (-1, 60.0), (60, 0.0), (60, -1.0)])
 def test_a_budget_needs_a_positive_limit_and_window(limit: float, window: float) -> None:
     with pytest.raises(ValueError, match="positive"):
