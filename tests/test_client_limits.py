@@ -18,9 +18,18 @@ import httpx
 import pytest
 
 from exporter import errors
-from exporter.client import MAX_DETAIL_CHARS, MAX_PROJECT_PAGES, MAX_REDIRECTS, LatitudeClient
+from exporter.client import (
+    BACKOFF_BASE_SECONDS,
+    BACKOFF_CAP_SECONDS,
+    MAX_DETAIL_CHARS,
+    MAX_PROJECT_PAGES,
+    MAX_REDIRECTS,
+    LatitudeClient,
+)
+from exporter.config import ApiSettings
 from exporter.models import MAX_PRODUCTS_PER_ANSWER, PROJECTS_PAGE_SIZE
 from exporter.ratelimit import RequestBudget
+from exporter.wiring import stall_margin
 from tests.conftest import TOKEN, load_fixture
 from tests.transports import StreamingTransport
 
@@ -349,3 +358,22 @@ def test_backoff_is_jittered_over_the_upper_half_of_its_ceiling(
     )
     failure = errors.ServerError("HTTP 503", status=503)
     assert [client._delay(failure, attempt) for attempt in range(5)] == delays
+
+
+@pytest.mark.parametrize("retries", range(11))
+def test_the_longest_backoff_is_what_the_stall_margin_allows(
+    make_client: MakeClient, retries: int
+) -> None:
+    """The watchdog's margin (`wiring.stall_margin`) is every attempt at its timeout and
+    the longest backoff before each retry: the client's backoff at its most (jitter 1)."""
+    api = ApiSettings(timeout_seconds=7.0, max_retries=retries)
+    client = make_client(
+        "https://api.example",
+        transport=StreamingTransport(lambda request: ok()),
+        backoff_base=BACKOFF_BASE_SECONDS,
+        backoff_cap=BACKOFF_CAP_SECONDS,
+        jitter=lambda: 1.0,
+    )
+    failure = errors.Timeout("slow")
+    waits = sum(client._delay(failure, attempt) for attempt in range(retries))
+    assert stall_margin(api) == api.timeout_seconds * (retries + 1) + waits

@@ -522,3 +522,45 @@ def test_a_started_schedule_stuck_in_its_first_run_is_restarted_by_the_watchdog(
         schedule.stop()
         release.set()
     assert schedule.join(10)
+
+
+def test_a_schedule_whose_thread_ended_before_a_first_run_is_stalled_from_its_start() -> None:
+    """Started, but its thread never ran the first refresh: the watchdog judges it from
+    the schedule's start (`due_since`), and restarts it just past interval + margin."""
+    clock = Clock()
+    store = SnapshotStore()
+    poller = FakePoller(store, ["a"])
+    schedule = Schedule("t", lambda: None, lambda: 10.0, clock=clock)
+    schedule.stop()  # the thread ends before its first run
+    schedule.start()
+    assert schedule.join(10) and schedule.last_start is None
+    restarts: list[float] = []
+    schedule.restart = lambda: restarts.append(clock.now)  # type: ignore[method-assign]
+    watchdog = Watchdog([Team(poller, schedule)], store, margin=5.0, tick=1.0, clock=clock)
+    watchdog.check()
+    for _ in range(15):
+        clock.now += 1.0
+        poller.outcomes = {"a": clock.now}
+        watchdog.check()
+    assert restarts == []
+    clock.now += EPSILON
+    watchdog.check()
+    assert restarts == [1015.0 + EPSILON]
+
+
+def test_pauses_of_the_process_add_up_from_the_moment_asked(
+    rig: tuple[Clock, SnapshotStore, FakePoller, FakeSchedule, Watchdog],
+) -> None:
+    """Two stops of the process after a refresh started: its deadline moves by both."""
+    clock, _store, _poller, _schedule, watchdog = rig
+    watchdog.check()
+    clock.now += 1.0 + 10.0  # stopped 10 s
+    watchdog.check()
+    first = clock.now
+    clock.now += 1.0
+    watchdog.check()
+    clock.now += 1.0 + 30.0  # stopped 30 s more
+    watchdog.check()
+    assert watchdog.paused_since(first - 20) == 40.0
+    assert watchdog.paused_since(first) == 30.0  # the first was noticed at `first`
+    assert watchdog.paused_since(clock.now) == 0.0

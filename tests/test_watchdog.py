@@ -537,3 +537,36 @@ def test_the_stall_margin_is_every_attempt_at_its_timeout_and_each_backoff(
 ) -> None:
     api = ApiSettings(timeout_seconds=timeout, max_retries=retries)
     assert stall_margin(api) == margin
+
+
+def test_a_refresh_keeps_the_span_it_started_with_when_discovery_shrinks_the_team() -> None:
+    """A refresh planned for 30 projects (15.5 s at the budget's pace) whose discovery
+    finds one: the projects still waiting on it keep the span it started with."""
+    clock = Clock()
+    store = SnapshotStore()
+    api = DiscoveredApi([f"p{i:02d}" for i in range(30)], hung={"b"})
+    poller = new_poller(
+        api,
+        store,
+        team=TEAM,
+        interval=10.0,
+        concurrency=1,
+        budget_seconds=lambda requests: requests * 0.5,
+        grace=1.0,
+        monotonic=clock,
+    )
+    thread = threading.Thread(target=poller.refresh, daemon=True)
+    try:
+        assert poller.refresh()  # at 1000: 30 projects and a page, 15.5 s
+        assert poller.effective_interval() == 15.5
+        clock.now = 1020.0
+        api.listed = ["b"]
+        thread.start()
+        wait_for(lambda: "b" in api.entered, message="b's poll to hang")
+        assert poller.effective_interval() == 10.0  # the next refresh's plan
+        assert poller.overdue(1020.0 + 15.5 + 5.0, 5.0) == []
+        assert poller.overdue(1020.0 + 15.5 + 5.0 + EPSILON, 5.0) == ["b"]
+    finally:
+        api.release.set()
+        thread.join(timeout=30)
+        poller.stop(timeout=10)
