@@ -406,26 +406,34 @@ def _check_env(environ: Mapping[str, str]) -> None:
         _check_size(parsed, name)
 
 
-def _check_yaml(path: Path) -> dict[str, Any] | None:
-    """The file's mapping, read within a bound; YAML errors as one line; files too deep
-    or too large for a config refused before anything walks them."""
+def read_yaml(path: Path, *, field: str, max_bytes: int) -> Any:
+    """A YAML file read with a bound (`files.read_file`) and parsed safely; every problem
+    one line naming `field` and the file: unreadable, too large, not UTF-8, nested too
+    deeply, invalid YAML (with its line). The config and the web config both read so."""
+    where = f"{field}: {path}"
     try:
-        raw = read_file(path, max_bytes=MAX_CONFIG_BYTES)
+        raw = read_file(path, max_bytes=max_bytes)
     except FileUnreadable as exc:
-        raise ConfigError(f"config.file: {exc}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config.file: {path}: larger than {MAX_CONFIG_BYTES} bytes")
+        raise ConfigError(f"{field}: {exc}") from None
+    if len(raw) > max_bytes:
+        raise ConfigError(f"{where}: larger than {max_bytes} bytes")
     try:
-        content = yaml.safe_load(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config.file: {path}: cannot read: {exc}") from None
+        return yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not UTF-8 text") from None
     except RecursionError:
-        raise ConfigError(f"config.file: {path}: nested too deeply") from None
+        raise ConfigError(f"{where}: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
+        line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"config.file: {path}:{where}: {problem}") from None
+        raise ConfigError(f"{where}:{line}: {problem}") from None
+
+
+def _check_yaml(path: Path) -> dict[str, Any] | None:
+    """The config file's mapping; files too deep or too large for a config refused
+    before anything walks them."""
+    content = read_yaml(path, field="config.file", max_bytes=MAX_CONFIG_BYTES)
     if content is not None and not isinstance(content, dict):
         raise ConfigError(f"config.file: {path}: the top level must be a mapping")
     _check_size(content, f"config.file: {path}")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import struct
 import threading
 import zlib
@@ -456,19 +457,12 @@ def _plain(headers: Sequence[Piece], columns: Sequence[_Column], tail: bytes) ->
     """The same pieces inflated through one decompressor, `GROUP` bytes of text at a
     time (each piece's output bounded, so a hostile piece can't make a group huge)."""
     inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-    group: list[bytes] = []
-    size = 0
-    for header, column in zip(headers, columns, strict=True):
-        for data in _column_data(header, column):
-            text = inflate.decompress(data)
-            group.append(text)
-            size += len(text)
-            if size >= GROUP:
-                yield b"".join(group)
-                group.clear()
-                size = 0
-    group.append(tail)
-    yield b"".join(group)
+    texts = (
+        inflate.decompress(data)
+        for header, column in zip(headers, columns, strict=True)
+        for data in _column_data(header, column)
+    )
+    yield from _grouped(itertools.chain(texts, (tail,)))
 
 
 def _column_data(header: Piece, column: _Column) -> Iterator[bytes]:

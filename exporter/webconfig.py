@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import bcrypt
-import yaml
 from pydantic import (
     Field,
     SecretStr,
@@ -28,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.config import Section, format_validation_error
+from exporter.config import ConfigError, Section, format_validation_error, read_yaml
 from exporter.files import FileUnreadable, read_file
 
 TlsVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
@@ -306,17 +305,9 @@ def load_web_config(path: Path) -> WebSettings:
     """
     where = f"web.config.file: {path}"
     try:
-        raw = read_file(path, max_bytes=MAX_FILE_BYTES)
-    except FileUnreadable as exc:
-        raise WebConfigError(f"web.config.file: {exc}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise WebConfigError(f"{where}: larger than {MAX_FILE_BYTES} bytes")
-    try:
-        content = yaml.safe_load(raw.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise WebConfigError(f"{where}: {' '.join(str(exc).split())}") from None
-    except RecursionError:
-        raise WebConfigError(f"{where}: nested too deeply") from None
+        content = read_yaml(path, field="web.config.file", max_bytes=MAX_FILE_BYTES)
+    except ConfigError as exc:
+        raise WebConfigError(str(exc)) from None
     if content is None:
         raise WebConfigError(
             f"{where}: the file is empty (it would serve without TLS and basic auth; "
