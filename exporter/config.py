@@ -415,8 +415,6 @@ def read_yaml(path: Path, *, field: str, max_bytes: int) -> Any:
         raw = read_file(path, max_bytes=max_bytes)
     except FileUnreadable as exc:
         raise ConfigError(f"{field}: {exc}") from None
-    if len(raw) > max_bytes:
-        raise ConfigError(f"{where}: larger than {max_bytes} bytes")
     try:
         return yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError:

@@ -49,10 +49,12 @@ _flights_lock = threading.Lock()
 
 
 def read_file(path: Path, *, max_bytes: int, timeout: float = READ_SECONDS) -> bytes:
-    """The first `max_bytes + 1` bytes of the regular file `path` (so that a caller can
-    tell a file over its limit), read within `timeout` seconds."""
+    """The regular file `path`, read within `timeout` seconds; one over `max_bytes` is
+    refused (`FileUnreadable`) after reading one byte more than that, never all of it."""
     result = _bounded(path, f"read:{max_bytes}", lambda: _read(path, max_bytes), timeout)
     assert isinstance(result, bytes)
+    if len(result) > max_bytes:
+        raise FileUnreadable(f"{path}: larger than {max_bytes} bytes")
     return result
 
 

@@ -403,8 +403,6 @@ def _pem(inline: SecretStr | None, path: Path | None, field: str) -> SecretStr:
         raw = read_file(path, max_bytes=MAX_FILE_BYTES)
     except FileUnreadable as exc:
         raise _FileError(f"tls_server_config.{field}: {exc}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise _FileError(f"tls_server_config.{field}: {path}: larger than {MAX_FILE_BYTES} bytes")
     try:
         return SecretStr(raw.decode("ascii"))
     except UnicodeDecodeError:

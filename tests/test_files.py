@@ -25,12 +25,13 @@ from tests.conftest import (
 )
 
 
-def test_a_regular_file_is_read_up_to_one_byte_past_the_limit(tmp_path: Path) -> None:
+def test_a_regular_file_is_read_and_one_over_the_limit_refused(tmp_path: Path) -> None:
     path = tmp_path / "secret"
     path.write_bytes(b"0123456789")
     assert read_file(path, max_bytes=100) == b"0123456789"
-    assert read_file(path, max_bytes=4) == b"01234"  # the caller sees it is too long
-    assert read_file(path, max_bytes=10) == b"0123456789"
+    assert read_file(path, max_bytes=10) == b"0123456789"  # exactly at the limit
+    with pytest.raises(FileUnreadable, match="larger than 9 bytes"):
+        read_file(path, max_bytes=9)
 
 
 def test_a_fifo_without_a_writer_is_refused_at_once(tmp_path: Path) -> None:
