@@ -137,7 +137,7 @@ class ApiSettings(Section):
         120.0,
         gt=0,
         le=3600,
-        description="Cap on the wait a 429 asks for; a longer wait fails the poll instead.",
+        description="Cap on the wait a 429 asks for: a longer one is cut to this, then retried.",
     )
     max_response_bytes: int = Field(
         16 * 1024 * 1024,

@@ -90,6 +90,8 @@ class Discovery:
         self._now = now
         self._hint = hint
         self._warned: set[str] = set()
+        #: Projects the last discovery read from /projects (None: none has run yet).
+        self._listed: int | None = None
         if self._configured:
             self._claim(configured=True)
 
@@ -99,8 +101,13 @@ class Discovery:
         return discovery_needed(configured=bool(self._configured), currency=self.currency)
 
     def requests(self) -> int:
-        """Requests one discovery makes: a page per hundred projects (and a last one)."""
-        return len(self.targets) // PROJECTS_PAGE_SIZE + 1 if self.needed else 0
+        """Requests one discovery makes: a page per hundred projects /projects lists (and
+        a last one): what the last discovery read, ids refused or not configured
+        included; the targets' count until one has run."""
+        if not self.needed:
+            return 0
+        listed = self._listed if self._listed is not None else len(self.targets)
+        return listed // PROJECTS_PAGE_SIZE + 1
 
     def run(self) -> bool:
         """Read /projects once and apply what it says; False when it failed."""
@@ -126,12 +133,12 @@ class Discovery:
         return True
 
     def _apply(self, projects: list[ProjectResource]) -> None:
+        self._listed = len(projects)
         if not self._currency_configured:
             self.currency = next((p.currency for p in projects if p.currency), self.currency)
         if not self._named:
             slug = next((p.team.slug for p in projects if p.team and p.team.slug), None)
-            if slug and slug != self.team:
-                self._store.rename_team(self.key, slug)
+            if slug and slug != self.team and self._store.rename_team(self.key, slug):
                 self.team = slug
         by_id: dict[str, ProjectResource] = {}
         too_long = 0
@@ -173,8 +180,12 @@ class Discovery:
             return tuple(t for t in targets if t.project_id in kept)
         if not self._currency_configured and currency:
             self.currency = currency
-        if not self._named and team_name and team_name != self.team:
-            self._store.rename_team(self.key, team_name)
+        if (
+            not self._named
+            and team_name
+            and team_name != self.team
+            and self._store.rename_team(self.key, team_name)
+        ):
             self.team = team_name
         self.targets = tuple(targets)
         self._claim(configured=False)

@@ -115,21 +115,25 @@ class SnapshotStore:
                 self._teams[key] = team
                 self._changed()
 
-    def rename_team(self, key: str, name: str) -> None:
+    def rename_team(self, key: str, name: str) -> bool:
         """The team's name became known (its slug, from /projects): the `team` label of
         its figures and projects says `name` from now on; writes still use `key`. A name
-        another team already has is refused (two teams would share one label)."""
+        another team already has is refused (two teams would share one label). True
+        when the team is now called `name`."""
         with self._lock:
             team = self._teams.get(key)
-            if team is None or team.status.name == name:
-                return
+            if team is None:
+                return False
+            if team.status.name == name:
+                return True
             if any(other.status.name == name for other in self._teams.values()):
-                return
+                return False
             team.status = replace(team.status, name=name)
             for pid in team.project_ids:
                 self._projects[pid] = replace(self._projects[pid], team=name)
             self._reorder()
         self._tell()
+        return True
 
     def set_projects(
         self, team: str, projects: Iterable[tuple[str, str]], *, configured: bool = False

@@ -343,21 +343,34 @@ def test_requests_are_the_pages_the_client_reads_at_the_page_boundary(
     assert discovery.requests() == pages
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="requests() counts the pages of the team's targets, not of what /projects "
-    "listed: a configured team without a currency reads every page of the key's "
-    "projects, and refused ids are read too",
-)
 def test_requests_count_every_page_read_even_for_a_configured_team(
+    make_client: Callable[..., LatitudeClient],
+) -> None:
+    """A configured team without a currency reads every page of the key's projects to
+    learn it: the budget plans what /projects lists, not the team's targets. Once the
+    currency is known, discovery is no longer needed and costs nothing."""
+    requests: list[str] = []
+    client = paged_client(make_client, 3 * PROJECTS_PAGE_SIZE)
+    client._on_request = lambda endpoint, code: requests.append(endpoint)
+    discovery, _ = make(client, targets=[Target("proj_00000")], currency=None)
+    assert discovery.requests() == 1  # the estimate before any answer
+    assert discovery.run()
+    assert len(requests) == 4
+    assert discovery.currency and not discovery.needed and discovery.requests() == 0
+
+
+def test_requests_count_the_pages_listed_not_the_projects_kept(
     make_client: Callable[..., LatitudeClient],
 ) -> None:
     requests: list[str] = []
     client = paged_client(make_client, 3 * PROJECTS_PAGE_SIZE)
     client._on_request = lambda endpoint, code: requests.append(endpoint)
-    discovery, _ = make(client, targets=[Target("proj_00000")], currency=None)
+    discovery, store = make(client, targets=(), currency=None)
+    store.add_team("first", rank=-1)  # a team listed first takes some of the projects
+    store.set_projects("first", [(f"proj_{i:05d}", "") for i in range(150)], configured=True)
     assert discovery.run()
-    assert discovery.requests() == len(requests) == 4
+    assert len(discovery.targets) == 150  # kept: the others belong to the first team
+    assert discovery.requests() == len(requests) == 4  # read: every page
 
 
 def test_a_configured_id_of_exactly_max_id_chars_is_accepted_and_one_more_refused() -> None:

@@ -717,6 +717,7 @@ def test_the_status_figures_of_each_project() -> None:
     ok, bad, new = (frozenset({("project_id", p)}) for p in ("ok", "bad", "new"))
     # a project with no outcome yet has no `up`: not a false 0 at every start
     assert found["latitudesh_up"] == {ok: 1.0, bad: 0.0}
+    assert new not in found["latitudesh_up"]
     assert found["latitudesh_last_success_timestamp_seconds"] == {
         ok: 1_700_000_000.0,
         bad: 1_600_000_000.0,
