@@ -11,7 +11,6 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-import trustme
 import yaml
 
 from exporter import __version__
@@ -29,6 +28,7 @@ from tests.conftest import (
     require_binary,
     run_cli,
     sample,
+    tls_web_config,
 )
 
 
@@ -309,7 +309,7 @@ def test_sigterm_during_a_slow_poll_exits_long_before_the_poll_ends(
 
 
 def test_sighup_rereads_the_token_file_and_web_config_keeping_data(
-    fake_api: FakeApi, tmp_path: Path
+    fake_api: FakeApi, tmp_path: Path, certs: dict[str, Path]
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
@@ -322,20 +322,7 @@ def test_sighup_rereads_the_token_file_and_web_config_keeping_data(
     try:
         exporter.wait_ready()
         before = exporter.scrape()
-        ca = trustme.CA()
-        cert = ca.issue_cert("127.0.0.1")
-        cert.cert_chain_pems[0].write_to_path(tmp_path / "tls.crt")
-        cert.private_key_pem.write_to_path(tmp_path / "tls.key")
-        web.write_text(
-            yaml.safe_dump(
-                {
-                    "tls_server_config": {
-                        "cert_file": str(tmp_path / "tls.crt"),
-                        "key_file": str(tmp_path / "tls.key"),
-                    }
-                }
-            )
-        )
+        web.write_text(yaml.safe_dump(tls_web_config(certs)))
         exporter.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "msg=reloaded" in exporter.output(), message="the reload")
         assert exporter.proc.poll() is None  # SIGHUP no longer kills the process
