@@ -179,7 +179,11 @@ class Bench:
 
         if code.reports_port:
             child = spawn(0)
-            port = _reported_port(child)
+            try:
+                port = _reported_port(child)
+            except BaseException:
+                child.stop()
+                raise
         else:
             port, child = start_on_free_port(lambda p: _listening_on(spawn(p), p))
         try:

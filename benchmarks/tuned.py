@@ -11,15 +11,21 @@ puts `apply(PIECES)` in place of `runtime.tune` and then runs the exporter's own
   malloc  glibc held to two arenas (`mallopt`), `malloc_trim` every minute
 
 All three together are `runtime.tune`, piece for piece: `tests/test_benchmarks.py`
-holds them to it, so that a change there is seen here.
+holds them to it, so that a change there is seen here. PIECES "shipped" leaves
+`runtime.tune` as it is (on or off by the exporter's own flag). With BENCH_GC_STATS
+set, every garbage collection is timed and the figures kept in that file.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any
 
 PIECES = ("gc", "switch", "malloc")
@@ -63,11 +69,51 @@ def apply(pieces: Collection[str], scheduler: Any, libc: Any = None) -> None:
         )
 
 
+class Collections:
+    """Every garbage collection of this process, timed (`gc.callbacks`): per generation
+    how many and how long in all, and the longest, with when it started."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        #: (monotonic start, generation, seconds) of each collection of 1 ms or more
+        self.long: list[tuple[float, int, float]] = []
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.monotonic()
+            return
+        elapsed = time.monotonic() - self._started
+        generation = info["generation"]
+        self.count[generation] += 1
+        self.seconds[generation] += elapsed
+        if elapsed >= 0.001 and len(self.long) < 100_000:
+            self.long.append((self._started, generation, elapsed))
+
+    def dump(self, path: Path) -> None:
+        """Written every half second, replaced whole (the harness reads it any time)."""
+        while True:
+            state = {"count": self.count, "seconds": self.seconds, "long": self.long}
+            part = path.with_suffix(".part")
+            part.write_text(json.dumps(state))
+            part.replace(path)
+            time.sleep(0.5)
+
+
 def main(argv: list[str]) -> int:
+    """PIECES (or "shipped": runtime.tune itself, when the flag says on), then the
+    exporter's arguments. BENCH_GC_STATS=PATH: every collection timed, kept in PATH."""
     from exporter import cli, runtime
 
-    pieces = {p for p in argv[0].split(",") if p and p != "none"}
-    runtime.tune = lambda scheduler: apply(pieces, scheduler)
+    if argv[0] != "shipped":
+        pieces = {p for p in argv[0].split(",") if p and p != "none"}
+        runtime.tune = lambda scheduler: apply(pieces, scheduler)
+    if os.environ.get("BENCH_GC_STATS"):
+        collections = Collections()
+        gc.callbacks.append(collections)
+        path = Path(os.environ["BENCH_GC_STATS"])
+        threading.Thread(target=collections.dump, args=(path,), daemon=True).start()
     return cli.main(argv[1:])
 
 

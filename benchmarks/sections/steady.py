@@ -86,7 +86,7 @@ def measure(bench: Bench, codes: Sequence[Code]) -> SteadyRun:
 
             # steady: ten polls a second, each changing what the next scrape sends
             control(api, {"latency": STEADY_LATENCY})
-            time.sleep(2 * STEADY_LATENCY)
+            time.sleep(min(2 * STEADY_LATENCY, mode.phase))  # polls in flight end
             steady_start = time.monotonic()
             probe = FreshnessProbe(
                 metrics, [0, projects // 2, projects - 1], every=2.0 if mode.phase >= 10 else 0.3

@@ -9,12 +9,15 @@ order, under this Python and each interpreter `--python` names.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from benchmarks.apilog import ApiLog
 from benchmarks.harness import AFTER, Bench, Code
@@ -32,15 +35,31 @@ from benchmarks.scraping import (
     scrape_loop,
 )
 from benchmarks.sections.steady import STEADY_LATENCY
+from testing.waits import wait_for
 
-#: configuration -> (exporter flags, how the daemon is run)
-CONFIGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "off": (("--runtime.tuning", "off"), ("exporter",)),
-    "on (as shipped)": ((), ("exporter",)),
-    "gc only": ((), ("benchmarks.tuned", "gc")),
-    "switch interval only": ((), ("benchmarks.tuned", "switch")),
-    "malloc only": ((), ("benchmarks.tuned", "malloc")),
+#: configuration -> (exporter flags, PIECES of `benchmarks.tuned`), which runs the daemon
+#: with its collections timed; "shipped" leaves `runtime.tune` as it is.
+CONFIGS: dict[str, tuple[tuple[str, ...], str]] = {
+    "off": (("--runtime.tuning", "off"), "shipped"),
+    "on (as shipped)": ((), "shipped"),
+    "gc only": ((), "gc"),
+    "switch interval only": ((), "switch"),
+    "malloc only": ((), "malloc"),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Collections:
+    """The daemon's garbage collections over the measured phases."""
+
+    seconds: float  # of the phases
+    in_gc: float  # seconds in collections, every generation
+    full: int  # collections of the oldest generation
+    longest: float  # seconds, the longest collection
+
+    @property
+    def share(self) -> float:
+        return self.in_gc / self.seconds if self.seconds else float("nan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +75,7 @@ class Run:
     rss: float  # MiB, settled, after the housekeeping job ran once
     peak: float
     load: float  # the machine's 1-minute load average at the end: others' work shows here
+    gc: Collections
 
 
 def measure(bench: Bench, codes: Sequence[Code]) -> list[Run]:
@@ -75,7 +95,8 @@ def measure(bench: Bench, codes: Sequence[Code]) -> list[Run]:
                     f"  tuning: Python {version}, {config}, round {round_ + 1}: steady p50 "
                     f"{ms(run.steady.p50)} p99 {ms(run.steady.p99)} ms, stress p99 "
                     f"{ms(run.stress.p99)} ms, CPU {sec(run.cpu_per_project * 1000)} ms per "
-                    f"project, RSS {run.rss:.0f} MiB, load {run.load:.1f}",
+                    f"project, gc {run.gc.share * 100:.1f} % ({run.gc.full} full, longest "
+                    f"{ms(run.gc.longest)} ms), RSS {run.rss:.0f} MiB, load {run.load:.1f}",
                     flush=True,
                 )
     return runs
@@ -93,20 +114,27 @@ def _version(python: str) -> str:
 
 def _one(bench: Bench, api: str, python: str, version: str, config: str, round_: int) -> Run:
     mode = bench.mode
-    flags, module = CONFIGS[config]
+    flags, pieces = CONFIGS[config]
     control(api, {"latency": 0})
-    with bench.daemon(AFTER, api, args=flags, python=python, module=module) as daemon:
+    stats = bench.path("gc.json")
+    env = {"BENCH_GC_STATS": str(stats)}
+    module = ("benchmarks.tuned", pieces)
+    with bench.daemon(AFTER, api, args=flags, python=python, module=module, env=env) as daemon:
         daemon.wait_full(mode.steady)
         metrics = daemon.url + "/metrics"
+        time.sleep(0.6)  # the figures of collections, dumped every 0.5 s, up to date
+        before = _collections(stats)
         idle_start, cpu_start = time.monotonic(), daemon.cpu()
         time.sleep(mode.tuning_phase)
         idle_end, cpu_end = time.monotonic(), daemon.cpu()
         stress = scrape_loop([Scraper(metrics, PROMETHEUS)], mode.tuning_phase)[0]
         control(api, {"latency": STEADY_LATENCY})
-        time.sleep(2 * STEADY_LATENCY)
+        time.sleep(min(2 * STEADY_LATENCY, mode.phase))  # polls in flight end
         steady_start = time.monotonic()
         steady = scrape_loop([Scraper(metrics, PROMETHEUS)], mode.tuning_phase)[0]
         steady_end = time.monotonic()
+        time.sleep(0.6)  # the next dump of the figures of collections
+        gc_figures = _window(before, _collections(stats), idle_start, steady_end)
         for headers in (TEXT, OPENMETRICS, PROMETHEUS):
             fetch(metrics, headers, timeout=300)
         # past the minute's housekeeping (collection and trim), then settled
@@ -128,6 +156,31 @@ def _one(bench: Bench, api: str, python: str, version: str, config: str, round_:
         rss=rss,
         peak=peak,
         load=os.getloadavg()[0],
+        gc=gc_figures,
+    )
+
+
+def _collections(path: Path) -> dict[str, Any]:
+    """What `benchmarks.tuned` wrote of the daemon's collections so far."""
+
+    def written() -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data
+
+    found: dict[str, Any] = wait_for(written, 30, f"the daemon's collections in {path}")
+    return found
+
+
+def _window(before: dict[str, Any], after: dict[str, Any], start: float, end: float) -> Collections:
+    longest = [s for at, _, s in after["long"] if start <= at <= end]
+    return Collections(
+        seconds=end - start,
+        in_gc=sum(after["seconds"]) - sum(before["seconds"]),
+        full=after["count"][2] - before["count"][2],
+        longest=max(longest, default=0.0),
     )
 
 
@@ -148,6 +201,9 @@ class Row:
     rss: float
     peak: float
     load: float
+    gc_share: float  # of the time in collections
+    full: float  # collections of the oldest generation per run
+    longest: float  # seconds, the longest collection of any round
 
 
 def pooled(runs: Sequence[Run]) -> list[Row]:
@@ -177,6 +233,9 @@ def pooled(runs: Sequence[Run]) -> list[Row]:
                     median([r.rss for r in group]),
                     median([r.peak for r in group]),
                     median([r.load for r in group]),
+                    median([r.gc.share for r in group]),
+                    median([r.gc.full for r in group]),
+                    max(r.gc.longest for r in group),
                 )
             )
     return rows
@@ -201,6 +260,9 @@ def report(runs: list[Run], mode: Mode) -> Findings:
                 ms(r.stress.p50),
                 ms(r.stress.p99),
                 sec(r.cpu_per_project * 1000),
+                f"{r.gc_share * 100:.1f} %",
+                f"{r.full:.0f}",
+                ms(r.longest),
                 sec(r.rss, 1),
                 sec(r.peak, 1),
                 _versus(r, base),
@@ -210,18 +272,22 @@ def report(runs: list[Run], mode: Mode) -> Findings:
     table = Table(
         f"14. Runtime tuning, on and off and piece by piece, {mode.steady} × {mode.products}",
         "`exporter/runtime.py` off (`--runtime.tuning off`), on (as shipped), and each piece "
-        "alone (`python -m benchmarks.tuned PIECE`): gc = freeze, thresholds and a full "
-        "collection a minute; switch interval = 1 ms; malloc = two arenas (`mallopt`, no "
-        "MALLOC_ARENA_MAX set) and `malloc_trim` a minute. One daemon per configuration and "
-        f"round ({mode.tuning_rounds} round(s), configurations in rotated order): "
+        "alone: gc = freeze, thresholds and a full collection a minute; switch interval = "
+        "1 ms; malloc = two arenas (`mallopt`, no MALLOC_ARENA_MAX set) and `malloc_trim` a "
+        "minute. Every daemon runs through `python -m benchmarks.tuned PIECES` (which times "
+        "its garbage collections and, for a piece alone, applies that piece in place of "
+        "`runtime.tune`). One daemon per configuration and round "
+        f"({mode.tuning_rounds} round(s), configurations in rotated order): "
         f"{mode.tuning_phase:.0f} s of polls back to back without scrapers (CPU per project), "
         f"{mode.tuning_phase:.0f} s of one scraper beside them (stress), "
         f"{mode.tuning_phase:.0f} s of one scraper at about ten polls a second (steady, as "
         "section 2), then text, OpenMetrics and gzip scrapes and RSS once the minute's "
         "housekeeping has run. Scraped as Prometheus does (OpenMetrics, gzip); percentiles "
-        "over every round's scrapes, the other figures the rounds' median. Load: the "
-        "machine's 1-minute load average at the end of a run (the daemon, the fake API and "
-        "the scraper make about 2 on their own; more is someone else's work).",
+        "over every round's scrapes, the other figures the rounds' median (the longest "
+        "collection: of any round). Time in gc, full collections and the longest: over the "
+        "three phases, from `gc.callbacks`. Load: the machine's 1-minute load average at the "
+        "end of a run (the daemon, the fake API and the scraper make about 2; more is "
+        "someone else's work).",
         [
             "Python",
             "tuning",
@@ -234,6 +300,9 @@ def report(runs: list[Run], mode: Mode) -> Findings:
             "stress p50 ms",
             "stress p99 ms",
             "CPU ms per project",
+            "time in gc",
+            "full collections",
+            "longest collection ms",
             "RSS MiB",
             "peak MiB",
             "vs off: steady p99, CPU, RSS",
