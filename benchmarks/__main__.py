@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"({name}: {time.monotonic() - began:.0f} s)", flush=True)
     command = "python -m benchmarks" + ("" if mode.name == "full" else f" --{mode.name}")
     command += "".join(f" --only {name}" for name in options.only or ())
+    command += "".join(f" --python {python}" for python in options.python)
     versions = ", ".join(f"{c.label} = `{c.commit}`" for c in codes)
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(report.markdown(command, versions, started))

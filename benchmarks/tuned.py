@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 PIECES = ("gc", "switch", "malloc")
+NAMES = {"gc": "gc", "switch": "switch interval", "malloc": "malloc"}  # as tables say
 #: What `runtime.tune` sets (tests/test_benchmarks.py checks them against it).
 GC_THRESHOLDS = (50_000, 50, 1_000_000)
 SWITCH_INTERVAL = 0.001

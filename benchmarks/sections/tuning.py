@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import tuned
 from benchmarks.apilog import ApiLog
 from benchmarks.harness import AFTER, Bench, Code
 from benchmarks.measure import median
@@ -38,13 +39,12 @@ from benchmarks.sections.steady import STEADY_LATENCY
 from testing.waits import wait_for
 
 #: configuration -> (exporter flags, PIECES of `benchmarks.tuned`), which runs the daemon
-#: with its collections timed; "shipped" leaves `runtime.tune` as it is.
+#: with its collections timed; "shipped" leaves `runtime.tune` as it is. Each piece of
+#: `runtime.tune` alone too, while it has more than one.
 CONFIGS: dict[str, tuple[tuple[str, ...], str]] = {
     "off": (("--runtime.tuning", "off"), "shipped"),
     "on (as shipped)": ((), "shipped"),
-    "gc only": ((), "gc"),
-    "switch interval only": ((), "switch"),
-    "malloc only": ((), "malloc"),
+    **{f"{tuned.NAMES[p]} only": ((), p) for p in tuned.PIECES if len(tuned.PIECES) > 1},
 }
 
 
@@ -122,7 +122,8 @@ def _one(bench: Bench, api: str, python: str, version: str, config: str, round_:
     with bench.daemon(AFTER, api, args=flags, python=python, module=module, env=env) as daemon:
         daemon.wait_full(mode.steady)
         metrics = daemon.url + "/metrics"
-        time.sleep(0.6)  # the figures of collections, dumped every 0.5 s, up to date
+        fresh = 0.6 if mode.tuning_settle else 0.0  # collections are dumped every 0.5 s
+        time.sleep(fresh)
         before = _collections(stats)
         idle_start, cpu_start = time.monotonic(), daemon.cpu()
         time.sleep(mode.tuning_phase)
@@ -133,7 +134,7 @@ def _one(bench: Bench, api: str, python: str, version: str, config: str, round_:
         steady_start = time.monotonic()
         steady = scrape_loop([Scraper(metrics, PROMETHEUS)], mode.tuning_phase)[0]
         steady_end = time.monotonic()
-        time.sleep(0.6)  # the next dump of the figures of collections
+        time.sleep(fresh)
         gc_figures = _window(before, _collections(stats), idle_start, steady_end)
         for headers in (TEXT, OPENMETRICS, PROMETHEUS):
             fetch(metrics, headers, timeout=300)
@@ -281,8 +282,9 @@ def report(runs: list[Run], mode: Mode) -> Findings:
         f"{mode.tuning_phase:.0f} s of polls back to back without scrapers (CPU per project), "
         f"{mode.tuning_phase:.0f} s of one scraper beside them (stress), "
         f"{mode.tuning_phase:.0f} s of one scraper at about ten polls a second (steady, as "
-        "section 2), then text, OpenMetrics and gzip scrapes and RSS once the minute's "
-        "housekeeping has run. Scraped as Prometheus does (OpenMetrics, gzip); percentiles "
+        "section 2), then text, OpenMetrics and gzip scrapes and, a second later, RSS (as "
+        "section 4; at least 65 s after start, so the minute's housekeeping ran once, "
+        "before those scrapes). Scraped as Prometheus does (OpenMetrics, gzip); percentiles "
         "over every round's scrapes, the other figures the rounds' median (the longest "
         "collection: of any round). Time in gc, full collections and the longest: over the "
         "three phases, from `gc.callbacks`. Load: the machine's 1-minute load average at the "
