@@ -5,15 +5,14 @@ of its pieces is worth, the tuning section runs the daemon through this module, 
 puts `apply(PIECES)` in place of `runtime.tune` and then runs the exporter's own
 `cli.main` with the remaining arguments. PIECES is a comma-separated subset of:
 
-  gc      start-up's objects frozen, young collections less often (the thresholds), a
-          full collection every `FULL_COLLECTION_SECONDS` instead of by count
-  switch  the GIL switch interval
   malloc  glibc held to two arenas (`mallopt`), `malloc_trim` every minute
 
-All three together are `runtime.tune`, piece for piece: `tests/test_benchmarks.py`
-holds them to it, so that a change there is seen here. PIECES "shipped" leaves
-`runtime.tune` as it is (on or off by the exporter's own flag). With BENCH_GC_STATS
-set, every garbage collection is timed and the figures kept in that file.
+which together are `runtime.tune`, piece for piece: `tests/test_benchmarks.py` holds them
+to it, so that a change there is seen here. (The garbage collector's tuning and a 1 ms
+switch interval were pieces too, until section 14 measured them worth nothing a user
+sees and they were dropped from `runtime.tune`.) PIECES "shipped" leaves `runtime.tune`
+as it is (on or off by the exporter's own flag). With BENCH_GC_STATS set, every garbage
+collection is timed and the figures kept in that file.
 """
 
 from __future__ import annotations
@@ -24,15 +23,12 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-PIECES = ("gc", "switch", "malloc")
-NAMES = {"gc": "gc", "switch": "switch interval", "malloc": "malloc"}  # as tables say
-#: What `runtime.tune` sets (tests/test_benchmarks.py checks them against it).
-GC_THRESHOLDS = (50_000, 50, 1_000_000)
-SWITCH_INTERVAL = 0.001
+PIECES = ("malloc",)
+NAMES = {"malloc": "malloc"}  # as tables say
 
 
 def apply(pieces: Collection[str], scheduler: Any, libc: Any = None) -> None:
@@ -43,29 +39,14 @@ def apply(pieces: Collection[str], scheduler: Any, libc: Any = None) -> None:
     if unknown:
         raise SystemExit(f"unknown pieces: {', '.join(sorted(unknown))} (of {PIECES})")
     libc = libc if libc is not None else runtime._libc()
-    jobs: list[Callable[[], object]] = []
-    if "gc" in pieces:
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
-        jobs.append(gc.collect)
-    if "switch" in pieces:
-        sys.setswitchinterval(SWITCH_INTERVAL)
     if "malloc" in pieces and libc is not None:
         if hasattr(libc, "mallopt") and "MALLOC_ARENA_MAX" not in os.environ:
             libc.mallopt(runtime.M_ARENA_MAX, 2)
-        jobs.append(lambda: libc.malloc_trim(0))
-    if jobs:
-
-        def housekeeping() -> None:
-            for job in jobs:
-                job()
-
         scheduler.add_job(
-            housekeeping,
+            lambda: libc.malloc_trim(0),
             "interval",
-            seconds=runtime.FULL_COLLECTION_SECONDS,
-            id="gc",
+            seconds=runtime.TRIM_SECONDS,
+            id="trim",
             coalesce=True,
         )
 

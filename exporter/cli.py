@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="runtime_tuning",
         default="on",
         choices=("on", "off"),
-        help="tune CPython's garbage collector, switch interval and malloc for the daemon",
+        help="hold glibc to two malloc arenas and trim its heap each minute (the daemon)",
     )
     parser.add_argument(
         "--demo",

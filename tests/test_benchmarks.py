@@ -177,12 +177,10 @@ def test_the_pieces_together_are_runtime_tune(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.usefixtures("restored")
-@pytest.mark.parametrize("piece", tuned.PIECES)
-def test_each_piece_alone_leaves_the_others_as_they_were(piece: str) -> None:
+def test_no_piece_is_no_tuning_and_malloc_is_the_trim() -> None:
     libc = Libc()
-    effect = _effect(lambda s: tuned.apply({piece}, s, libc), libc)
-    assert (effect["thresholds"] == (700, 10, 10)) == (piece != "gc")
-    assert effect["frozen"] == (piece == "gc")
-    assert (effect["switch"] == pytest.approx(0.005)) == (piece != "switch")
-    assert bool(effect["start"]) == (piece == "malloc")
-    assert bool(effect["jobs"]) == (piece != "switch")
+    nothing = _effect(lambda s: tuned.apply(set(), s, libc), libc)
+    assert nothing["jobs"] == [] and nothing["start"] == []
+    malloc = _effect(lambda s: tuned.apply({"malloc"}, s, libc), libc)
+    assert malloc["start"] and [job[0] for job in malloc["jobs"]] == ["trim"]
+    assert malloc["thresholds"] == (700, 10, 10) and not malloc["frozen"]

@@ -1,6 +1,5 @@
-"""`runtime.py`, tested in-process: `tune` (collector thresholds, the freeze, the switch
-interval, malloc's arenas, the minute's housekeeping job) and `raise_file_limit`. Every
-piece of global state a test changes is put back by the `restored` fixture."""
+"""`runtime.py`, tested in-process: `tune` (malloc's arenas, the minute's trim) and
+`raise_file_limit`. The real mallopt is kept out of the test process."""
 
 from __future__ import annotations
 
@@ -45,20 +44,9 @@ class NoMallopt:
 
 
 @pytest.fixture
-def restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The collector's thresholds and freeze, and the switch interval, as they were;
-    the real mallopt kept out of the test process unless a test lets it in."""
-    thresholds = gc.get_threshold()
-    frozen = gc.get_freeze_count()
-    interval = sys.getswitchinterval()
+def restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real mallopt kept out of the test process unless a test lets it in."""
     monkeypatch.setattr(runtime, "_libc", lambda: None)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        if frozen == 0:
-            gc.unfreeze()
-        sys.setswitchinterval(interval)
 
 
 def fake_libc(monkeypatch: pytest.MonkeyPatch, libc: Any) -> None:
@@ -76,37 +64,26 @@ def tuned(monkeypatch: pytest.MonkeyPatch, libc: Any = None) -> BackgroundSchedu
 
 
 @pytest.mark.usefixtures("restored")
-def test_tune_sets_the_collector_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
-    gc.set_threshold(700, 10, 10)
-    tuned(monkeypatch)
-    assert gc.get_threshold() == (50_000, 50, 1_000_000)
-
-
-@pytest.mark.usefixtures("restored")
-def test_tune_freezes_what_start_up_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    gc.unfreeze()
-    assert gc.get_freeze_count() == 0
-    tuned(monkeypatch)
-    assert gc.get_freeze_count() > 0
-
-
-@pytest.mark.usefixtures("restored")
-def test_tune_sets_a_one_millisecond_switch_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    sys.setswitchinterval(0.005)
-    tuned(monkeypatch)
-    assert sys.getswitchinterval() == pytest.approx(0.001)
-
-
-@pytest.mark.usefixtures("restored")
-def test_the_housekeeping_job_runs_once_a_minute_coalesced(
+def test_tune_leaves_the_collector_and_the_switch_interval_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Measured and dropped (benchmarks/RESULTS.md, section 14): nothing a user sees."""
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
+    frozen = gc.get_freeze_count()
+    tuned(monkeypatch)
+    assert gc.get_threshold() == thresholds
+    assert sys.getswitchinterval() == interval
+    assert gc.get_freeze_count() == frozen
+
+
+@pytest.mark.usefixtures("restored")
+def test_the_trim_runs_once_a_minute_coalesced(monkeypatch: pytest.MonkeyPatch) -> None:
     scheduler = tuned(monkeypatch)
     (job,) = scheduler.get_jobs()
-    assert job.id == "gc"
-    assert job.func is runtime._collect_and_trim
+    assert job.id == "trim"
+    assert job.func is runtime._trim
     assert job.trigger.interval == timedelta(seconds=60)
-    assert runtime.FULL_COLLECTION_SECONDS == 60
+    assert runtime.TRIM_SECONDS == 60
     assert job.coalesce is True
 
 
@@ -131,47 +108,24 @@ def test_tune_never_overrides_the_operators_arena_setting(
 
 @pytest.mark.usefixtures("restored")
 @pytest.mark.parametrize("libc", [None, NoMallopt()], ids=["no-glibc", "no-mallopt"])
-def test_tune_without_mallopt_still_tunes_the_rest(
+def test_tune_without_mallopt_still_schedules_the_trim(
     monkeypatch: pytest.MonkeyPatch, libc: Any
 ) -> None:
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     scheduler = tuned(monkeypatch, libc)
-    assert gc.get_threshold() == (50_000, 50, 1_000_000)
     assert len(scheduler.get_jobs()) == 1
 
 
-def collections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """gc.collect written down instead of run."""
-    order: list[str] = []
-
-    def collect(generation: int = 2) -> int:
-        order.append("collect")
-        return 0
-
-    monkeypatch.setattr(gc, "collect", collect)
-    return order
+def test_the_trim_gives_the_heap_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    libc = FakeLibc()
+    fake_libc(monkeypatch, libc)
+    runtime._trim()
+    assert libc.calls == [("malloc_trim", (0,))]
 
 
-def test_the_housekeeping_job_collects_then_trims(monkeypatch: pytest.MonkeyPatch) -> None:
-    order = collections(monkeypatch)
-
-    class Trimmer:
-        def malloc_trim(self, pad: int) -> int:
-            order.append(f"trim {pad}")
-            return 1
-
-    fake_libc(monkeypatch, Trimmer())
-    runtime._collect_and_trim()
-    assert order == ["collect", "trim 0"]
-
-
-def test_the_housekeeping_job_without_glibc_only_collects(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    order = collections(monkeypatch)
+def test_the_trim_without_glibc_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_libc(monkeypatch, None)
-    runtime._collect_and_trim()
-    assert order == ["collect"]
+    runtime._trim()  # no error, nothing to call
 
 
 @pytest.mark.skipif(
