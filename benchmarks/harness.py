@@ -156,6 +156,8 @@ class Bench:
         }
         full_env.update(
             {
+                # a state file of its own: no daemon warm-starts from another's answers
+                "XDG_STATE_HOME": str(self.path("state-home")),
                 "PYTHONPATH": os.pathsep.join(paths),
                 "LATITUDESH_AUTH_TOKEN": "bench-0",
                 "LATITUDESH_EXPORTER_API__BASE_URL": api,

@@ -244,6 +244,9 @@ class TeamStatus:
     refresh_duration: float | None = None
     #: A first refresh has been attempted (whatever its outcome).
     refreshed: bool = False
+    #: Projects were served from the state at start (a warm start): already something
+    #: true to serve, before any refresh.
+    restored: bool = False
     currency: str = ""
     #: Unix time of the last /projects discovery that succeeded.
     discovery_success: float | None = None
@@ -296,8 +299,9 @@ class StoreView:
     @property
     def ready(self) -> bool:
         """Serving, every team's first refresh attempted (failed or not: a failing API
-        must not hide the exporter and its error metrics from Prometheus) and no team's
-        schedule stalled."""
+        must not hide the exporter and its error metrics from Prometheus) or its
+        projects served from the state (a warm start: a hanging API must not hide what
+        the exporter already knows), and no team's schedule stalled."""
         return self.not_ready is None
 
     @property
@@ -305,7 +309,7 @@ class StoreView:
         """Why the exporter is not ready, in words for `/readyz`; None when it is."""
         if not self.teams:
             return "no team is configured yet"
-        waiting = [team.name for team in self.teams if not team.refreshed]
+        waiting = [team.name for team in self.teams if not (team.refreshed or team.restored)]
         if waiting:
             return f"the first refresh has not been attempted yet (teams: {', '.join(waiting)})"
         stalled = [team.name for team in self.teams if team.stalled]

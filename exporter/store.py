@@ -344,6 +344,8 @@ class SnapshotStore:
                     )
                     changed = True
             if changed:
+                owner = self._teams[team]
+                owner.status = replace(owner.status, restored=True)
                 self._changed()
                 self._changes.append(tuple(self._projects.values()))
         self._tell()

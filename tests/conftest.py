@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import platform
-import re
 import resource
 import shutil
 import socket
@@ -46,6 +45,7 @@ from exporter.usage import Limits, build_usage
 from exporter.web import WebApp
 from exporter.webconfig import WebSettings
 from testing.fakeapi import FakeApi
+from testing.ports import listening_port
 from testing.waits import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -424,8 +424,6 @@ def api_env(api: FakeApi, **extra: str) -> dict[str, str]:
 
 
 _PROCESSES = itertools.count()
-#: The address in the exporter's "listening" line, logfmt or JSON.
-_LISTENING = re.compile(r'msg"?[=:] ?"?listening"?.*?address"?[=:] ?"?[\w.:\[\]]*:(\d+)')
 
 
 class ExporterProcess:
@@ -470,8 +468,7 @@ class ExporterProcess:
             def bound() -> int | None:
                 if self.proc.poll() is not None:
                     pytest.fail(f"exporter exited with {self.proc.returncode}:\n{self.output()}")
-                match = _LISTENING.search(self.output())
-                return int(match.group(1)) if match else None
+                return listening_port(self.output())
 
             self._port = wait_for(bound, 30, "the exporter to listen")
         return self._port

@@ -175,7 +175,7 @@ def test_nothing_in_the_repository_reads_outside_it() -> None:
         *ROOT.glob("exporter/*.py"),
         *ROOT.glob("tests/*.py"),
         *ROOT.glob("testing/*.py"),
-        *ROOT.glob("benchmarks/*.py"),
+        *(ROOT / "benchmarks").rglob("*.py"),
         ROOT / "Makefile",
         ROOT / ".ci" / "run",
     ]:
@@ -191,7 +191,7 @@ def test_the_package_ships_no_test_scaffolding() -> None:
     demo = (PACKAGE / "demo.py").read_text()
     assert "def respond(" in demo and ".setter" not in demo
     assert list(inspect.signature(DemoApi).parameters) == ["accounts", "host", "port"]
-    for path in ROOT.glob("benchmarks/*.py"):
+    for path in (ROOT / "benchmarks").rglob("*.py"):
         assert not any(n == "tests" or n.startswith("tests.") for n in imports_of(path)), path
     fakes = ROOT / "testing" / "fakeapi.py"
     assert "respond" in imports_of_names(fakes) and "DemoHandler" not in fakes.read_text()

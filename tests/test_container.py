@@ -214,8 +214,7 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
 
 @pytest.fixture(scope="module")
 def container(podman: Podman) -> Iterator[tuple[str, str]]:
-    port = free_port()
-    name = f"latitudesh-test-{port}"
+    name = f"latitudesh-test-{os.getpid()}"
     podman(
         "run",
         "--detach",
@@ -223,11 +222,12 @@ def container(podman: Podman) -> Iterator[tuple[str, str]]:
         name,
         "--read-only",
         "--publish",
-        f"127.0.0.1:{port}:10067",
+        "127.0.0.1::10067",  # a host port podman picks and binds; read back below
         IMAGE,
         "--demo",
     )
-    url = f"http://127.0.0.1:{port}"
+    published = podman("port", name, "10067/tcp").stdout.strip().splitlines()[0]
+    url = f"http://{published}"
 
     def ready() -> bool:
         try:

@@ -394,6 +394,8 @@ def test_a_restart_with_the_api_down_serves_every_project_at_once(
             assert sample(samples, "latitudesh_up", project_id=project) is None
         assert sample(samples, "latitudesh_state_up") == 1.0
         assert 'msg="warm start"' in exporter.output() and "projects=4" in exporter.output()
+        # ready at once: the hanging API does not hide what the exporter already knows
+        assert http_get(exporter.url + "/readyz")[0] == 200
     finally:
         api.clear_faults()
         exporter.stop()

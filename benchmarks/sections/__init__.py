@@ -25,6 +25,7 @@ from benchmarks.sections import (
     pacing,
     prometheus,
     slow,
+    state,
     steady,
     teams,
     tuning,
@@ -55,4 +56,5 @@ SECTIONS: dict[str, Section] = {
     "churn": Section(churn.measure, churn.report, ("12. RSS over",)),
     "demo": Section(demo.measure, demo.report, ("13. Start-up of the demo",)),
     "tuning": Section(tuning.measure, tuning.report, ("14. Runtime tuning",)),
+    "state": Section(state.measure, state.report, ("15. State", "15b. State")),
 }
