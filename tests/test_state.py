@@ -194,20 +194,36 @@ def test_a_file_of_a_newer_version_is_left_as_it_is(tmp_path: Path) -> None:
 
 
 def test_a_read_only_directory_means_memory_only(tmp_path: Path) -> None:
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    path = folder / "state.db"
-    statuses = Statuses()
-    if os.geteuid() == 0:
-        # root writes anywhere: a read-only bind mount would need privileges; a path
-        # under a file (not a directory) fails the same way for everyone.
-        path = tmp_path / "a-file" / "state.db"
-        (tmp_path / "a-file").write_text("x")
-    else:
-        folder.chmod(0o500)
-    assert not backend(path, statuses).load()
-    assert statuses.seen[-1][0] is False
-    assert statuses.reasons[-1] in ("read_only", "io")
+    """A real read-only file system (a tmpfs mounted ro in a mount namespace of the
+    child's own: root writes through any mode bits)."""
+    unshare = require_binary("unshare")
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    code = f"""
+        import json
+        from pathlib import Path
+        from exporter.state.sqlite import SqliteState
+        seen = []
+        state = SqliteState(Path({str(disk / "state.db")!r}), max_body_bytes=10**6,
+                            on_status=lambda up, reason: seen.append((up, reason)))
+        print(json.dumps([list(state.load()), seen]))
+    """
+    script = (
+        f"mount -t tmpfs -o ro tmpfs {disk} && "
+        f"exec {sys.executable} -c {shlex.quote(textwrap.dedent(code))}"
+    )
+    result = subprocess.run(
+        [unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded, seen = json.loads(result.stdout.splitlines()[-1])
+    assert loaded == [] and seen == [[False, "read_only"]]
 
 
 def test_a_write_lock_held_by_another_process_is_counted_and_the_file_left(
