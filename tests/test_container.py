@@ -42,7 +42,8 @@ from tests.conftest import (
     sample,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# one worker runs the module: the image is built once
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group("container")]
 
 BASE = "localhost/latitudesh-base:bookworm"
 IMAGE = "localhost/latitudesh-exporter:test"

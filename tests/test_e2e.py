@@ -40,7 +40,13 @@ from tests.conftest import (
 KEY_US = "e2e-key-us-0123456789"
 KEY_BR = "e2e-key-br-9876543210"
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
+# one worker runs the module: its stack of servers is started once
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.xdist_group("e2e"),
+]
 
 DASHBOARD = ROOT / "grafana" / "dashboards" / "latitudesh-billing.json"
 

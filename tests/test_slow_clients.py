@@ -40,7 +40,9 @@ from tests.conftest import (
 PROJECTS = 400
 PRODUCTS = 50
 
-pytestmark = pytest.mark.slow  # daemons under load: left out of `make quick`
+# daemons under load: left out of `make quick`; one worker runs the module, so that its
+# large daemon and account are made once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slow_clients")]
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -90,11 +92,15 @@ def large_daemon(
         exporter.stop()
 
 
-@pytest.fixture
-def daemon(account: tuple[str, LargeApi], tmp_path: Path) -> Iterator[ExporterProcess]:
-    """The exporter over 400 projects of 50 products, polls landing all the time."""
+@pytest.fixture(scope="module")
+def daemon(
+    account: tuple[str, LargeApi], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ExporterProcess]:
+    """The exporter over 400 projects of 50 products, polls landing all the time: one
+    for the module (each test measures what it adds, and leaves nothing held)."""
     url, _ = account
-    with large_daemon(url, tmp_path, LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="2") as exporter:
+    tmp = tmp_path_factory.mktemp("daemon")
+    with large_daemon(url, tmp, LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="2") as exporter:
         yield exporter
 
 
