@@ -322,7 +322,9 @@ def test_at_its_deadline_a_request_is_not_even_connected() -> None:
     ):
         with pytest.raises(TIMEOUTS), deadlines.until(100.0):
             client.get("/")
-        with deadlines.until(100.0 + 1e-3):  # just before it: sent and answered
+        # before it (by far more than the answer takes, even on a loaded machine: the
+        # clock stands still, so what is left is what the socket may wait): answered
+        with deadlines.until(100.0 + 30):
             assert client.get("/").content == b"hello"
     assert server.accepted == 1
 
