@@ -66,24 +66,32 @@ def test_a_hung_read_is_refused_in_time_and_holds_one_thread_whoever_asks(
     """A hung mount cannot be made in a test; the read itself is what hangs here."""
     release = threading.Event()
     path = tmp_path / "hung"
-    before = threading.active_count()
+    started_reads: list[int] = []
 
     def hang() -> object:
+        started_reads.append(1)
         release.wait(60)
         return b""
 
+    def readers() -> int:
+        # only this test's reads: another test's leftover thread may end meanwhile
+        return sum(1 for t in threading.enumerate() if t.name == "read-file" and t.is_alive())
+
+    before = readers()
     try:
         for _ in range(20):  # twenty callers: one stuck thread, each refused in time
             started = time.monotonic()
             with pytest.raises(FileUnreadable, match=r"not read within 0\.05s"):
                 files._bounded(path, "read", hang, 0.05)
             assert time.monotonic() - started < 5
-        assert threading.active_count() == before + 1
+        assert len(started_reads) == 1  # one read for twenty callers
+        assert readers() <= before + 1
     finally:
         release.set()
-    wait_for(lambda: threading.active_count() == before, message="the stuck read to end")
+    wait_for(lambda: files._flights.get((str(path), "read")) is None, message="the stuck read to end")
     # the path is free again once the read ended: a fresh read starts
     assert files._bounded(path, "read", lambda: b"ok", 5) == b"ok"
+    assert len(started_reads) == 1
 
 
 def test_callers_at_once_share_one_read(tmp_path: Path) -> None:
