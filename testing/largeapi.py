@@ -115,6 +115,8 @@ class LargeApi:
         #: (project, sequence number, monotonic time) of every billing answer, in order
         self.served: deque[tuple[str, int, float]] = deque(maxlen=2_000_000)
         self.storm: set[str] = set()  # keys answered 429 for now
+        #: False: every answer carries the same figures (a quiet account's steady bill)
+        self.moving = True
 
     def log(self) -> dict[str, Any]:
         with self.lock:
@@ -192,7 +194,7 @@ class LargeHandler(BaseHTTPRequestHandler):
             return
         with api.lock:
             api.seq += 1
-            seq = api.seq
+            seq = api.seq if api.moving else 10**11
             api.served.append((project, seq, time.monotonic()))
         self.send(200, body.replace(SEQ, str(seq).encode()))
 
@@ -215,9 +217,13 @@ class LargeServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def large_api(projects: int, products: int, teams: int = 1) -> Iterator[tuple[str, LargeApi]]:
-    """A `LargeApi` served on a free local port (keys `bench-0`, ...): its URL and state."""
+def large_api(
+    projects: int, products: int, teams: int = 1, moving: bool = True
+) -> Iterator[tuple[str, LargeApi]]:
+    """A `LargeApi` served on a free local port (keys `bench-0`, ...): its URL and state.
+    `moving=False`: the figures never change (a quiet account, for alerts to settle)."""
     state = LargeApi(projects, products, 0.0, teams)
+    state.moving = moving
     server = LargeServer(state)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
     thread.daemon = True

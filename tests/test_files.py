@@ -88,7 +88,9 @@ def test_a_hung_read_is_refused_in_time_and_holds_one_thread_whoever_asks(
         assert readers() <= before + 1
     finally:
         release.set()
-    wait_for(lambda: files._flights.get((str(path), "read")) is None, message="the stuck read to end")
+    wait_for(
+        lambda: files._flights.get((str(path), "read")) is None, message="the stuck read to end"
+    )
     # the path is free again once the read ended: a fresh read starts
     assert files._bounded(path, "read", lambda: b"ok", 5) == b"ok"
     assert len(started_reads) == 1
