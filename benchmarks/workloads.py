@@ -77,7 +77,7 @@ def synthetic_store(projects: int, products: int) -> Any:
         assert attributes is not None
         store.record_success(
             "bench",
-            build_usage(pid, attributes, currency="USD", limits=_limits()),
+            build_usage(pid, attributes, currency="USD", limits=_limits(), at=1_795_000_000.0),
             duration=0.2,
             now=1_795_000_000.0,
         )

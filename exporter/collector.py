@@ -248,6 +248,25 @@ PROJECT_FAMILIES: tuple[Family[ProjectStatus, Any], ...] = (
         lambda u: u.threshold,
     ),
     Family(
+        "latitudesh_billing_run_rate_per_hour",
+        "What the lines running at the last answer cost per hour: metered hour and "
+        "minute lines not ended, at their unit price (per billing_unit_divisor units), "
+        "less percent discounts; absent when no line has a rate. "
+        f"{_MONEY}",
+        PROJECT_MONEY,
+        USAGE,
+        lambda u: u.run_rate,
+    ),
+    Family(
+        "latitudesh_billing_projected_price",
+        "Price the period is heading for: the price so far plus the run rate over the "
+        "hours left until the period's end, as of the last answer; absent when no line "
+        f"has a rate. {_MONEY}",
+        PROJECT_MONEY,
+        USAGE,
+        lambda u: u.projected_price,
+    ),
+    Family(
         "latitudesh_billing_period_start_timestamp_seconds",
         f"Start of the current billing period, Unix time. {_FROM_POLL}",
         PROJECT,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Annotated, Any, TypeVar, cast
 
@@ -156,6 +156,22 @@ class _Text:
 Text = Annotated[str | None, _Text()]
 Number = Annotated[float | None, _Number()]
 Timestamp = Annotated[datetime | None, _Lenient()]
+
+
+def epoch_seconds(when: datetime | None) -> float | None:
+    """A parsed timestamp as seconds since the epoch; naive ones are UTC (every
+    documented example carries +00:00); None where none, or beyond what a float
+    timestamp can say (year 1 or 9999 at the edge of the epoch)."""
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    try:
+        return when.timestamp()
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 Texts = Annotated[list[str], _Objects()]
 
 
@@ -261,6 +277,9 @@ class Product:
     amount_without_discount: Number = None
     discounts: Annotated[list[Discount], _Objects()] = field(default_factory=list)
     metadata: Annotated[ProductMetadata | None, _Lenient()] = None
+    #: When the line began and ended being billed; `end` is null while it runs.
+    start: Timestamp = None
+    end: Timestamp = None
 
 
 @pydantic_dataclass(frozen=True, slots=True, config=_CONFIG)

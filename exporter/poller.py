@@ -314,6 +314,7 @@ class Poller:
                 attributes,
                 currency=answer.currency,
                 limits=self._limits,
+                at=answer.received_at,
                 slug=answer.slug,
                 name=answer.name,
             )
@@ -395,16 +396,17 @@ class Poller:
                 target.project_id, plan=target.plan, products=target.products
             )
             currency = self._discovery.currency or ""
+            now = self._now()
             usage = build_usage(
                 target.project_id,
                 answer.attributes,
                 currency=currency,
                 limits=self._limits,
+                at=now,
                 slug=target.slug,
                 name=target.name,
             )
             self._outcome(target)
-            now = self._now()
             self._store.record_success(
                 self.key, usage, duration=self._monotonic() - started, now=now
             )

@@ -173,6 +173,11 @@ class UsageSnapshot:
     servers_folded: int = 0
     tags_folded: int = 0
     tags: tuple[TagSpend, ...] = ()
+    #: What the lines running when the answer came cost per hour (`forecast.py`); None
+    #: when no line has a rate (then only a linear projection is possible).
+    run_rate: float | None = None
+    #: The price so far plus the run rate over the hours left in the period.
+    projected_price: float | None = None
 
     # The two row kinds below are derived when read (once per poll, by the exposition)
     # rather than stored: at a large account they were a quarter of the store.

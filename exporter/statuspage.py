@@ -67,7 +67,15 @@ def _bar(share: float, kind: str, label: str) -> str:
 
 
 def projected(usage: UsageSnapshot, now: float) -> float | None:
-    """Spend at the end of the period at the pace so far (as the recording rule does)."""
+    """Spend at the end of the period as the recording rule says it: the forecast from
+    what runs now, or (where no line has a rate) at the pace so far."""
+    if usage.projected_price is not None:
+        return usage.projected_price
+    return linear(usage, now)
+
+
+def linear(usage: UsageSnapshot, now: float) -> float | None:
+    """Spend at the end of the period at the pace so far."""
     start, end, price = usage.period_start, usage.period_end, usage.price
     if start is None or end is None or price is None or end <= start:
         return None
@@ -110,7 +118,12 @@ def _project(status: ProjectStatus, now: float) -> str:
         projection = projected(usage, now)
         over = ""
         if projection is not None:
-            rows.append(("projected at period end", money(projection, currency), "projected"))
+            how = "" if usage.projected_price is not None else " (linear: no line has a rate)"
+            rows.append(
+                (f"projected at period end{how}", money(projection, currency), "projected")
+            )
+            if usage.run_rate is not None:
+                rows.append(("running now", f"{money(usage.run_rate, currency)} / h", "run-rate"))
             if usage.threshold and projection > usage.threshold:
                 over = "projected"  # on course to pass the threshold: say so in red
         parts.append(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
-from exporter.models import Product, UsageAttributes
+from exporter.forecast import run_rate
+from exporter.models import Product, UsageAttributes, epoch_seconds
 from exporter.snapshot import (
     OTHER,
     UNATTRIBUTED,
@@ -44,17 +44,6 @@ def _money(cents: float | None) -> float | None:
     return None if cents is None else cents / 100.0
 
 
-def _timestamp(when: datetime | None) -> float | None:
-    if when is None:
-        return None
-    if when.tzinfo is None:  # every documented example carries +00:00
-        when = when.replace(tzinfo=UTC)
-    try:
-        return when.timestamp()
-    except (OverflowError, ValueError, OSError):  # year 1 or 9999 at the edge of the epoch
-        return None
-
-
 def _add(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b
@@ -78,13 +67,15 @@ def build_usage(
     *,
     currency: str,
     limits: Limits,
+    at: float,
     slug: str | None = None,
     name: str | None = None,
 ) -> UsageSnapshot:
-    """Turn one parsed answer into a snapshot; merging, folding and allocation live here."""
+    """Turn one parsed answer, received at `at` (epoch seconds), into a snapshot;
+    merging, folding, allocation and the forecast live here."""
     ref = attributes.project
-    start = _timestamp(attributes.period.start) if attributes.period else None
-    end = _timestamp(attributes.period.end) if attributes.period else None
+    start = epoch_seconds(attributes.period.start) if attributes.period else None
+    end = epoch_seconds(attributes.period.end) if attributes.period else None
     if start is not None and end is not None and start > end:
         start = end = None  # an inverted period would make every projection nonsense
     lines = [_ProductLine.read(p) for p in attributes.products]
@@ -93,12 +84,14 @@ def build_usage(
     # Rows of folded products would name product ids no product series carries.
     kept = {p.product_id for p in products}
     allocation = _allocate(lines, limits)
+    price = _money(attributes.price)
+    rate = _money(run_rate(attributes.products, at))
     return UsageSnapshot(
         project_id=label(project_id),
         project_slug=label((ref.slug if ref else None) or slug),
         project_name=label((ref.name if ref else None) or name),
         currency=label(currency),
-        price=_money(attributes.price),
+        price=price,
         amount=_money(attributes.amount),
         available_credit_balance=_money(attributes.available_credit_balance),
         threshold=_money(attributes.threshold),
@@ -124,7 +117,20 @@ def build_usage(
         servers_folded=allocation.servers_folded,
         tags_folded=allocation.tags_folded,
         tags=allocation.tags,
+        run_rate=rate,
+        projected_price=_projected(price, rate, start, end, at),
     )
+
+
+def _projected(
+    price: float | None, rate: float | None, start: float | None, end: float | None, at: float
+) -> float | None:
+    """The spend so far plus the run rate over the hours left in the period, as of the
+    answer: constant while nothing changes (spend grows as the hours left shrink)."""
+    if price is None or rate is None or end is None:
+        return None
+    left = max(0.0, end - max(at, start if start is not None else at))
+    return price + rate * left / 3600.0
 
 
 @dataclass(frozen=True, slots=True)

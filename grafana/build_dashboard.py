@@ -359,7 +359,8 @@ def spend_row(layout: Layout) -> None:
     layout.add(
         stat(
             "Projected at period end",
-            "Spend at the end of the period at the pace so far "
+            "Spend at the end of the period from what runs now (the run-rate "
+            "forecast), or at the pace so far where no line has a rate "
             "(latitudesh:billing_price:projected_end_of_period).",
             total("latitudesh:billing_price:projected_end_of_period"),
         ),

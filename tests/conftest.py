@@ -218,17 +218,30 @@ def new_poller(source: UsageSource, store: SnapshotStore, **kwargs: Any) -> Poll
     return Poller(source, store, **kwargs)
 
 
+#: When the fixtures' answers are taken as received: two thirds into their period
+#: (2026-11-01 to 2026-12-01).
+AT = 1_795_219_200.0  # 2026-11-21T00:00:00Z
+
+
 def usage_of(
     payload: dict[str, Any] | bytes,
     project: str,
     *,
     currency: str = "USD",
     limits: Limits | None = None,
+    at: float | None = None,
 ) -> UsageSnapshot:
+    """`payload`'s usage of `project`, as if received at `at` (default: `AT`)."""
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     attributes = parse_document(BillingUsageDocument, body).usage_for(project)
     assert attributes is not None
-    return build_usage(project, attributes, currency=currency, limits=limits or default_limits())
+    return build_usage(
+        project,
+        attributes,
+        currency=currency,
+        limits=limits or default_limits(),
+        at=AT if at is None else at,
+    )
 
 
 def store_with(

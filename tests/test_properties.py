@@ -23,6 +23,7 @@ from exporter.ratelimit import RequestBudget
 from exporter.snapshot import UNATTRIBUTED
 from exporter.usage import build_usage
 from tests.conftest import (
+    AT,
     default_limits,
     parse_samples,
     reference_exposition,
@@ -117,7 +118,9 @@ def check(document: Any) -> None:
     if polled is None:
         return
     project, attributes = polled
-    usage = build_usage(project, attributes, currency="USD", limits=default_limits(servers=3))
+    usage = build_usage(
+        project, attributes, currency="USD", limits=default_limits(servers=3), at=AT
+    )
     # additive to the cent: servers + what belongs to no server = the product lines
     lines = sum((p.price or 0) for p in attributes.products) / 100
     unattributed = next(t.price for t in usage.tags if t.tag == UNATTRIBUTED)

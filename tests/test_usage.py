@@ -32,6 +32,7 @@ from exporter.snapshot import (
 )
 from exporter.usage import Limits, build_usage
 from tests.conftest import (
+    AT,
     NEW,
     default_limits,
     load_fixture,
@@ -112,7 +113,7 @@ def test_project_names_come_from_the_answer_else_from_discovery() -> None:
     attributes = parse_document(BillingUsageDocument, json.dumps(named).encode()).usage_for("p")
     assert attributes is not None
     usage = build_usage(
-        "p", attributes, currency="EUR", limits=WIDE, slug="discovered", name="Disc"
+        "p", attributes, currency="EUR", limits=WIDE, at=AT, slug="discovered", name="Disc"
     )
     assert (usage.project_id, usage.project_slug, usage.project_name) == (
         "p",
@@ -122,9 +123,11 @@ def test_project_names_come_from_the_answer_else_from_discovery() -> None:
     assert usage.currency == "EUR"
     bare = parse_document(BillingUsageDocument, json.dumps(answer(price=1)).encode()).usage_for("p")
     assert bare is not None
-    fallback = build_usage("p", bare, currency="USD", limits=WIDE, slug="discovered", name="Disc")
+    fallback = build_usage(
+        "p", bare, currency="USD", limits=WIDE, at=AT, slug="discovered", name="Disc"
+    )
     assert (fallback.project_slug, fallback.project_name) == ("discovered", "Disc")
-    nothing = build_usage("p", bare, currency="USD", limits=WIDE)
+    nothing = build_usage("p", bare, currency="USD", limits=WIDE, at=AT)
     assert (nothing.project_slug, nothing.project_name) == ("", "")
 
 

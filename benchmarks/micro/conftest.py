@@ -43,7 +43,7 @@ class Account:
         body = answer(index, next(self.sequence))
         attributes = parse_document(BillingUsageDocument, body).usage_for(pid)
         assert attributes is not None
-        usage = build_usage(pid, attributes, currency="USD", limits=_limits())
+        usage = build_usage(pid, attributes, currency="USD", limits=_limits(), at=1_795_000_000.0)
         self.store.record_success("bench", usage, duration=0.2, now=1_795_000_000.0)
 
     def scrape(self, accept: str, encoding: str) -> int:
