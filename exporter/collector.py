@@ -24,6 +24,7 @@ from exporter.errors import POLL_ERROR_REASONS
 from exporter.models import MAX_ID_CHARS
 from exporter.snapshot import (
     BucketInfo,
+    ClosedPeriod,
     DiscountInfo,
     ProductServer,
     ProductUsage,
@@ -46,6 +47,7 @@ In = TypeVar("In")
 
 _FROM_POLL = "From the last successful poll of the Latitude.sh API, not from this scrape."
 _MONEY = f"In main units of `currency` (the API's cents / 100). {_FROM_POLL}"
+_CLOSED = "Kept in the state file across restarts. In main units of `currency` where money."
 #: For the fields whose unit the spec does not state.
 _ASSUMED = (
     "The spec states no unit for this field: read as cents like `price` (an assumption). " + _MONEY
@@ -185,6 +187,44 @@ SERVER_TAGS: Rows[ProjectStatus, ServerTag] = Rows(
 TAGS: Rows[ProjectStatus, TagSpend] = Rows(
     of=_of_usage(lambda usage: usage.tags),
     labels=_with_project(lambda t: {"tag": t.tag}),
+)
+
+
+def _of_previous(
+    rows: Callable[[ClosedPeriod], Sequence[R]],
+) -> Callable[[ProjectStatus], Sequence[R]]:
+    return lambda status: rows(status.previous_period) if status.previous_period else ()
+
+
+def _with_previous(
+    labels: Callable[[R], dict[str, str]],
+) -> Callable[[ProjectStatus, R], dict[str, str]]:
+    def both(status: ProjectStatus, row: R) -> dict[str, str]:
+        closed = status.previous_period
+        assert closed is not None
+        return {
+            "project_id": closed.project_id,
+            "project_slug": closed.project_slug,
+            "currency": closed.currency,
+            **labels(row),
+        }
+
+    return both
+
+
+PREVIOUS: Rows[ProjectStatus, ClosedPeriod] = Rows(
+    of=_of_previous(lambda closed: (closed,)),
+    labels=_with_previous(lambda _: {}),
+)
+PREVIOUS_SERVERS: Rows[ProjectStatus, ServerSpend] = Rows(
+    of=_of_previous(lambda closed: closed.servers),
+    labels=_with_previous(
+        lambda s: {"server_id": s.server_id, "hostname": s.hostname, "plan": s.plan}
+    ),
+)
+PREVIOUS_TAGS: Rows[ProjectStatus, TagSpend] = Rows(
+    of=_of_previous(lambda closed: closed.tags),
+    labels=_with_previous(lambda t: {"tag": t.tag}),
 )
 STATUS: Rows[ProjectStatus, ProjectStatus] = Rows(
     of=lambda status: (status,),
@@ -418,6 +458,52 @@ PROJECT_FAMILIES: tuple[Family[ProjectStatus, Any], ...] = (
         f"{_MONEY}",
         (*PROJECT_MONEY, "tag"),
         TAGS,
+        lambda t: t.price,
+    ),
+    Family(
+        "latitudesh_billing_previous_period_price",
+        "Price of the last closed billing period: its last answer's price (see "
+        "latitudesh_billing_previous_period_observed_timestamp_seconds for when it was "
+        f"seen). {_CLOSED}",
+        PROJECT_MONEY,
+        PREVIOUS,
+        lambda c: c.price,
+    ),
+    Family(
+        "latitudesh_billing_previous_period_start_timestamp_seconds",
+        f"Start of the last closed billing period, Unix time. {_CLOSED}",
+        PROJECT,
+        PREVIOUS,
+        lambda c: c.period_start,
+    ),
+    Family(
+        "latitudesh_billing_previous_period_end_timestamp_seconds",
+        f"End of the last closed billing period, Unix time. {_CLOSED}",
+        PROJECT,
+        PREVIOUS,
+        lambda c: c.period_end,
+    ),
+    Family(
+        "latitudesh_billing_previous_period_observed_timestamp_seconds",
+        "When the last answer of the last closed period was received, Unix time: how "
+        f"close to the period's end its figures are. {_CLOSED}",
+        PROJECT,
+        PREVIOUS,
+        lambda c: c.observed_at,
+    ),
+    Family(
+        "latitudesh_billing_previous_period_server_price",
+        f"A server's share of the last closed period's spend. {_CLOSED}",
+        (*PROJECT_MONEY, "server_id", "hostname", "plan"),
+        PREVIOUS_SERVERS,
+        lambda s: s.price,
+    ),
+    Family(
+        "latitudesh_billing_previous_period_tag_price",
+        "Spend of the servers carrying a tag in the last closed period (tags overlap, "
+        f"as in latitudesh_billing_tag_price). {_CLOSED}",
+        (*PROJECT_MONEY, "tag"),
+        PREVIOUS_TAGS,
         lambda t: t.price,
     ),
     Family(

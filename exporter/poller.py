@@ -34,6 +34,7 @@ from exporter import errors
 from exporter.config import DEFAULT_TEAM
 from exporter.discovery import Discovery, Target, UsageSource
 from exporter.models import PayloadError, read_usage
+from exporter.snapshot import ClosedPeriod, UsageSnapshot
 from exporter.state import NoState, State, StoredAnswer
 from exporter.store import SnapshotStore
 from exporter.usage import Limits, build_usage
@@ -290,14 +291,15 @@ class Poller:
         its figures and the time they were received; its answer is read again by the
         live path. Returns the projects served."""
         mine = [a for a in answers if a.team == self.key]
-        latest = max(mine, key=lambda a: a.received_at, default=None)
+        current = [a for a in mine if not a.closed]
+        latest = max(current, key=lambda a: a.received_at, default=None)
         targets = self._discovery.restore(
-            [Target(a.project_id, slug=a.slug, name=a.name) for a in mine],
+            [Target(a.project_id, slug=a.slug, name=a.name) for a in current],
             currency=latest.currency if latest else None,
             team_name=latest.team_name if latest else None,
         )
         kept = {t.project_id for t in targets}
-        restored = []
+        read: dict[str, dict[bool, tuple[UsageSnapshot, float]]] = {}
         for answer in mine:
             if answer.project_id not in kept:
                 continue
@@ -318,10 +320,21 @@ class Poller:
                 slug=answer.slug,
                 name=answer.name,
             )
-            restored.append((usage, answer.received_at))
+            read.setdefault(answer.project_id, {})[answer.closed] = (usage, answer.received_at)
+        restored: list[tuple[str, UsageSnapshot | None, float, ClosedPeriod | None]] = []
+        for project_id, kinds in read.items():
+            last, closed = kinds.get(False), kinds.get(True)
+            restored.append(
+                (
+                    project_id,
+                    last[0] if last else None,
+                    last[1] if last else 0.0,
+                    ClosedPeriod.of(*closed) if closed else None,
+                )
+            )
         self._store.record_restored(self.key, restored)
         self._state.keep_only(self.key, kept)
-        return len(restored)
+        return sum(1 for _, usage, _, _ in restored if usage is not None)
 
     def _discover(self, deadline: float) -> bool:
         if not self._discovery.needed:
@@ -407,7 +420,7 @@ class Poller:
                 name=target.name,
             )
             self._outcome(target)
-            self._store.record_success(
+            closed = self._store.record_success(
                 self.key, usage, duration=self._monotonic() - started, now=now
             )
             self._state.keep(
@@ -420,8 +433,22 @@ class Poller:
                     target.slug,
                     target.name,
                     self.team,
+                    period_start=usage.period_start,
                 )
             )
+            if closed is not None:
+                log.info(
+                    "billing period closed",
+                    extra={
+                        "team": self.team,
+                        "project_id": target.project_id,
+                        "price": closed.price,
+                        "currency": closed.currency,
+                        "observed_before_end_seconds": None
+                        if closed.period_end is None
+                        else round(closed.period_end - closed.observed_at),
+                    },
+                )
             return True
 
         outcome = errors.attempt(fetch)

@@ -203,11 +203,54 @@ class UsageSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class ClosedPeriod:
+    """A project's last closed billing period: the figures of the last answer seen in
+    it, and when that answer was received (how close to the period's end it was).
+    Only what its series need: the products stay with the answer in the state file."""
+
+    project_id: str
+    project_slug: str
+    currency: str
+    price: float | None
+    period_start: float | None
+    period_end: float | None
+    observed_at: float
+    servers: tuple[ServerSpend, ...] = ()
+    tags: tuple[TagSpend, ...] = ()
+
+    @classmethod
+    def of(cls, usage: UsageSnapshot, observed_at: float) -> ClosedPeriod:
+        return cls(
+            usage.project_id,
+            usage.project_slug,
+            usage.currency,
+            usage.price,
+            usage.period_start,
+            usage.period_end,
+            observed_at,
+            usage.servers,
+            usage.tags,
+        )
+
+
+def closes(old: UsageSnapshot | None, new: UsageSnapshot) -> bool:
+    """Whether `new` is an answer of a later period than `old` (its start moved on)."""
+    return (
+        old is not None
+        and old.period_start is not None
+        and new.period_start is not None
+        and new.period_start > old.period_start
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ProjectStatus:
     project_id: str
     team: str
     #: The last good usage; kept through failed polls so a blip never blanks a dashboard.
     usage: UsageSnapshot | None = None
+    #: The last period that closed while the exporter (or its state file) watched.
+    previous_period: ClosedPeriod | None = None
     up: bool = False
     polled: bool = False
     last_success: float | None = None

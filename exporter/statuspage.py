@@ -119,13 +119,19 @@ def _project(status: ProjectStatus, now: float) -> str:
         over = ""
         if projection is not None:
             how = "" if usage.projected_price is not None else " (linear: no line has a rate)"
-            rows.append(
-                (f"projected at period end{how}", money(projection, currency), "projected")
-            )
+            rows.append((f"projected at period end{how}", money(projection, currency), "projected"))
             if usage.run_rate is not None:
                 rows.append(("running now", f"{money(usage.run_rate, currency)} / h", "run-rate"))
             if usage.threshold and projection > usage.threshold:
                 over = "projected"  # on course to pass the threshold: say so in red
+        closed = status.previous_period
+        if closed is not None:
+            ended = (
+                datetime.fromtimestamp(closed.period_end, UTC).strftime(" (to %Y-%m-%d)")
+                if closed.period_end is not None
+                else ""
+            )
+            rows.append((f"last period{ended}", money(closed.price, closed.currency), "previous"))
         parts.append(
             "<dl>"
             + "".join(

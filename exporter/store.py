@@ -30,6 +30,7 @@ from typing import Protocol
 
 from exporter.errors import POLL_ERROR_REASONS
 from exporter.snapshot import (
+    ClosedPeriod,
     ProjectStatus,
     ReloadStatus,
     StateStatus,
@@ -37,6 +38,7 @@ from exporter.snapshot import (
     TeamProblem,
     TeamStatus,
     UsageSnapshot,
+    closes,
     label,
 )
 from exporter.state import STATE_ERROR_REASONS
@@ -187,14 +189,22 @@ class SnapshotStore:
 
     def record_success(
         self, team: str, usage: UsageSnapshot, *, duration: float, now: float
-    ) -> None:
+    ) -> ClosedPeriod | None:
+        """A poll of the project succeeded. When its answer is of a later period than
+        the last one known (live or restored), that one's figures become the closed
+        period, as of when it was received: returned, so that the poller can say so."""
+        closed = None
         with self._lock:
             previous = self._owned(team, usage.project_id)
             if previous is not None:
+                if closes(previous.usage, usage) and previous.last_success is not None:
+                    assert previous.usage is not None
+                    closed = ClosedPeriod.of(previous.usage, previous.last_success)
                 self._update(
                     replace(
                         previous,
                         usage=usage,
+                        previous_period=closed or previous.previous_period,
                         up=True,
                         polled=True,
                         last_success=now,
@@ -203,6 +213,7 @@ class SnapshotStore:
                     )
                 )
         self._tell()
+        return closed
 
     def record_failure(self, team: str, project_id: str, reason: str, *, duration: float) -> None:
         with self._lock:
@@ -329,18 +340,26 @@ class SnapshotStore:
                 self._state = StateStatus(enabled=True, up=up, errors=errors)
                 self._changed()
 
-    def record_restored(self, team: str, restored: Iterable[tuple[UsageSnapshot, float]]) -> None:
-        """Projects' last answers from the state, at start, as (usage, when received):
-        their figures and that time are served; no poll of this process is claimed
-        (`up` stays absent until the first outcome). One change for all of them: a
-        thousand projects are rendered once each and their blocks joined once."""
+    def record_restored(
+        self,
+        team: str,
+        restored: Iterable[tuple[str, UsageSnapshot | None, float, ClosedPeriod | None]],
+    ) -> None:
+        """Projects' last answers from the state, at start, as (project id, usage, when
+        it was received, the last closed period), usage or period absent where none
+        was kept: served as they were; no poll of this process is claimed (`up` stays
+        absent until the first outcome). One change for all of them: a thousand
+        projects are rendered once each and their blocks joined once."""
         with self._lock:
             changed = False
-            for usage, received_at in restored:
-                previous = self._owned(team, usage.project_id)
+            for project_id, usage, received_at, closed in restored:
+                previous = self._owned(team, project_id)
                 if previous is not None and not previous.polled:
-                    self._projects[usage.project_id] = replace(
-                        previous, usage=usage, last_success=received_at
+                    self._projects[project_id] = replace(
+                        previous,
+                        usage=usage or previous.usage,
+                        last_success=received_at if usage else previous.last_success,
+                        previous_period=closed or previous.previous_period,
                     )
                     changed = True
             if changed:

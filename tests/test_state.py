@@ -106,9 +106,12 @@ def test_the_file_keeps_no_token_and_no_counter(tmp_path: Path) -> None:
     state.keep(answer())
     state.close(timeout=10)
     with sqlite3.connect(path) as db:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(answers)")}
+        tables = {
+            table: {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
         version = db.execute("PRAGMA user_version").fetchone()[0]
-    assert columns == {
+    answers = {
         "team",
         "project_id",
         "received_at",
@@ -117,7 +120,9 @@ def test_the_file_keeps_no_token_and_no_counter(tmp_path: Path) -> None:
         "name",
         "team_name",
         "body",
+        "period_start",
     }
+    assert tables == {"answers": answers, "closed_periods": answers}
     assert version == SCHEMA_VERSION
     assert TOKEN.encode() not in path.read_bytes()
 

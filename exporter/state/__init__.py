@@ -1,4 +1,6 @@
-"""State that outlives the process: the last answer of every project, for a warm start.
+"""State that outlives the process: the last answer of every project, for a warm start,
+and the last answers of its closed billing periods, so that no period's bill is lost
+at its close.
 
 Without it every restart was a blind spot: at the default budget an account of 1,000
 projects needed 20 minutes to be back on `/metrics`. With it, a restart serves every
@@ -9,7 +11,8 @@ This module is the interface every backend implements (`State`: SQLite now, in
 false`, `--once` and `--check-config`. What is kept, per team and project: the last
 successful answer's body (read again at a restart by `models.read_usage`, the live
 path, so a stored answer is never trusted more than a live one), when it was received,
-and the currency, slug and names it was exported with. Never a token, a password or a
+and the currency, slug and names it was exported with; the same of the last answer of
+each of its last `CLOSED_PERIODS_KEPT` closed periods. Never a token, a password or a
 counter (counters restart at 0, as Prometheus expects).
 
 A backend never costs the service: `keep` never blocks or raises (a poll lands in
@@ -34,6 +37,9 @@ STATE_ERROR_REASONS: tuple[str, ...] = (
     "invalid_answer",  # a stored answer that no longer reads: not served, forgotten
 )
 
+#: Closed periods kept per project: a year, and the month a year before the last one.
+CLOSED_PERIODS_KEPT = 13
+
 #: What a backend reports: whether it is in use (writing to its file), and the reason
 #: of a failure that happened now (counted), if any.
 StatusSink = Callable[[bool, str | None], None]
@@ -56,13 +62,19 @@ class StoredAnswer:
     slug: str | None = None
     name: str | None = None
     team_name: str | None = None
+    #: The start of the answer's billing period, Unix time: an answer of a later
+    #: period makes the kept one its project's closed period.
+    period_start: float | None = None
+    #: True for a closed period's last answer (`load` gives the newest of each project).
+    closed: bool = False
 
 
 class State(Protocol):
     """What the exporter needs of a state backend."""
 
     def load(self) -> Sequence[StoredAnswer]:
-        """Every answer kept, read once at start (none when the file is unusable)."""
+        """Every answer kept, and each project's newest closed period (`closed`), read
+        once at start (none when the file is unusable)."""
         ...
 
     def start(self) -> None:
@@ -70,11 +82,15 @@ class State(Protocol):
         ...
 
     def keep(self, answer: StoredAnswer) -> None:
-        """Remember `answer` (the newest per project wins); never blocks, never raises."""
+        """Remember `answer` (the newest per project wins); never blocks, never raises.
+        When it is of a later period than the one kept, the kept one becomes the
+        project's closed period (at least `CLOSED_PERIODS_KEPT` of them are kept)."""
         ...
 
     def keep_only(self, team: str, project_ids: Collection[str]) -> None:
-        """Forget the team's other projects (gone from its config or its discovery)."""
+        """Forget the team's other projects (gone from its config or its discovery),
+        their closed periods too: what a deleted project cost stays in Prometheus'
+        history and in the cost files downloaded before."""
         ...
 
     def close(self, timeout: float) -> None:

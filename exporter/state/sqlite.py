@@ -35,28 +35,50 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from exporter.state import StatusSink, StoredAnswer
+from exporter.state import CLOSED_PERIODS_KEPT, StatusSink, StoredAnswer
 
 log = logging.getLogger(__name__)
 
 #: The file's layout; `PRAGMA user_version` holds it. Older files are migrated forward
 #: (`MIGRATIONS`); a newer one is refused and left as it is.
-SCHEMA_VERSION = 1
-#: Statements that bring a file of version N (the index) to N + 1.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE answers (
-        team TEXT NOT NULL,
-        project_id TEXT NOT NULL,
-        received_at REAL NOT NULL,
-        currency TEXT NOT NULL,
-        slug TEXT,
-        name TEXT,
-        team_name TEXT,
-        body BLOB NOT NULL,
-        PRIMARY KEY (team, project_id)
-    ) WITHOUT ROWID
-    """,
+SCHEMA_VERSION = 2
+#: The statements that bring a file of version N (the index) to N + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE answers (
+            team TEXT NOT NULL,
+            project_id TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            currency TEXT NOT NULL,
+            slug TEXT,
+            name TEXT,
+            team_name TEXT,
+            body BLOB NOT NULL,
+            PRIMARY KEY (team, project_id)
+        ) WITHOUT ROWID
+        """,
+    ),
+    # Closed periods: an answer of a later period moves the kept one here. A row of
+    # version 1 has no period start: the first answer after the upgrade replaces it
+    # without closing a period (a roll-over during the upgrade itself goes unrecorded).
+    (
+        "ALTER TABLE answers ADD COLUMN period_start REAL",
+        """
+        CREATE TABLE closed_periods (
+            team TEXT NOT NULL,
+            project_id TEXT NOT NULL,
+            period_start REAL NOT NULL,
+            received_at REAL NOT NULL,
+            currency TEXT NOT NULL,
+            slug TEXT,
+            name TEXT,
+            team_name TEXT,
+            body BLOB NOT NULL,
+            PRIMARY KEY (team, project_id, period_start)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 #: How long a statement waits for another connection's lock before it fails `locked`.
 BUSY_SECONDS = 1.0
@@ -94,6 +116,7 @@ class SqliteState:
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], StoredAnswer] = {}
+        self._closing: dict[tuple[str, str], StoredAnswer] = {}
         self._forget: dict[str, frozenset[str]] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -128,8 +151,14 @@ class SqliteState:
     def keep(self, answer: StoredAnswer) -> None:
         if not self._usable or len(answer.body) > self._max_body:
             return
+        key = (answer.team, answer.project_id)
         with self._lock:
-            self._pending[(answer.team, answer.project_id)] = answer
+            older = self._pending.get(key)
+            if older is not None and _later(answer, older):
+                # the last answer of a period, not written yet: written before the
+                # answer of the next period closes it
+                self._closing[key] = older
+            self._pending[key] = answer
 
     def keep_only(self, team: str, project_ids: Collection[str]) -> None:
         if not self._usable:
@@ -137,8 +166,9 @@ class SqliteState:
         keep = frozenset(project_ids)
         with self._lock:
             self._forget[team] = keep
-            for key in [k for k in self._pending if k[0] == team and k[1] not in keep]:
-                del self._pending[key]
+            for pending in (self._pending, self._closing):
+                for key in [k for k in pending if k[0] == team and k[1] not in keep]:
+                    del pending[key]
 
     def close(self, timeout: float) -> None:
         self._stopping.set()
@@ -156,21 +186,55 @@ class SqliteState:
                 _migrate(db, version)
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("database disk image is malformed")
-            rows = db.execute(
-                "SELECT team, project_id, received_at, currency, slug, name, team_name, body "
-                "FROM answers"
-            ).fetchall()
+            rows = [
+                (False, *row)
+                for row in db.execute(
+                    "SELECT team, project_id, received_at, currency, slug, name, "
+                    "team_name, body, period_start FROM answers"
+                )
+            ] + [
+                (True, *row)
+                for row in db.execute(
+                    "SELECT team, project_id, received_at, currency, slug, name, "
+                    "team_name, body, period_start "
+                    "FROM closed_periods AS c WHERE period_start = "
+                    "(SELECT MAX(period_start) FROM closed_periods "
+                    "WHERE team = c.team AND project_id = c.project_id)"
+                )
+            ]
         finally:
             db.close()
         answers = []
         dropped = 0
-        for team, project_id, received_at, currency, slug, name, team_name, packed in rows:
+        for (
+            closed,
+            team,
+            project_id,
+            received_at,
+            currency,
+            slug,
+            name,
+            team_name,
+            packed,
+            start,
+        ) in rows:
             body = _unpack(packed, self._max_body)
             if body is None:
                 dropped += 1
                 continue
             answers.append(
-                StoredAnswer(team, project_id, body, received_at, currency, slug, name, team_name)
+                StoredAnswer(
+                    team,
+                    project_id,
+                    body,
+                    received_at,
+                    currency,
+                    slug,
+                    name,
+                    team_name,
+                    period_start=start,
+                    closed=closed,
+                )
             )
         if dropped:
             self._on_status(True, "invalid_answer")
@@ -244,14 +308,15 @@ class SqliteState:
             stopping = self._stopping.is_set()
             with self._lock:
                 pending, self._pending = self._pending, {}
+                closing, self._closing = self._closing, {}
                 forget, self._forget = self._forget, {}
             if pending or forget:
                 try:
                     if db is None:
                         db = self._connect()
-                    _write(db, pending.values(), forget)
+                    _write(db, [*closing.values(), *pending.values()], forget)
                 except (sqlite3.Error, OSError) as exc:
-                    self._failed(_reason(exc, self.path), exc, pending, forget)
+                    self._failed(_reason(exc, self.path), exc, pending, closing, forget)
                 else:
                     if self._failing is not None:
                         log.info("state file written again", extra={"path": str(self.path)})
@@ -267,6 +332,7 @@ class SqliteState:
         reason: str,
         exc: BaseException,
         pending: dict[tuple[str, str], StoredAnswer],
+        closing: dict[tuple[str, str], StoredAnswer],
         forget: dict[str, frozenset[str]],
     ) -> None:
         """Count it, say it (at most once a minute), and keep what was not written for
@@ -282,7 +348,11 @@ class SqliteState:
             )
         with self._lock:
             for key, answer in pending.items():
-                self._pending.setdefault(key, answer)
+                newer = self._pending.setdefault(key, answer)
+                if newer is not answer and _later(newer, answer):
+                    self._closing.setdefault(key, answer)
+            for key, answer in closing.items():
+                self._closing.setdefault(key, answer)
             for team, keep in forget.items():
                 self._forget.setdefault(team, keep)
 
@@ -297,8 +367,9 @@ class _NewerVersion(sqlite3.DatabaseError):
 def _migrate(db: sqlite3.Connection, version: int) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
-        for statement in MIGRATIONS[version:]:
-            db.execute(statement)
+        for statements in MIGRATIONS[version:]:
+            for statement in statements:
+                db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except sqlite3.Error:
@@ -308,46 +379,79 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
 
 def _write(
     db: sqlite3.Connection,
-    answers: Collection[StoredAnswer],
+    answers: Sequence[StoredAnswer],
     forget: dict[str, frozenset[str]],
 ) -> None:
-    rows = [
-        (
-            a.team,
-            a.project_id,
-            a.received_at,
-            a.currency,
-            a.slug,
-            a.name,
-            a.team_name,
-            zlib.compress(a.body, 1),
-        )
-        for a in answers
-    ]
+    """One transaction: each answer in order (an answer of a later period than the
+    kept one first moves that one to `closed_periods`, pruned to the newest
+    `CLOSED_PERIODS_KEPT`), then the projects to forget."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.executemany(
-            "INSERT INTO answers "
-            "(team, project_id, received_at, currency, slug, name, team_name, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (team, project_id) DO UPDATE SET received_at = excluded.received_at, "
-            "currency = excluded.currency, slug = excluded.slug, name = excluded.name, "
-            "team_name = excluded.team_name, body = excluded.body",
-            rows,
-        )
-        for team, keep in forget.items():
-            stored = [
-                r[0] for r in db.execute("SELECT project_id FROM answers WHERE team = ?", (team,))
-            ]
-            db.executemany(
-                "DELETE FROM answers WHERE team = ? AND project_id = ?",
-                [(team, pid) for pid in stored if pid not in keep],
+        for a in answers:
+            if a.period_start is not None:
+                moved = db.execute(
+                    "INSERT OR REPLACE INTO closed_periods (team, project_id, received_at, "
+                    "currency, slug, name, team_name, body, period_start) "
+                    "SELECT team, project_id, received_at, currency, slug, name, "
+                    "team_name, body, period_start "
+                    "FROM answers WHERE team = ? AND project_id = ? "
+                    "AND period_start IS NOT NULL AND period_start < ?",
+                    (a.team, a.project_id, a.period_start),
+                ).rowcount
+                if moved:
+                    db.execute(
+                        "DELETE FROM closed_periods WHERE team = ? AND project_id = ? "
+                        "AND period_start NOT IN (SELECT period_start FROM closed_periods "
+                        "WHERE team = ? AND project_id = ? ORDER BY period_start DESC LIMIT ?)",
+                        (a.team, a.project_id, a.team, a.project_id, CLOSED_PERIODS_KEPT),
+                    )
+            db.execute(
+                "INSERT INTO answers (team, project_id, received_at, currency, slug, name, "
+                "team_name, body, period_start) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (team, project_id) DO UPDATE SET "
+                "received_at = excluded.received_at, currency = excluded.currency, "
+                "slug = excluded.slug, name = excluded.name, team_name = excluded.team_name, "
+                "body = excluded.body, period_start = excluded.period_start",
+                (
+                    a.team,
+                    a.project_id,
+                    a.received_at,
+                    a.currency,
+                    a.slug,
+                    a.name,
+                    a.team_name,
+                    zlib.compress(a.body, 1),
+                    a.period_start,
+                ),
             )
+        for team, keep in forget.items():
+            for table in ("answers", "closed_periods"):
+                stored = {
+                    r[0]
+                    for r in db.execute(
+                        f"SELECT project_id FROM {table} WHERE team = ?",  # noqa: S608
+                        (team,),
+                    )
+                }
+                db.executemany(
+                    f"DELETE FROM {table} WHERE team = ? AND project_id = ?",  # noqa: S608
+                    [(team, pid) for pid in stored if pid not in keep],
+                )
         db.execute("COMMIT")
     except sqlite3.Error:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _later(new: StoredAnswer, old: StoredAnswer) -> bool:
+    """Whether `new` is of a later billing period than `old`."""
+    return (
+        new.period_start is not None
+        and old.period_start is not None
+        and new.period_start > old.period_start
+    )
 
 
 def _unpack(packed: object, limit: int) -> bytes | None:
