@@ -22,10 +22,17 @@ from typing import Any
 HOUR = 3600.0
 DAY = 24 * HOUR
 PERIOD = 30 * DAY
-#: The demo starts this far into its billing period, so there is spend to look at.
+#: A simulated account starts this far into its billing period, so there is spend to
+#: look at.
 START_ELAPSED = 12 * DAY
+#: `--demo` starts three simulated hours before its period's end (three real minutes at
+#: the default speed): the period closes within the first minutes, so that the last
+#: period's bill shows, and a new one begins.
+DEMO_START_ELAPSED = PERIOD - 3 * HOUR
 #: Simulated seconds per real second: one real minute is a simulated hour.
 DEFAULT_SPEED = 60.0
+#: Units metered by the clock, as units per hour.
+CLOCK_UNITS = {"hour": 1, "minute": 60}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +57,7 @@ class DemoProduct:
     resource: str
     unit: str  # hour, minute, quantity, GB
     usage_type: str  # metered, licensed
-    unit_price: float  # cents
+    unit_price: float  # cents per simulated unit (per real one times the speed in answers)
     #: metered: units used per simulated hour, counted in hours (a server running all
     #: the time is 1; a `minute` unit converts it); licensed: the fixed quantity
     rate: float
@@ -58,6 +65,9 @@ class DemoProduct:
     bucket: DemoBucket | None = None
     billing_unit_divisor: int | None = None
     discounts: tuple[tuple[str, str, float], ...] = ()
+    #: Simulated hours into each period when the line begins (a server created then):
+    #: absent from the answers before, billed from then on.
+    starts_hour: float = 0.0
 
 
 @dataclass(slots=True)
@@ -201,6 +211,19 @@ def default_projects() -> list[DemoProject]:
                         DemoServer("vm_dev03", "dev-03", "vm-small", ("dev",)),
                     ),
                 ),
+                # a build server created six hours into each period: the forecast sees
+                # its whole remaining cost at once, the linear projection hardly moves
+                DemoProduct(
+                    "si_build",
+                    "c3.medium.x86",
+                    "bare_metal",
+                    "hour",
+                    "metered",
+                    unit_price=100,
+                    rate=1,
+                    servers=(DemoServer("sv_build01", "build-01", "c3-medium-x86", ("dev",)),),
+                    starts_hour=6,
+                ),
             ],
         ),
     ]
@@ -260,6 +283,7 @@ class DemoAccount:
         team: DemoTeam = DemoTeam("demo-us", "Demo US", "USD"),
         token: str | None = None,
         clock: Callable[[], float] = time.time,
+        start_elapsed: float = START_ELAPSED,
     ) -> None:
         self.projects = {
             p.id: p for p in (projects if projects is not None else default_projects())
@@ -270,6 +294,7 @@ class DemoAccount:
         self.token = token
         self._clock = clock
         self._started = clock()
+        self._start_elapsed = start_elapsed
 
     @property
     def currency(self) -> str:
@@ -283,7 +308,7 @@ class DemoAccount:
         spend between them stay consistent (projections, the share of the period gone).
         """
         now = self._clock()
-        into = (START_ELAPSED + (now - self._started) * self.speed) % PERIOD
+        into = (self._start_elapsed + (now - self._started) * self.speed) % PERIOD
         start = now - into / self.speed
         return start, start + PERIOD / self.speed, into / HOUR
 
@@ -307,7 +332,9 @@ class DemoAccount:
             if (not products or p.id in products)
             and (plan is None or plan == p.name or plan in {s.plan for s in p.servers})
         ]
-        answered = [_product(p, hours, start, shape) for p in lines]
+        answered = [
+            _product(p, hours, start, shape, self.speed) for p in lines if hours >= p.starts_hour
+        ]
         price = sum(p["price"] for p in answered)
         attributes: dict[str, Any] = {
             "project": {"id": project.id, "slug": project.slug, "name": project.name},
@@ -352,7 +379,9 @@ class DemoAccount:
 
 
 def default_accounts(**kwargs: Any) -> list[DemoAccount]:
-    """The two demo teams, each behind its own key."""
+    """The two demo teams, each behind its own key, three simulated hours before their
+    period closes (`DEMO_START_ELAPSED`)."""
+    kwargs.setdefault("start_elapsed", DEMO_START_ELAPSED)
     return [
         DemoAccount(token=DEMO_TOKENS[0], **kwargs),
         DemoAccount(
@@ -367,14 +396,23 @@ def default_accounts(**kwargs: Any) -> list[DemoAccount]:
 DEMO_TOKENS = ("demo-key-us", "demo-key-br")
 
 
-def _product(product: DemoProduct, hours: float, start: float, shape: str) -> dict[str, Any]:
+def _product(
+    product: DemoProduct, hours: float, start: float, shape: str, speed: float
+) -> dict[str, Any]:
+    unit_price = product.unit_price
     if product.usage_type == "licensed":
         quantity = product.rate
+    elif product.unit in CLOCK_UNITS:
+        # Hours and minutes of the real clock, which the answer's timestamps follow: the
+        # simulation runs `speed` times faster, so a unit costs `speed` times more (the
+        # price is the same); a forecast from the unit price is then true in real time.
+        running = (hours - product.starts_hour) / speed
+        quantity = round(product.rate * running * CLOCK_UNITS[product.unit], 6)
+        unit_price = product.unit_price * speed
     else:
-        quantity = product.rate * hours * (60 if product.unit == "minute" else 1)
-        quantity = round(quantity, 3)
+        quantity = round(product.rate * hours, 3)
     billable = quantity / (product.billing_unit_divisor or 1)
-    gross = round(billable * product.unit_price)
+    gross = round(billable * unit_price)
     price = float(gross)
     discounts = []
     for description, kind, value in product.discounts:
@@ -390,10 +428,10 @@ def _product(product: DemoProduct, hours: float, start: float, shape: str) -> di
         "discounts": discounts,
         "discountable": bool(discounts),
         "amount_without_discount": gross,
-        "start": _iso(start),
+        "start": _iso(start + product.starts_hour * HOUR / speed),
         "end": None,
         "unit": product.unit,
-        "unit_price": product.unit_price,
+        "unit_price": unit_price,
         "usage_type": product.usage_type,
         "quantity": quantity,
         "price": price,
@@ -405,7 +443,7 @@ def _product(product: DemoProduct, hours: float, start: float, shape: str) -> di
     bucket = product.bucket
     if shape == "new":
         out["amount"] = price
-        out["unit_amount"] = product.unit_price
+        out["unit_amount"] = unit_price
         metadata: dict[str, Any] = {"servers": servers}
         if bucket is not None:
             metadata["bucket"] = {"id": bucket.id, "name": bucket.name, "location": bucket.location}

@@ -464,6 +464,43 @@ def spend_row(layout: Layout) -> None:
         w=12,
         h=8,
     )
+    layout.add(
+        stat(
+            "Running now, per hour",
+            "What the lines running at the last poll cost per hour: metered hour and "
+            "minute lines not ended, at their unit price, less percent discounts "
+            "(latitudesh_billing_run_rate_per_hour).",
+            total("latitudesh_billing_run_rate_per_hour"),
+        ),
+        w=6,
+        h=8,
+    )
+    forecast, forecast_overrides = money_targets(
+        total("latitudesh_billing_projected_price"), "forecast {{currency}}"
+    )
+    linear, linear_overrides = money_targets(
+        total("latitudesh:billing_price:projected_linear"), "linear {{currency}}"
+    )
+    for item in linear:
+        item["refId"] = "L" + item["refId"]
+    for item in linear_overrides:
+        item["matcher"]["options"] = "L" + item["matcher"]["options"]
+        item["properties"].append(
+            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}
+        )
+    layout.add(
+        timeseries(
+            "Projected at period end: forecast and linear",
+            "The forecast from what runs now (the spend so far plus the run rate over "
+            "the hours left) beside the linear projection (the spend so far over the "
+            "share of the period gone, dashed). A server added makes the forecast jump "
+            "by its remaining cost at once, where the linear one creeps.",
+            forecast + linear,
+            forecast_overrides + linear_overrides,
+        ),
+        w=18,
+        h=8,
+    )
     team_targets, team_overrides = money_targets(
         'latitudesh:billing_price:sum_by_team{team=~"$team", currency=~"$currency", @CURRENCY@}',
         "{{team}}",
@@ -716,6 +753,88 @@ def showback_row(layout: Layout) -> None:
     )
 
 
+def last_period_row(layout: Layout) -> None:
+    """The last closed period: what it cost, per project and tag, and how late its
+    figures were seen."""
+    layout.row("Last period")
+    layout.add(
+        stat(
+            "Last period's bill",
+            "What the selected projects' last closed billing period cost: the price "
+            "of the last answer seen in it (latitudesh_billing_previous_period_price). "
+            "Kept across restarts in the exporter's state file.",
+            total("latitudesh_billing_previous_period_price"),
+        ),
+        w=6,
+        h=8,
+    )
+    targets, overrides = money_targets(
+        one("latitudesh_billing_previous_period_price{" + SELECTED + ", @CURRENCY@}"),
+        "{{project_slug}}",
+        instant=True,
+    )
+    layout.add(
+        bargauge(
+            "Last period per project",
+            "Each project's bill for its last closed period.",
+            targets,
+            money_in("blue"),
+            overrides,
+        ),
+        w=6,
+        h=8,
+    )
+    targets, overrides = money_targets(
+        "sum by (tag, currency) ("
+        + one(
+            "latitudesh_billing_previous_period_tag_price{"
+            + SELECTED
+            + ', tag=~"$tag", @CURRENCY@}'
+        )
+        + ")",
+        "{{tag}}",
+        instant=True,
+    )
+    layout.add(
+        bargauge(
+            "Last period by tag",
+            "Spend of the servers carrying each tag in the last closed period (tags "
+            "overlap, as in Spend by tag).",
+            targets,
+            money_in("purple"),
+            overrides,
+        ),
+        w=6,
+        h=8,
+    )
+    layout.add(
+        bargauge(
+            "Last figures seen before the period's end",
+            "How long before its period's end the last answer of each closed period "
+            "was received: its figures miss at most that much spend.",
+            [
+                target(
+                    one(
+                        "latitudesh_billing_previous_period_end_timestamp_seconds"
+                        '{project_slug=~"$project"} - '
+                        "latitudesh_billing_previous_period_observed_timestamp_seconds"
+                        '{project_slug=~"$project"}'
+                    ),
+                    legend="{{project_slug}}",
+                    instant=True,
+                )
+            ],
+            {
+                "unit": "s",
+                "thresholds": {"mode": "absolute", "steps": [{"color": "green", "value": None}]},
+            },
+            [],
+        ),
+        w=6,
+        h=8,
+    )
+
+
 def health_row(layout: Layout) -> None:
     """Exporter health: polls, errors, budget and freshness."""
     layout.row("Exporter health")
@@ -868,7 +987,7 @@ def health_row(layout: Layout) -> None:
 
 def build() -> dict[str, Any]:
     layout = Layout()
-    for row in (spend_row, money_row, showback_row, health_row):
+    for row in (spend_row, last_period_row, money_row, showback_row, health_row):
         row(layout)
     return {
         "title": "Latitude.sh billing",

@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
+from exporter import statuspage
 from exporter.demo import DemoApi
 from exporter.simulation import DEMO_TOKENS, DemoAccount, default_accounts
-from tests.conftest import ROOT, TOKEN, http_get, load_fixture
+from tests.conftest import ROOT, TOKEN, http_get, load_fixture, usage_of
 from tests.spec import billing_validator, errors_of, projects_validator
 from tests.spec import copy as spec_copy
 
@@ -134,10 +135,13 @@ def test_a_product_running_all_the_time_uses_the_elapsed_time_in_its_unit() -> N
         p["id"]: p
         for p in account.usage(account.projects["proj_demo_web"])["data"]["attributes"]["products"]
     }
+    real = hours / account.speed  # the answer counts hours of the real clock
     assert products["si_vm_ci"]["unit"] == "minute"
-    assert products["si_vm_ci"]["quantity"] == pytest.approx(hours * 60, abs=0.01)
-    assert products["si_eip"]["quantity"] == pytest.approx(hours, abs=0.01)
-    assert products["si_bm_web"]["quantity"] == pytest.approx(2 * hours, abs=0.01)  # 2 servers
+    assert products["si_vm_ci"]["quantity"] == pytest.approx(real * 60, abs=0.01)
+    assert products["si_eip"]["quantity"] == pytest.approx(real, abs=0.01)
+    assert products["si_bm_web"]["quantity"] == pytest.approx(2 * real, abs=0.01)  # 2 servers
+    # ...at a unit price `speed` times the simulated one: the same money
+    assert products["si_eip"]["unit_price"] == 0.5 * account.speed
 
 
 def test_divided_units_price_as_quantity_over_divisor_times_unit_price() -> None:
@@ -208,3 +212,33 @@ def test_the_standalone_demo_says_its_keys_and_the_next_command() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "LATITUDESH_AUTH_TOKEN=demo-key-us latitudesh-exporter --once" in readme
     assert all(token in readme for token in DEMO_TOKENS)
+
+
+def test_the_demo_closes_a_period_in_its_first_minutes_and_a_server_starts_after() -> None:
+    """`--demo` starts three simulated hours (three real minutes) before its period's
+    end; six simulated hours into the next one, dev-sandbox's build server starts, and
+    the forecast sees its whole remaining cost while the linear projection hardly moves."""
+    now = [1_000_000.0]
+    us, _ = default_accounts(clock=lambda: now[0])
+    dev = us.projects["proj_demo_dev"]
+
+    def forecast_and_linear() -> tuple[float, float, float]:
+        document = us.usage(dev)
+        usage = usage_of(document, "proj_demo_dev", at=now[0])
+        linear = statuspage.linear(usage, now[0])
+        assert usage.projected_price is not None and linear is not None
+        return usage.period_start or 0.0, usage.projected_price, linear
+
+    first_start, _, _ = forecast_and_linear()
+    now[0] += 2 * 60  # two real minutes: still the first period
+    assert forecast_and_linear()[0] == first_start
+    now[0] += 2 * 60  # four: the period closed a minute ago
+    start, before_forecast, before_linear = forecast_and_linear()
+    assert start > first_start
+    assert "si_build" not in {p["id"] for p in us.usage(dev)["data"]["attributes"]["products"]}
+    now[0] += 6 * 60  # six simulated hours later: the build server runs
+    _, forecast, linear = forecast_and_linear()
+    # 1.00 an hour more, for the ~713 hours left: the forecast jumps by about 713.00
+    assert forecast - before_forecast == pytest.approx(713, abs=5)
+    assert abs(forecast - linear) > 300  # the two projections visibly differ
+    assert linear - before_linear < 50

@@ -16,9 +16,11 @@ import json
 import re
 import subprocess
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,7 +29,9 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.simulation import DemoAccount, DemoTeam, brazil_projects
+from exporter.simulation import PERIOD, DemoAccount, DemoTeam, brazil_projects
+from exporter.state import StoredAnswer
+from exporter.state.sqlite import SqliteState
 from testing.fakeapi import FakeApi, Fault
 from testing.waits import wait_for
 from tests.conftest import (
@@ -185,6 +189,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         started.callback(api.stop)
         exporters: list[ExporterProcess] = []
         for index in range(2):
+            state_home = tmp / f"state-{index}"
+            seed_closed_periods(api, state_home / "latitudesh-exporter" / "state.db")
             exporter = ExporterProcess(
                 [],
                 env={
@@ -199,6 +205,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     "LATITUDESH_EXPORTER_API__BASE_URL": api.url,
                     "LATITUDESH_EXPORTER_API__MAX_RETRIES": "0",
                     "LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS": "1",
+                    "XDG_STATE_HOME": str(state_home),
                 },
                 cwd=tmp,
                 tmp=tmp,
@@ -280,6 +287,45 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             message="Prometheus to scrape both exporters",
         )
         yield built
+
+
+def seed_closed_periods(api: FakeApi, path: Path) -> None:
+    """A state file as an exporter that watched the last period close leaves it: each
+    project's last answer of the period before (a minute before its end), then one of
+    this period, so that the last-period panels have data from the first scrape."""
+    state = SqliteState(path, on_status=lambda up, reason: None, max_body_bytes=1 << 24)
+    state.load()
+    state.start()
+    for key, account in zip(("us", "br"), api.accounts, strict=True):
+        start, _, _ = account.period()
+        before = DemoAccount(
+            list(account.projects.values()),
+            speed=account.speed,
+            team=account.team,
+            clock=partial(float, start - 60),  # frozen a minute before the end
+            start_elapsed=PERIOD - 60,
+        )
+        for answers, at in ((before, start - 60), (account, time.time())):
+            for project in account.projects.values():
+                document = answers.usage(project)
+                period = document["data"]["attributes"]["period"]["start"]
+                state.keep(
+                    StoredAnswer(
+                        key,
+                        project.id,
+                        json.dumps(document).encode(),
+                        at,
+                        account.currency,
+                        project.slug,
+                        project.name,
+                        period_start=datetime.fromisoformat(period).timestamp(),
+                    )
+                )
+            state.close(10)  # written: the next answers close these periods
+            state = SqliteState(path, on_status=lambda up, reason: None, max_body_bytes=1 << 24)
+            state.load()
+            state.start()
+    state.close(10)
 
 
 def _results(stack: Stack, query: str) -> list[dict[str, Any]]:
