@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -24,6 +25,11 @@ def stream() -> Iterator[io.StringIO]:
 
 def logged(stream: io.StringIO, fmt: str, *values: str, redact: Redactor | None = None) -> str:
     setup_logging("debug", fmt, redact or Redactor(), stream=stream)
+    # This thread's records only: a thread another test left behind (an HTTP client
+    # closing its connection) may log at debug level meanwhile, through the same root.
+    me = threading.get_ident()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: record.thread == me)
     log = logging.getLogger("exporter.test")
     for value in values:
         log.warning("poll failed", extra={"error": value, "project_id": value})
