@@ -23,6 +23,7 @@ from benchmarks.sections import (
     hostile,
     isolation,
     pacing,
+    periods,
     prometheus,
     slow,
     state,
@@ -57,4 +58,5 @@ SECTIONS: dict[str, Section] = {
     "demo": Section(demo.measure, demo.report, ("13. Start-up of the demo",)),
     "tuning": Section(tuning.measure, tuning.report, ("14. Runtime tuning",)),
     "state": Section(state.measure, state.report, ("15. State", "15b. State")),
+    "periods": Section(periods.measure, periods.report, ("16. Closed periods",)),
 }
