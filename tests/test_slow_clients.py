@@ -92,15 +92,22 @@ def large_daemon(
         exporter.stop()
 
 
+#: Seconds the fake API takes to answer once every project is on /metrics: with four
+#: polls at once, about 20 polls land a second, steadily (at the budget's 100 a second
+#: the daemon burnt most of a core for the whole module, to prove nothing more).
+STEADY_LATENCY = 0.2
+
+
 @pytest.fixture(scope="module")
 def daemon(
     account: tuple[str, LargeApi], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ExporterProcess]:
     """The exporter over 400 projects of 50 products, polls landing all the time: one
     for the module (each test measures what it adds, and leaves nothing held)."""
-    url, _ = account
+    url, api = account
     tmp = tmp_path_factory.mktemp("daemon")
     with large_daemon(url, tmp, LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="2") as exporter:
+        api.latency = STEADY_LATENCY
         yield exporter
 
 
@@ -241,17 +248,19 @@ def test_at_the_limit_the_longest_stalled_writer_makes_room(big: SnapshotStore) 
 
 
 def test_the_daemon_under_a_low_open_file_limit_keeps_room_for_prometheus(
-    account: tuple[str, LargeApi], tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     """`ulimit -n 100`: the connection limit is 36; 36 clients stuck mid-answer, and
     Prometheus's scrapes still get in."""
-    url, _ = account
 
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
 
     stuck: list[socket.socket] = []
-    with large_daemon(url, tmp_path, preexec_fn=low_limit) as exporter:
+    with (
+        large_api(PROJECTS, PRODUCTS) as (url, _),  # an account of its own, answered at once
+        large_daemon(url, tmp_path, preexec_fn=low_limit) as exporter,
+    ):
         try:
             stuck = [ask(exporter.port, gzipped=False, rcvbuf=4096) for _ in range(36)]
             wait_for(lambda: all(pending(s) > 0 for s in stuck), 60, "every stuck answer started")
