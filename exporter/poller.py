@@ -35,8 +35,8 @@ from exporter.config import DEFAULT_TEAM
 from exporter.discovery import Discovery, Target, UsageSource
 from exporter.models import PayloadError, read_usage
 from exporter.snapshot import ClosedPeriod, UsageSnapshot
-from exporter.state import NoState, State, StoredAnswer
-from exporter.store import SnapshotStore
+from exporter.state import NoState, State, StoredAnswer, StoredCurve, StoredPoint
+from exporter.store import Restored, SnapshotStore
 from exporter.usage import Limits, build_usage
 
 log = logging.getLogger(__name__)
@@ -285,11 +285,12 @@ class Poller:
             pending[target.project_id] = state
         self._pending = pending
 
-    def restore(self, answers: Sequence[StoredAnswer]) -> int:
+    def restore(self, answers: Sequence[StoredAnswer], curves: Sequence[StoredCurve] = ()) -> int:
         """Serve what the state kept of this team, before any poll: each project still
         configured (or, with discovery, each kept until discovery says otherwise) gets
-        its figures and the time they were received; its answer is read again by the
-        live path. Returns the projects served."""
+        its figures and the time they were received, and its curve's points of that
+        answer's period; its answer is read again by the live path. Returns the
+        projects served."""
         mine = [a for a in answers if a.team == self.key]
         current = [a for a in mine if not a.closed]
         latest = max(current, key=lambda a: a.received_at, default=None)
@@ -321,20 +322,25 @@ class Poller:
                 name=answer.name,
             )
             read.setdefault(answer.project_id, {})[answer.closed] = (usage, answer.received_at)
-        restored: list[tuple[str, UsageSnapshot | None, float, ClosedPeriod | None]] = []
+        kept_curves = {c.project_id: c.curve for c in curves if c.team == self.key}
+        restored: list[Restored] = []
         for project_id, kinds in read.items():
             last, closed = kinds.get(False), kinds.get(True)
+            kept_curve = kept_curves.get(project_id)
             restored.append(
-                (
+                Restored(
                     project_id,
                     last[0] if last else None,
                     last[1] if last else 0.0,
                     ClosedPeriod.of(*closed) if closed else None,
+                    kept_curve
+                    if last and kept_curve and kept_curve.period_start == last[0].period_start
+                    else None,
                 )
             )
         self._store.record_restored(self.key, restored)
         self._state.keep_only(self.key, kept)
-        return sum(1 for _, usage, _, _ in restored if usage is not None)
+        return sum(1 for r in restored if r.usage is not None)
 
     def _discover(self, deadline: float) -> bool:
         if not self._discovery.needed:
@@ -420,7 +426,7 @@ class Poller:
                 name=target.name,
             )
             self._outcome(target)
-            closed = self._store.record_success(
+            landed = self._store.record_success(
                 self.key, usage, duration=self._monotonic() - started, now=now
             )
             self._state.keep(
@@ -436,6 +442,11 @@ class Poller:
                     period_start=usage.period_start,
                 )
             )
+            if landed.point is not None and usage.period_start is not None:
+                self._state.keep_point(
+                    StoredPoint(self.key, target.project_id, usage.period_start, *landed.point)
+                )
+            closed = landed.closed
             if closed is not None:
                 log.info(
                     "billing period closed",

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from exporter.curve import Curve
 from exporter.errors import POLL_ERROR_REASONS
 from exporter.models import ENDPOINTS
 
@@ -251,6 +252,9 @@ class ProjectStatus:
     usage: UsageSnapshot | None = None
     #: The last period that closed while the exporter (or its state file) watched.
     previous_period: ClosedPeriod | None = None
+    #: The current period's spend as polls saw it (`curve.py`): a new curve with each
+    #: point added, never one changed in place.
+    curve: Curve | None = None
     up: bool = False
     polled: bool = False
     last_success: float | None = None

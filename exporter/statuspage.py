@@ -1,9 +1,11 @@
 """The status page at `/`: what every project costs, at a glance, without Grafana.
 
 Per team and project: spend so far, the threshold as a bar with the share used, credit
-left, how far the billing period has gone, the spend projected to its end, the top
-products, poll health with the last error, and what is wrong with a team in words
-(a rejected key, a timeout), since when and what to do. One self-contained HTML document (no
+left, how far the billing period has gone, the spend projected to its end, the
+period's spend curve with the projection, the threshold and where the credit runs out
+(inline SVG, `chart.py`; per team, its projects' curves summed), the top products,
+poll health with the last error, and what is wrong with a team in words (a rejected
+key, a timeout), since when and what to do. One self-contained HTML document (no
 script, no external asset: it must work on an air-gapped host and under a strict
 Content-Security-Policy) that reloads itself. Every string from the API is escaped.
 """
@@ -14,7 +16,8 @@ import html
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from exporter import errors
+from exporter import chart, errors
+from exporter.curve import Point, summed
 from exporter.snapshot import ProjectStatus, StoreView, TeamStatus, UsageSnapshot
 
 #: Seconds between reloads of the page: polls land every few minutes at most.
@@ -40,6 +43,10 @@ td{padding:.1em 0;border-top:1px solid #eaeef2}td.n{text-align:right}
 .up{color:#1a7f37}.down{color:#cf222e}.pending{color:#9a6700}
 .warn-text{color:#cf222e;font-weight:600}
 .problem{border-left:4px solid #cf222e;background:#fff5f5;padding:.5em .8em;margin:.3em 0 1em}
+.curve{display:block;width:100%;height:auto;margin:.5em 0 .1em}
+.team-chart{max-width:46em;margin:0 0 1em}.legend{font-size:.8em;color:#656d76}
+.key{width:1.1em;height:2px;vertical-align:middle;margin:0 .2em 0 .4em}
+.key:first-child{margin-left:0}
 """
 
 
@@ -81,6 +88,102 @@ def linear(usage: UsageSnapshot, now: float) -> float | None:
         return None
     elapsed = min(max((now - start) / (end - start), MIN_ELAPSED), 1.0)
     return price / elapsed
+
+
+def _period(usage: UsageSnapshot) -> tuple[float, float] | None:
+    start, end = usage.period_start, usage.period_end
+    return (start, end) if start is not None and end is not None and end > start else None
+
+
+def _series(status: ProjectStatus) -> list[Point]:
+    """The project's kept points of its usage's period, then the live one (the last
+    poll's price, when it was received) when it is newer than the last kept (by a
+    second at least: kept times are to the second)."""
+    usage = status.usage
+    if usage is None:
+        return []
+    kept = status.curve
+    points = kept.points() if kept is not None and kept.period_start == usage.period_start else []
+    seen, price = status.last_success, usage.price
+    if seen is not None and price is not None and (not points or seen >= points[-1][0] + 1):
+        points.append((seen, price))
+    return points
+
+
+def _day(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
+
+
+def _project_chart(status: ProjectStatus, usage: UsageSnapshot, now: float) -> str:
+    """The project's spend through its period: the curve, the projection to its end,
+    the threshold and where the credit left runs out (the price now plus the credit:
+    what `LatitudeshProjectedOverCredit` compares the projection with)."""
+    period = _period(usage)
+    points = _series(status)
+    if period is None or not points:
+        return ""
+    currency = usage.currency
+    projection = projected(usage, now)
+    levels = []
+    words = [f"{money(points[-1][1], currency)} now"]
+    if projection is not None:
+        words.append(f"{money(projection, currency)} projected at its end")
+    if usage.threshold:
+        levels.append(chart.Level("threshold", usage.threshold))
+        words.append(f"threshold {money(usage.threshold, currency)}")
+    credit = usage.available_credit_balance
+    if credit is not None and credit > 0 and usage.price is not None:
+        levels.append(chart.Level("credit", usage.price + credit))
+        words.append(f"credit runs out at {money(usage.price + credit, currency)}")
+    label = f"Spend through the period to {_day(period[1])}: {', '.join(words)}"
+    return chart.svg(
+        start=period[0],
+        end=period[1],
+        points=points,
+        projection=projection,
+        levels=levels,
+        label=label,
+    ) + chart.legend(levels)
+
+
+def _team_charts(projects: Iterable[ProjectStatus], now: float) -> str:
+    """Per currency, the team's projects in its newest period summed: their curves
+    step-interpolated at the period's grid (`curve.summed`), and their projections."""
+    groups: dict[str, dict[tuple[float, float], list[tuple[UsageSnapshot, list[Point]]]]] = {}
+    for p in projects:
+        usage = p.usage
+        period = _period(usage) if usage is not None else None
+        series = _series(p)
+        if usage is not None and period is not None and series:
+            groups.setdefault(usage.currency, {}).setdefault(period, []).append((usage, series))
+    parts = []
+    for currency, periods in sorted(groups.items()):
+        (start, end), members = max(periods.items(), key=lambda item: item[0])
+        points = summed([series for _, series in members], start=start, end=end)
+        projection = 0.0
+        for usage, series in members:
+            ahead = projected(usage, now)
+            projection += ahead if ahead is not None else series[-1][1]
+        count = f"{len(members)} project{'' if len(members) == 1 else 's'}"
+        label = (
+            f"Team spend through the period to {_day(end)} ({count}): "
+            f"{money(points[-1][1], currency)} now, "
+            f"{money(projection, currency)} projected at its end"
+        )
+        parts.append(
+            f'<div class="team-chart" data-field="team-curve" data-currency="{_e(currency)}">'
+            + chart.svg(
+                start=start,
+                end=end,
+                points=points,
+                projection=projection,
+                label=label,
+                size=chart.TEAM,
+            )
+            + chart.legend(())
+            + "</div>"
+        )
+    return "".join(parts)
 
 
 def _project(status: ProjectStatus, now: float) -> str:
@@ -153,6 +256,7 @@ def _project(status: ProjectStatus, now: float) -> str:
                 f'<div class="muted" data-field="period">{min(max(gone, 0), 1):.0%}'
                 f" of the period gone, ends {end}</div>"
             )
+        parts.append(_project_chart(status, usage, now))
         top = sorted((p for p in usage.products if p.price), key=lambda p: -(p.price or 0))
         if top:
             parts.append(
@@ -210,7 +314,7 @@ def _team(team: TeamStatus, projects: Iterable[ProjectStatus], now: float) -> st
     return (
         f'<section data-team="{_e(team.name)}"><h2>{_e(team.name)} '
         f'<span class="muted">· {len(cards)} project{"" if len(cards) == 1 else "s"} · '
-        f"{_e(total)} so far</span></h2>{_problem(team, now)}"
+        f"{_e(total)} so far</span></h2>{_problem(team, now)}{_team_charts(projects, now)}"
         f'<div class="grid">{"".join(cards) or "<p class=muted>no projects yet</p>"}'
         "</div></section>"
     )

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from exporter.curve import Curve, Point, extend
 from exporter.errors import POLL_ERROR_REASONS
 from exporter.snapshot import (
     ClosedPeriod,
@@ -61,6 +62,30 @@ class _Team:
     rank: int
     project_ids: list[str] = field(default_factory=list)
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Landed:
+    """What a successful poll changed beyond the figures, for the poller to say and keep."""
+
+    #: The period its answer closed (one of a later period came), if any.
+    closed: ClosedPeriod | None = None
+    #: The point it added to the project's curve (`curve.py`), if one was due.
+    point: Point | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What the state kept of one project, served at a warm start."""
+
+    project_id: str
+    #: Its last answer's figures, and when that answer was received.
+    usage: UsageSnapshot | None
+    received_at: float
+    #: Its last closed period.
+    closed: ClosedPeriod | None = None
+    #: Its curve's kept points, of `usage`'s period only.
+    curve: Curve | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,22 +214,33 @@ class SnapshotStore:
 
     def record_success(
         self, team: str, usage: UsageSnapshot, *, duration: float, now: float
-    ) -> ClosedPeriod | None:
+    ) -> Landed:
         """A poll of the project succeeded. When its answer is of a later period than
         the last one known (live or restored), that one's figures become the closed
-        period, as of when it was received: returned, so that the poller can say so."""
+        period, as of when it was received; the project's curve gets the point if one
+        is due (`curve.extend`). Both returned, so that the poller can say the one and
+        keep the other."""
         closed = None
+        point = None
         with self._lock:
             previous = self._owned(team, usage.project_id)
             if previous is not None:
                 if closes(previous.usage, usage) and previous.last_success is not None:
                     assert previous.usage is not None
                     closed = ClosedPeriod.of(previous.usage, previous.last_success)
+                spend, point = extend(
+                    previous.curve,
+                    period_start=usage.period_start,
+                    period_end=usage.period_end,
+                    at=now,
+                    price=usage.price,
+                )
                 self._update(
                     replace(
                         previous,
                         usage=usage,
                         previous_period=closed or previous.previous_period,
+                        curve=spend,
                         up=True,
                         polled=True,
                         last_success=now,
@@ -213,7 +249,7 @@ class SnapshotStore:
                     )
                 )
         self._tell()
-        return closed
+        return Landed(closed, point)
 
     def record_failure(self, team: str, project_id: str, reason: str, *, duration: float) -> None:
         with self._lock:
@@ -340,26 +376,24 @@ class SnapshotStore:
                 self._state = StateStatus(enabled=True, up=up, errors=errors)
                 self._changed()
 
-    def record_restored(
-        self,
-        team: str,
-        restored: Iterable[tuple[str, UsageSnapshot | None, float, ClosedPeriod | None]],
-    ) -> None:
-        """Projects' last answers from the state, at start, as (project id, usage, when
-        it was received, the last closed period), usage or period absent where none
-        was kept: served as they were; no poll of this process is claimed (`up` stays
-        absent until the first outcome). One change for all of them: a thousand
-        projects are rendered once each and their blocks joined once."""
+    def record_restored(self, team: str, restored: Iterable[Restored]) -> None:
+        """Projects' last answers from the state, at start, each with its last closed
+        period and its curve's points (usage or period absent where none was kept):
+        served as they were; no poll of this process is claimed (`up` stays absent
+        until the first outcome). One change for all of them: a thousand projects are
+        rendered once each and their blocks joined once."""
         with self._lock:
             changed = False
-            for project_id, usage, received_at, closed in restored:
-                previous = self._owned(team, project_id)
+            for kept in restored:
+                previous = self._owned(team, kept.project_id)
                 if previous is not None and not previous.polled:
-                    self._projects[project_id] = replace(
+                    usage = kept.usage
+                    self._projects[kept.project_id] = replace(
                         previous,
                         usage=usage or previous.usage,
-                        last_success=received_at if usage else previous.last_success,
-                        previous_period=closed or previous.previous_period,
+                        last_success=kept.received_at if usage else previous.last_success,
+                        previous_period=kept.closed or previous.previous_period,
+                        curve=kept.curve if kept.curve is not None else previous.curve,
                     )
                     changed = True
             if changed:

@@ -277,7 +277,8 @@ def build_app(setup: Setup) -> App:
         watched.append(WatchedTeam(poller, schedule))
     watchdog = Watchdog(watched, store, margin=stall_margin(api))
     answers = state.load()
-    served = sum(poller.restore(answers) for poller in pollers)
+    curves = state.load_points()
+    served = sum(poller.restore(answers, curves) for poller in pollers)
     if setup.state_path is not None:
         log.info("warm start", extra={"state": str(setup.state_path), "projects": served})
     return App(

@@ -153,6 +153,8 @@ def test_no_class_is_built_at_run_time_with_type() -> None:
         "ratelimit",
         "exposition",
         "statuspage",
+        "curve",
+        "chart",
     ],
 )
 def test_pure_modules_do_not_log(module: str) -> None:

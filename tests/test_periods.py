@@ -81,10 +81,12 @@ def store() -> SnapshotStore:
 
 def test_a_later_period_closes_the_last_answer_of_the_one_before() -> None:
     s = store()
-    assert s.record_success("t", usage_of(NOVEMBER, "p"), duration=0.1, now=DEC_1 - 60) is None
+    landed = s.record_success("t", usage_of(NOVEMBER, "p"), duration=0.1, now=DEC_1 - 60)
+    assert landed.closed is None
     # the same period again closes nothing
-    assert s.record_success("t", usage_of(NOVEMBER, "p"), duration=0.1, now=DEC_1 - 30) is None
-    closed = s.record_success("t", usage_of(DECEMBER, "p"), duration=0.1, now=DEC_1 + 60)
+    landed = s.record_success("t", usage_of(NOVEMBER, "p"), duration=0.1, now=DEC_1 - 30)
+    assert landed.closed is None
+    closed = s.record_success("t", usage_of(DECEMBER, "p"), duration=0.1, now=DEC_1 + 60).closed
     assert closed is not None
     assert (closed.price, closed.period_start, closed.period_end) == (700.0, NOV_1, DEC_1)
     assert closed.observed_at == DEC_1 - 30  # the last answer of November, 30 s before its end
@@ -103,7 +105,8 @@ def test_an_answer_of_an_earlier_period_closes_nothing() -> None:
     """A lagging replica of the API answering November after December: no close."""
     s = store()
     s.record_success("t", usage_of(DECEMBER, "p"), duration=0.1, now=DEC_1 + 60)
-    assert s.record_success("t", usage_of(NOVEMBER, "p"), duration=0.1, now=DEC_1 + 90) is None
+    landed = s.record_success("t", usage_of(NOVEMBER, "p"), duration=0.1, now=DEC_1 + 90)
+    assert landed.closed is None
     assert s.view().projects[0].previous_period is None
 
 
@@ -259,6 +262,10 @@ def test_a_roll_over_live_then_a_restart_with_the_api_down(tmp_path: Path) -> No
                 project_id="proj_demo_gpu",
             )
             assert sample(before, "latitudesh_billing_previous_period_price") is None
+            # every project has an answer of this period before the clock moves on
+            # (else a project's first answer is already of the next: nothing closes)
+            for project in ("proj_demo_web", "proj_demo_data", "proj_demo_dev"):
+                wait_sample(exporter, "latitudesh_billing_price", project_id=project)
             clock.now += TO_THE_END + 60  # a minute into the next period
             after = wait_sample(
                 exporter, "latitudesh_billing_previous_period_price", project_id="proj_demo_gpu"

@@ -122,7 +122,8 @@ def test_the_file_keeps_no_token_and_no_counter(tmp_path: Path) -> None:
         "body",
         "period_start",
     }
-    assert tables == {"answers": answers, "closed_periods": answers}
+    points = {"team", "project_id", "at", "price", "period_start"}
+    assert tables == {"answers": answers, "closed_periods": answers, "curve_points": points}
     assert version == SCHEMA_VERSION
     assert TOKEN.encode() not in path.read_bytes()
 

@@ -6,24 +6,36 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from exporter import statuspage
+from exporter.client import LatitudeClient
+from exporter.curve import step
+from exporter.httpserver import HttpServer
+from exporter.simulation import DEMO_TOKENS, default_accounts
+from exporter.state.sqlite import SqliteState
 from exporter.store import SnapshotStore
+from exporter.web import WebApp
+from exporter.webconfig import WebSettings
 from testing.fakeapi import FakeApi
 from tests.conftest import (
+    FIXED_NOW,
     ROOT,
     ExporterProcess,
     api_env,
+    exposition_of,
     golden_store,
+    new_poller,
     require_binary,
     usage_of,
 )
 
 SCREENSHOT = ROOT / "docs" / "status-page.png"
+#: The page after a period watched for 70 % of its length: the spend curves.
+CURVE_SCREENSHOT = ROOT / "docs" / "status-page-curve.png"
 NOW = 1_795_000_000.0  # 2026-11-18, inside the fixtures' November period
 
 
@@ -140,6 +152,19 @@ def test_the_demo_page_in_a_real_browser(browser: object, tmp_path: Path) -> Non
         assert inner is not None and outer is not None
         width = inner["width"] / outer["width"]
         assert abs(width * 100 - min(share, 100)) < 2  # the bar shows the share
+        # the period's spend curve, drawn: a card's and its team's, each with a box
+        for chart in (
+            gpu.locator("svg.curve"),
+            page.locator('section[data-team="demo-us"] [data-field="team-curve"] svg.curve'),
+        ):
+            assert chart.count() == 1 and chart.is_visible()
+            box = chart.bounding_box()
+            assert box is not None and box["width"] > 200 and box["height"] > 40
+            now = chart.locator('[data-series="now"]').bounding_box()
+            assert now is not None and now["width"] > 0  # the live point, inside it
+            assert box["x"] <= now["x"] <= box["x"] + box["width"]
+        assert gpu.locator('svg.curve [data-series="threshold"]').count() == 1
+        assert gpu.locator('svg.curve [data-series="projection"]').count() == 1
         loja = page.locator('[data-project="proj_demo_loja"]')
         assert "BRL" in loja.locator('[data-field="spend"]').inner_text()
         assert "projected" in page.content()
@@ -156,9 +181,86 @@ def test_the_demo_page_in_a_real_browser(browser: object, tmp_path: Path) -> Non
         exporter.stop()
 
 
-def test_the_readme_shows_the_committed_screenshot() -> None:
-    assert SCREENSHOT.is_file() and SCREENSHOT.stat().st_size > 10_000
-    assert "docs/status-page.png" in (ROOT / "README.md").read_text()
+def test_the_readme_shows_the_committed_screenshots() -> None:
+    for shot in (SCREENSHOT, CURVE_SCREENSHOT):
+        assert shot.is_file() and shot.stat().st_size > 10_000
+        assert f"docs/{shot.name}" in (ROOT / "README.md").read_text()
+
+
+class Clock:
+    """The wall clock of the demo accounts and of the exporter's parts, moved by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.slow
+def test_a_period_watched_in_a_real_browser(
+    browser: object, make_client: Callable[..., LatitudeClient], tmp_path: Path
+) -> None:
+    """The spend curve as people see it: the demo's two teams polled by real pollers
+    over real sockets through 70 % of a period (a refresh every step of the curve, the
+    clock moved by the test), the points kept in a real state file, and the page served
+    by the real HTTP server, drawn by Chromium (`docs/status-page-curve.png`)."""
+    from playwright.sync_api import Browser
+
+    assert isinstance(browser, Browser)
+    clock = Clock(FIXED_NOW)
+    accounts = default_accounts(clock=clock, start_elapsed=0.0)
+    start, end, _ = accounts[0].period()
+    spacing = step(start, end)
+    store = SnapshotStore()
+    state = SqliteState(tmp_path / "state.db", on_status=store.record_state, max_body_bytes=10**7)
+    state.load()
+    state.start()
+    with FakeApi(accounts) as api:
+        pollers = [
+            new_poller(make_client(api.url, token=token), store, team=team, now=clock, state=state)
+            for token, team in zip(DEMO_TOKENS, ("demo-us", "demo-br"), strict=True)
+        ]
+        try:
+            for k in range(168):  # 70 % of the period's 240 steps
+                clock.now = start + k * spacing + 5
+                assert all(poller.refresh() for poller in pollers)
+        finally:
+            for poller in pollers:
+                poller.stop(timeout=5)
+    state.close(timeout=30)
+    curves = {p.project_id: p.curve for p in store.view().projects}
+    assert {pid: len(c) if c else 0 for pid, c in curves.items()} == dict.fromkeys(curves, 168)
+    kept = SqliteState(tmp_path / "state.db", on_status=lambda up, reason: None, max_body_bytes=1)
+    kept.load()
+    assert {c.project_id: c.curve for c in kept.load_points()} == curves  # all written
+
+    app = WebApp(exposition_of(store), store.view, now=clock)
+    server = HttpServer(app, "127.0.0.1", 0, web=WebSettings())
+    server.start()
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        response = page.goto(f"http://127.0.0.1:{server.port}/")
+        assert response is not None
+        assert "default-src 'none'" in response.headers["content-security-policy"]
+        gpu = page.locator('[data-project="proj_demo_gpu"] svg.curve')
+        team = page.locator('section[data-team="demo-us"] [data-field="team-curve"] svg.curve')
+        for chart in (gpu, team):
+            box = chart.bounding_box()
+            line = chart.locator('[data-series="curve"]').bounding_box()
+            assert box is not None and line is not None
+            # the curve spans the 70 % of the period watched, and rises
+            assert 0.6 < line["width"] / box["width"] < 0.75
+            assert line["height"] > 0.2 * box["height"]
+        points = gpu.locator('[data-series="curve"]').get_attribute("points")
+        assert points is not None and len(points.split()) == 168
+        shot = tmp_path / "status-page-curve.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("UPDATE_SCREENSHOT"):
+            shutil.copy(shot, CURVE_SCREENSHOT)
+    finally:
+        server.stop()
 
 
 def test_a_rejected_key_shows_on_the_page_in_a_real_browser(

@@ -1,6 +1,6 @@
 """State that outlives the process: the last answer of every project, for a warm start,
-and the last answers of its closed billing periods, so that no period's bill is lost
-at its close.
+the last answers of its closed billing periods, so that no period's bill is lost
+at its close, and the points of its current period's spend curve.
 
 Without it every restart was a blind spot: at the default budget an account of 1,000
 projects needed 20 minutes to be back on `/metrics`. With it, a restart serves every
@@ -12,12 +12,14 @@ false`, `--once` and `--check-config`. What is kept, per team and project: the l
 successful answer's body (read again at a restart by `models.read_usage`, the live
 path, so a stored answer is never trusted more than a live one), when it was received,
 and the currency, slug and names it was exported with; the same of the last answer of
-each of its last `CLOSED_PERIODS_KEPT` closed periods. Never a token, a password or a
-counter (counters restart at 0, as Prometheus expects).
+each of its last `CLOSED_PERIODS_KEPT` closed periods; the points of its current
+period's spend curve (`curve.py`: at most `curve.MAX_POINTS`, those of older periods
+forgotten), so that a restart draws the period's curve again. Never a token, a password
+or a counter (counters restart at 0, as Prometheus expects).
 
-A backend never costs the service: `keep` never blocks or raises (a poll lands in
-`/metrics` whatever the disk does), and a backend that cannot read or write its file
-says so through `on_status` and goes on in memory.
+A backend never costs the service: `keep` and `keep_point` never block or raise (a
+poll lands in `/metrics` whatever the disk does), and a backend that cannot read or
+write its file says so through `on_status` and goes on in memory.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from exporter.curve import Curve
 
 #: Why the state could not be used; the `reason` of `latitudesh_state_errors_total`.
 STATE_ERROR_REASONS: tuple[str, ...] = (
@@ -69,6 +73,30 @@ class StoredAnswer:
     closed: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class StoredPoint:
+    """One point of a project's spend curve, as a backend keeps it."""
+
+    #: The team's key in the store.
+    team: str
+    project_id: str
+    #: The start of the point's billing period, Unix time: a point of a later period
+    #: makes the project's points of the earlier ones forgotten.
+    period_start: float
+    #: Unix time of the poll, and the price then, in main units.
+    at: float
+    price: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCurve:
+    """A project's kept curve, as `load_points` gives it back."""
+
+    team: str
+    project_id: str
+    curve: Curve
+
+
 class State(Protocol):
     """What the exporter needs of a state backend."""
 
@@ -87,10 +115,21 @@ class State(Protocol):
         project's closed period (at least `CLOSED_PERIODS_KEPT` of them are kept)."""
         ...
 
+    def load_points(self) -> Sequence[StoredCurve]:
+        """Each project's curve as `load` read it (call `load` first): the points of
+        the newest period kept, oldest first, at most `curve.MAX_POINTS`."""
+        ...
+
+    def keep_point(self, point: StoredPoint) -> None:
+        """Remember a point of a project's curve; never blocks, never raises. One of a
+        later period than the project's kept points makes them forgotten; beyond
+        `curve.MAX_POINTS`, the oldest go."""
+        ...
+
     def keep_only(self, team: str, project_ids: Collection[str]) -> None:
         """Forget the team's other projects (gone from its config or its discovery),
-        their closed periods too: what a deleted project cost stays in Prometheus'
-        history and in the cost files downloaded before."""
+        their closed periods and curves too: what a deleted project cost stays in
+        Prometheus' history and in the cost files downloaded before."""
         ...
 
     def close(self, timeout: float) -> None:
@@ -108,6 +147,12 @@ class NoState:
         pass
 
     def keep(self, answer: StoredAnswer) -> None:
+        pass
+
+    def load_points(self) -> Sequence[StoredCurve]:
+        return ()
+
+    def keep_point(self, point: StoredPoint) -> None:
         pass
 
     def keep_only(self, team: str, project_ids: Collection[str]) -> None:
