@@ -1,7 +1,8 @@
 """Section 16: closed periods in the state file (issue 32) at 1,000 x 50.
 
-A state file as a year of polling leaves it: every project's current answer and its
-13 closed periods (the most the file keeps), built directly with the SQLite backend.
+A state file as a year of polling leaves it: every project's current answer, its 13
+closed periods (the most the file keeps) and a month of its spend curve (241 points,
+one a 240th of the period), built directly with the SQLite backend.
 Its size; the warm start from it with the API down (the first complete `/metrics`,
 every project's last-period series included); and RSS after that warm start, against
 the same start from a file of current answers alone (what the exporter kept before
@@ -20,7 +21,7 @@ from benchmarks.harness import Bench, Code
 from benchmarks.modes import Mode
 from benchmarks.report import Findings, Table, Target, sec
 from benchmarks.scraping import PROMETHEUS, control, fetch
-from exporter.state import CLOSED_PERIODS_KEPT, StoredAnswer
+from exporter.state import CLOSED_PERIODS_KEPT, StoredAnswer, StoredPoint
 from exporter.state.sqlite import SqliteState
 from testing.largeapi import SEQ, project_body
 
@@ -51,9 +52,14 @@ class PeriodsRun:
     files: dict[str, File] = field(default_factory=dict)
 
 
-def build(path: Path, projects: int, products: int, closed: int) -> None:
+#: Points of a whole period's curve: one every 240th of it, both ends included.
+CURVE_POINTS = 241
+
+
+def build(path: Path, projects: int, products: int, closed: int, points: int) -> None:
     """Every project's answers of `closed` past periods, then of the current one, each
-    period in one write (so each closes the one before, as polling across a year does)."""
+    period in one write (so each closes the one before, as polling across a year does),
+    and `points` of the current period's curve."""
     bodies = [
         project_body(0, index, products).replace(SEQ, b"100000000000") for index in range(projects)
     ]
@@ -73,6 +79,17 @@ def build(path: Path, projects: int, products: int, closed: int) -> None:
                     period_start=start,
                 )
             )
+            if back == 0:
+                for step in range(points):
+                    state.keep_point(
+                        StoredPoint(
+                            "default",
+                            f"proj_b00_{index:05d}",
+                            start,
+                            start + step * MONTH / (CURVE_POINTS - 1),
+                            10.0 * step,
+                        )
+                    )
         state.close(600)
 
 
@@ -81,10 +98,14 @@ def measure(bench: Bench, codes: Sequence[Code]) -> PeriodsRun:
     projects, products = bench.mode.steady, bench.mode.products
     run = PeriodsRun(projects, products)
     api = bench.api(projects, products)
-    for name, closed in (("answers only", 0), (f"{CLOSED_PERIODS_KEPT} closed periods", 13)):
+    files = (
+        ("answers only", 0, 0),
+        (f"{CLOSED_PERIODS_KEPT} closed periods, a month of curve", 13, CURVE_POINTS),
+    )
+    for name, closed, points in files:
         path = bench.path("periods") / "state.db"
         started = time.monotonic()
-        build(path, projects, products, closed)
+        build(path, projects, products, closed, points)
         if closed:
             run.build_seconds = time.monotonic() - started
         figures = run.files[name] = File(closed)
@@ -122,7 +143,7 @@ def report(run: PeriodsRun, mode: Mode) -> Findings:
         "Each file built with the SQLite backend (every period written at once, so each "
         "closes the one before); then a daemon started on it with the API hanging: the "
         "first /metrics showing every project, and RSS after scraping for a phase. "
-        f"Building the {CLOSED_PERIODS_KEPT}-period file took {sec(run.build_seconds)}.",
+        f"Building the {CLOSED_PERIODS_KEPT}-period file took {sec(run.build_seconds)} s.",
         ["state file", "size", "warm start (API down)", "last-period series", "RSS MiB"],
         [
             [
