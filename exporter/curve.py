@@ -138,7 +138,9 @@ def summed(series: Sequence[Sequence[Point]], *, start: float, end: float) -> li
     if not firsts:
         return []
     until = max(s[-1][0] for s in series if s)
-    spacing = step(start, end)
+    # never more than a period's worth of grid times, whatever the points' times say
+    # (a hostile one-minute period in 1970 polled today would make millions)
+    spacing = max(step(start, end), (until - start) / POINTS_PER_PERIOD)
     k = max(0, math.ceil((min(firsts) - start) / spacing))
     grid = []
     while start + k * spacing < until:

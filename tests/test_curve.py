@@ -217,6 +217,16 @@ def test_a_team_sum_is_step_interpolated_at_the_periods_grid() -> None:
     assert summed([], start=NOV_1, end=DEC_1) == []
 
 
+def test_a_team_sum_has_a_periods_worth_of_times_whatever_the_points_say() -> None:
+    """A hostile answer: a one-minute period in 1970, polled today. Its one point sits
+    56 years after the period's start; the grid at the period's step (a minute) would
+    hold 30 million times, and the page would take seconds and a gigabyte to draw."""
+    points = [[(0.0, 1.0), (1_795_219_200.0, 2.0)]]
+    grid = summed(points, start=0.0, end=60.0)
+    assert len(grid) <= 242
+    assert grid[0] == (0.0, 1.0) and grid[-1] == (1_795_219_200.0, 2.0)
+
+
 # --- the store -----------------------------------------------------------------------------
 
 
