@@ -301,9 +301,15 @@ class Poller:
         )
         kept = {t.project_id for t in targets}
         read: dict[str, dict[bool, tuple[UsageSnapshot, float]]] = {}
+        summaries: dict[str, ClosedPeriod] = {}
         for answer in mine:
             if answer.project_id not in kept:
                 continue
+            if answer.closed and answer.summary is not None:
+                summary = ClosedPeriod.decode(answer.summary)
+                if summary is not None:
+                    summaries[answer.project_id] = summary
+                    continue
             try:
                 attributes = read_usage(answer.project_id, answer.body)
             except PayloadError as exc:
@@ -324,7 +330,8 @@ class Poller:
             read.setdefault(answer.project_id, {})[answer.closed] = (usage, answer.received_at)
         kept_curves = {c.project_id: c.curve for c in curves if c.team == self.key}
         restored: list[Restored] = []
-        for project_id, kinds in read.items():
+        for project_id in read.keys() | summaries.keys():
+            kinds = read.get(project_id, {})
             last, closed = kinds.get(False), kinds.get(True)
             kept_curve = kept_curves.get(project_id)
             restored.append(
@@ -332,7 +339,7 @@ class Poller:
                     project_id,
                     last[0] if last else None,
                     last[1] if last else 0.0,
-                    ClosedPeriod.of(*closed) if closed else None,
+                    summaries.get(project_id) or (ClosedPeriod.of(*closed) if closed else None),
                     kept_curve
                     if last and kept_curve and kept_curve.period_start == last[0].period_start
                     else None,
@@ -440,6 +447,8 @@ class Poller:
                     target.name,
                     self.team,
                     period_start=usage.period_start,
+                    # what this answer will say as a closed period, read at a warm start
+                    summary=ClosedPeriod.of(usage, now).encode(),
                 )
             )
             if landed.point is not None and usage.period_start is not None:

@@ -40,7 +40,7 @@ TRIM_SECONDS = 60
 
 
 def tune(scheduler: BackgroundScheduler) -> None:
-    """Hold glibc to two malloc arenas and trim the heap each minute.
+    """Hold glibc to two malloc arenas and trim the heap at once and each minute.
 
     glibc gives each thread that allocates under contention an arena of its own (up to
     eight per core), and freed memory stays spread over them: two arenas hold the same
@@ -51,6 +51,10 @@ def tune(scheduler: BackgroundScheduler) -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "mallopt") and "MALLOC_ARENA_MAX" not in os.environ:
         libc.mallopt(M_ARENA_MAX, 2)
+    # Once now: a warm start has just read every stored answer (bodies decompressed,
+    # parsed, rendered) and left that much free; without it, RSS stays a minute above
+    # where it settles (benchmarks/RESULTS.md, section 16).
+    _trim()
     scheduler.add_job(_trim, "interval", seconds=TRIM_SECONDS, id="trim", coalesce=True)
 
 

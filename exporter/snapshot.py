@@ -10,6 +10,8 @@ reader holding a `StoreView` holds one consistent moment.
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -232,6 +234,59 @@ class ClosedPeriod:
             usage.servers,
             usage.tags,
         )
+
+    def encode(self) -> bytes:
+        """These figures as the state file keeps them beside the answer they came from:
+        a warm start reads them back without parsing and allocating the answer again
+        (1,000 closed periods of 50 products: 3 s of a warm start, benchmark section 16)."""
+        return json.dumps(
+            [
+                self.project_id,
+                self.project_slug,
+                self.currency,
+                self.price,
+                self.period_start,
+                self.period_end,
+                self.observed_at,
+                [[s.server_id, s.hostname, s.plan, s.price, list(s.tags)] for s in self.servers],
+                [[t.tag, t.price] for t in self.tags],
+            ],
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> ClosedPeriod | None:
+        """`encode`'s figures back, or None when they do not read as such (then the
+        stored answer itself is read again)."""
+        try:
+            pid, slug, currency, price, start, end, seen, servers, tags = json.loads(data)
+            return cls(
+                label(pid),
+                label(slug),
+                label(currency),
+                _number(price),
+                _number(start),
+                _number(end),
+                _finite(seen),
+                tuple(
+                    ServerSpend(label(i), label(h), label(p), _finite(v), tuple(map(label, t)))
+                    for i, h, p, v, t in servers
+                ),
+                tuple(TagSpend(label(t), _finite(v)) for t, v in tags),
+            )
+        except (ValueError, TypeError):
+            return None
+
+
+def _finite(value: object) -> float:
+    """A number read back from a file: finite, or ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value!r}")
+    return float(value)
+
+
+def _number(value: object) -> float | None:
+    return None if value is None else _finite(value)
 
 
 def closes(old: UsageSnapshot | None, new: UsageSnapshot) -> bool:

@@ -466,7 +466,7 @@ def test_a_version_2_file_is_migrated_keeping_its_answers_and_closed_periods(
     ]
     assert state.load_points() == []
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     written(path, StoredPoint("t", "p", DEC_1, DEC_1 + 60, 1.0))
     assert loaded(path)[("t", "p")].points() == [(DEC_1 + 60, 1.0)]
     assert len(backend(path).load()) == 2  # the answers are still there

@@ -121,6 +121,7 @@ def test_the_file_keeps_no_token_and_no_counter(tmp_path: Path) -> None:
         "team_name",
         "body",
         "period_start",
+        "summary",
     }
     points = {"team", "project_id", "at", "price", "period_start"}
     assert tables == {"answers": answers, "closed_periods": answers, "curve_points": points}

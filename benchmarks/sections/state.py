@@ -67,6 +67,10 @@ def measure(bench: Bench, codes: Sequence[Code]) -> StateRun:
                 setting.scrapes.append(fetch(metrics, PROMETHEUS, timeout=300)[2])
                 time.sleep(0.1)
             cpu_end, end = daemon.cpu(), time.monotonic()
+            # RSS past the minute's malloc trim, as a daemon that runs for a while holds
+            while time.monotonic() < daemon.child.started + mode.tuning_settle:
+                setting.scrapes.append(fetch(metrics, PROMETHEUS, timeout=300)[2])
+                time.sleep(0.5)
             setting.rss = daemon.rss()
             control(api, {"latency": 0})
             answers = ApiLog.of(api).answers(start, end)

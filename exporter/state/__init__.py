@@ -71,6 +71,10 @@ class StoredAnswer:
     period_start: float | None = None
     #: True for a closed period's last answer (`load` gives the newest of each project).
     closed: bool = False
+    #: The answer's figures as a closed period shows them (`ClosedPeriod.encode`), kept
+    #: beside it: a warm start reads these for a closed period instead of its answer
+    #: (then `body` is empty). None where the file has none (written by an older one).
+    summary: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

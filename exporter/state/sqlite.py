@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 #: The file's layout; `PRAGMA user_version` holds it. Older files are migrated forward
 #: (`MIGRATIONS`); a newer one is refused and left as it is.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: The statements that bring a file of version N (the index) to N + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -104,6 +104,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (team, project_id, at)
         ) WITHOUT ROWID
         """,
+    ),
+    # The figures of each answer as a closed period shows them (`StoredAnswer.summary`),
+    # moved with it: a warm start reads them instead of the answer.
+    (
+        "ALTER TABLE answers ADD COLUMN summary BLOB",
+        "ALTER TABLE closed_periods ADD COLUMN summary BLOB",
     ),
 )
 #: How long a statement waits for another connection's lock before it fails `locked`.
@@ -239,14 +245,14 @@ class SqliteState:
                 (False, *row)
                 for row in db.execute(
                     "SELECT team, project_id, received_at, currency, slug, name, "
-                    "team_name, body, period_start FROM answers"
+                    "team_name, body, period_start, NULL FROM answers"
                 )
             ] + [
                 (True, *row)
                 for row in db.execute(
                     "SELECT team, project_id, received_at, currency, slug, name, "
-                    "team_name, body, period_start "
-                    "FROM closed_periods AS c WHERE period_start = "
+                    "team_name, CASE WHEN summary IS NULL THEN body END, period_start, "
+                    "summary FROM closed_periods AS c WHERE period_start = "
                     "(SELECT MAX(period_start) FROM closed_periods "
                     "WHERE team = c.team AND project_id = c.project_id)"
                 )
@@ -272,8 +278,11 @@ class SqliteState:
             team_name,
             packed,
             start,
+            packed_summary,
         ) in rows:
-            body = _unpack(packed, self._max_body)
+            summary = None if packed_summary is None else _unpack(packed_summary, self._max_body)
+            # a closed period's summary stands for its answer, which is not read at all
+            body = b"" if summary is not None else _unpack(packed, self._max_body)
             if body is None:
                 dropped += 1
                 continue
@@ -289,6 +298,7 @@ class SqliteState:
                     team_name,
                     period_start=start,
                     closed=closed,
+                    summary=summary,
                 )
             )
         if dropped:
@@ -465,9 +475,9 @@ def _write(
             if a.period_start is not None:
                 moved = db.execute(
                     "INSERT OR REPLACE INTO closed_periods (team, project_id, received_at, "
-                    "currency, slug, name, team_name, body, period_start) "
+                    "currency, slug, name, team_name, body, period_start, summary) "
                     "SELECT team, project_id, received_at, currency, slug, name, "
-                    "team_name, body, period_start "
+                    "team_name, body, period_start, summary "
                     "FROM answers WHERE team = ? AND project_id = ? "
                     "AND period_start IS NOT NULL AND period_start < ?",
                     (a.team, a.project_id, a.period_start),
@@ -481,12 +491,13 @@ def _write(
                     )
             db.execute(
                 "INSERT INTO answers (team, project_id, received_at, currency, slug, name, "
-                "team_name, body, period_start) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "team_name, body, period_start, summary) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (team, project_id) DO UPDATE SET "
                 "received_at = excluded.received_at, currency = excluded.currency, "
                 "slug = excluded.slug, name = excluded.name, team_name = excluded.team_name, "
-                "body = excluded.body, period_start = excluded.period_start",
+                "body = excluded.body, period_start = excluded.period_start, "
+                "summary = excluded.summary",
                 (
                     a.team,
                     a.project_id,
@@ -497,6 +508,7 @@ def _write(
                     a.team_name,
                     zlib.compress(a.body, 1),
                     a.period_start,
+                    None if a.summary is None else zlib.compress(a.summary, 1),
                 ),
             )
         for (team, project_id), added in (points or {}).items():
