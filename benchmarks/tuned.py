@@ -5,7 +5,7 @@ of its pieces is worth, the tuning section runs the daemon through this module, 
 puts `apply(PIECES)` in place of `runtime.tune` and then runs the exporter's own
 `cli.main` with the remaining arguments. PIECES is a comma-separated subset of:
 
-  malloc  glibc held to two arenas (`mallopt`), `malloc_trim` every minute
+  malloc  glibc held to two arenas (`mallopt`), `malloc_trim` at start and every minute
 
 which together are `runtime.tune`, piece for piece: `tests/test_benchmarks.py` holds them
 to it, so that a change there is seen here. (The garbage collector's tuning and a 1 ms
@@ -42,6 +42,7 @@ def apply(pieces: Collection[str], scheduler: Any, libc: Any = None) -> None:
     if "malloc" in pieces and libc is not None:
         if hasattr(libc, "mallopt") and "MALLOC_ARENA_MAX" not in os.environ:
             libc.mallopt(runtime.M_ARENA_MAX, 2)
+        libc.malloc_trim(0)  # once at start, then each minute
         scheduler.add_job(
             lambda: libc.malloc_trim(0),
             "interval",

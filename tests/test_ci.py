@@ -61,6 +61,20 @@ def test_no_test_looks_a_program_up_by_itself() -> None:
         assert "shutil.which(" not in path.read_text(), path
 
 
+def test_a_python_program_is_run_by_the_path_require_binary_found() -> None:
+    """A `pypi:` program lives in the venv, which is not on the PATH of `make test`: a
+    fresh machine's CI failed on `["kubectl", ...]` where this machine had another
+    kubectl on the PATH. Run it by the path `require_binary` returns."""
+    venv_only = [name for name, source in declared().items() if source.startswith("pypi:")]
+    assert "kubectl" in venv_only
+    pattern = re.compile(r'\[\s*"(' + "|".join(map(re.escape, venv_only)) + r')"\s*,')
+    for path in (ROOT / "tests").glob("*.py"):
+        if path.name == "test_ci.py":  # its own docstring names the slip
+            continue
+        found = pattern.search(path.read_text())
+        assert found is None, f"{path.name}: {found.group(0) if found else ''}"
+
+
 def test_ci_run_installs_the_declared_apt_packages() -> None:
     run = (ROOT / ".ci" / "run").read_text()
     assert "done < .ci/tools" in run and "apt-get install" in run

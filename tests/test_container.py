@@ -306,13 +306,13 @@ def test_the_kubernetes_manifests_run_with_podman_kube_play(podman: Podman, tmp_
     """The base Deployment, ConfigMap and a token Secret, played by Podman: the pod runs
     as uid 10001 on a read-only root, reads its token from the mounted Secret, answers
     its probes' paths and serves the fake API's figures on /metrics."""
-    require_binary("kubectl")
+    kubectl = require_binary("kubectl")
     with FakeApi(frozen_account(token=TOKEN)) as api:
         deploy = tmp_path / "kubernetes"
         shutil.copytree(ROOT / "deploy" / "kubernetes", deploy)
         (deploy / "components" / "token-file" / "token").write_text(TOKEN + "\n")
         rendered = subprocess.run(
-            ["kubectl", "kustomize", str(deploy / "overlays" / "kube-prometheus-stack")],
+            [kubectl, "kustomize", str(deploy / "overlays" / "kube-prometheus-stack")],
             capture_output=True,
             text=True,
             check=True,
