@@ -172,11 +172,19 @@ DIVISORS: Rows[ProjectStatus, UnitDivisor] = Rows(
     of=_of_usage(lambda usage: usage.divisors),
     labels=_with_project(lambda d: {"product_id": d.product_id}),
 )
+
+
+def _server(spend: ServerSpend) -> dict[str, str]:
+    return {"server_id": spend.server_id, "hostname": spend.hostname, "plan": spend.plan}
+
+
+def _tag(spend: TagSpend) -> dict[str, str]:
+    return {"tag": spend.tag}
+
+
 SERVERS: Rows[ProjectStatus, ServerSpend] = Rows(
     of=_of_usage(lambda usage: usage.servers),
-    labels=_with_project(
-        lambda s: {"server_id": s.server_id, "hostname": s.hostname, "plan": s.plan}
-    ),
+    labels=_with_project(_server),
 )
 SERVER_TAGS: Rows[ProjectStatus, ServerTag] = Rows(
     of=_of_usage(lambda usage: usage.server_tags),
@@ -186,7 +194,7 @@ SERVER_TAGS: Rows[ProjectStatus, ServerTag] = Rows(
 )
 TAGS: Rows[ProjectStatus, TagSpend] = Rows(
     of=_of_usage(lambda usage: usage.tags),
-    labels=_with_project(lambda t: {"tag": t.tag}),
+    labels=_with_project(_tag),
 )
 
 
@@ -218,13 +226,11 @@ PREVIOUS: Rows[ProjectStatus, ClosedPeriod] = Rows(
 )
 PREVIOUS_SERVERS: Rows[ProjectStatus, ServerSpend] = Rows(
     of=_of_previous(lambda closed: closed.servers),
-    labels=_with_previous(
-        lambda s: {"server_id": s.server_id, "hostname": s.hostname, "plan": s.plan}
-    ),
+    labels=_with_previous(_server),
 )
 PREVIOUS_TAGS: Rows[ProjectStatus, TagSpend] = Rows(
     of=_of_previous(lambda closed: closed.tags),
-    labels=_with_previous(lambda t: {"tag": t.tag}),
+    labels=_with_previous(_tag),
 )
 STATUS: Rows[ProjectStatus, ProjectStatus] = Rows(
     of=lambda status: (status,),

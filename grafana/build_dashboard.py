@@ -142,6 +142,18 @@ def money_targets(
     return targets, overrides
 
 
+def dashed(prefix: str, targets: list[dict[str, Any]], overrides: list[dict[str, Any]]) -> None:
+    """`money_targets`' queries drawn dashed beside another set in one panel: their
+    refIds (and the overrides that give their units) prefixed so that both sets fit."""
+    for item in targets:
+        item["refId"] = prefix + item["refId"]
+    for item in overrides:
+        item["matcher"]["options"] = prefix + item["matcher"]["options"]
+        item["properties"].append(
+            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}
+        )
+
+
 def piechart(
     title: str, description: str, targets: list[dict[str, Any]], overrides: list[Any]
 ) -> dict[str, Any]:
@@ -432,13 +444,7 @@ def spend_row(layout: Layout) -> None:
         one("latitudesh_billing_threshold{" + SELECTED + ", @CURRENCY@}"),
         "{{project_slug}} threshold",
     )
-    for item in thresholds:
-        item["refId"] = "T" + item["refId"]
-    for item in threshold_overrides:
-        item["matcher"]["options"] = "T" + item["matcher"]["options"]
-        item["properties"].append(
-            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}
-        )
+    dashed("T", thresholds, threshold_overrides)
     layout.add(
         timeseries(
             "Spend over time per project",
@@ -481,13 +487,7 @@ def spend_row(layout: Layout) -> None:
     linear, linear_overrides = money_targets(
         total("latitudesh:billing_price:projected_linear"), "linear {{currency}}"
     )
-    for item in linear:
-        item["refId"] = "L" + item["refId"]
-    for item in linear_overrides:
-        item["matcher"]["options"] = "L" + item["matcher"]["options"]
-        item["properties"].append(
-            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}
-        )
+    dashed("L", linear, linear_overrides)
     layout.add(
         timeseries(
             "Projected at period end: forecast and linear",
