@@ -112,7 +112,14 @@ def test_callers_at_once_share_one_read(tmp_path: Path) -> None:
     ]
     for thread in threads:
         thread.start()
-    wait_for(lambda: calls, message="the read to start")
+
+    def waiting() -> int:
+        # every caller inside, waiting on the one read: released any earlier, a thread
+        # that started late (a loaded machine) would find the read over and start anew
+        flight = files._flights.get((str(tmp_path), "read"))
+        return len(flight.done._cond._waiters) if flight else 0  # type: ignore[attr-defined]
+
+    wait_for(lambda: waiting() == 5, message="all five callers waiting on one read")
     gate.set()
     for thread in threads:
         thread.join(10)
