@@ -229,11 +229,7 @@ def _project(status: ProjectStatus, now: float) -> str:
                 over = "projected"  # on course to pass the threshold: say so in red
         closed = status.previous_period
         if closed is not None:
-            ended = (
-                datetime.fromtimestamp(closed.period_end, UTC).strftime(" (to %Y-%m-%d)")
-                if closed.period_end is not None
-                else ""
-            )
+            ended = f" (to {_day(closed.period_end)})" if closed.period_end is not None else ""
             rows.append((f"last period{ended}", money(closed.price, closed.currency), "previous"))
         parts.append(
             "<dl>"
@@ -250,7 +246,7 @@ def _project(status: ProjectStatus, now: float) -> str:
             and (usage.period_end > usage.period_start)
         ):
             gone = (now - usage.period_start) / (usage.period_end - usage.period_start)
-            end = datetime.fromtimestamp(usage.period_end, UTC).strftime("%Y-%m-%d")
+            end = _day(usage.period_end)
             parts.append(_bar(gone, "period", f"{gone:.0%} of the period gone"))
             parts.append(
                 f'<div class="muted" data-field="period">{min(max(gone, 0), 1):.0%}'

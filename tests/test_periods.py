@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -245,10 +244,6 @@ def wait_sample(exporter: ExporterProcess, name: str, **labels: str) -> dict[Any
 def exporter_on(api: FakeApi, folder: Path) -> ExporterProcess:
     env = api_env(api, XDG_STATE_HOME=str(folder), LATITUDESH_EXPORTER_POLL__INTERVAL_SECONDS="1")
     return ExporterProcess([], env=env, cwd=folder, tmp=folder)
-
-
-def price_now(exporter: ExporterProcess, project: str) -> Callable[[], float | None]:
-    return lambda: sample(metrics(exporter), "latitudesh_billing_price", project_id=project)
 
 
 @pytest.mark.slow

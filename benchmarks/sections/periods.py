@@ -21,6 +21,7 @@ from benchmarks.harness import Bench, Code
 from benchmarks.modes import Mode
 from benchmarks.report import Findings, Table, Target, sec
 from benchmarks.scraping import PROMETHEUS, control, fetch
+from benchmarks.sections.state import file_mib, warm_env
 from exporter.models import read_usage
 from exporter.snapshot import ClosedPeriod
 from exporter.state import CLOSED_PERIODS_KEPT, StoredAnswer, StoredPoint
@@ -128,17 +129,10 @@ def measure(bench: Bench, codes: Sequence[Code]) -> PeriodsRun:
         if closed:
             run.build_seconds = time.monotonic() - started
         figures = run.files[name] = File(closed)
-        figures.mib = sum(
-            f.stat().st_size for f in path.parent.glob(f"{path.name}*") if f.is_file()
-        ) / (1024 * 1024)
+        figures.mib = file_mib(path)
         control(api, {"latency": 3600})  # the API hangs: everything served is from the file
         try:
-            env = {
-                "LATITUDESH_EXPORTER_STATE__PATH": str(path),
-                "LATITUDESH_EXPORTER_API__TIMEOUT_SECONDS": "2",
-                "LATITUDESH_EXPORTER_API__MAX_RETRIES": "0",
-            }
-            with bench.daemon(after, api, env=env) as daemon:
+            with bench.daemon(after, api, env=warm_env(path)) as daemon:
                 figures.warm_start, body = daemon.wait_full(projects, timeout=120)
                 figures.previous_series = gzip.decompress(body).count(
                     b"\nlatitudesh_billing_previous_period_price{"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from benchmarks.apilog import ApiLog
 from benchmarks.harness import Bench, Code
@@ -44,6 +45,23 @@ class StateRun:
     warm_start: float = float("nan")
 
 
+def file_mib(path: Path) -> float:
+    """The state file's size with its -wal and -shm, in MiB."""
+    return sum(f.stat().st_size for f in path.parent.glob(f"{path.name}*") if f.is_file()) / (
+        1024 * 1024
+    )
+
+
+def warm_env(path: Path) -> dict[str, str]:
+    """A daemon on the state file `path` beside an API that hangs: its polls end soon,
+    so that it stops at once after the figure."""
+    return {
+        "LATITUDESH_EXPORTER_STATE__PATH": str(path),
+        "LATITUDESH_EXPORTER_API__TIMEOUT_SECONDS": "2",
+        "LATITUDESH_EXPORTER_API__MAX_RETRIES": "0",
+    }
+
+
 def measure(bench: Bench, codes: Sequence[Code]) -> StateRun:
     after = codes[0]
     mode = bench.mode
@@ -75,18 +93,10 @@ def measure(bench: Bench, codes: Sequence[Code]) -> StateRun:
             control(api, {"latency": 0})
             answers = ApiLog.of(api).answers(start, end)
             setting.cpu_per_poll = (cpu_end - cpu_start) / answers if answers else float("nan")
-    run.file_mib = sum(
-        f.stat().st_size for f in path.parent.glob(f"{path.name}*") if f.is_file()
-    ) / (1024 * 1024)
+    run.file_mib = file_mib(path)
     control(api, {"latency": 3600})  # the API hangs from now on
     try:
-        env = {
-            "LATITUDESH_EXPORTER_STATE__PATH": str(path),
-            # the hung polls end soon: the daemon stops at once after the figure
-            "LATITUDESH_EXPORTER_API__TIMEOUT_SECONDS": "2",
-            "LATITUDESH_EXPORTER_API__MAX_RETRIES": "0",
-        }
-        with bench.daemon(after, api, env=env) as daemon:
+        with bench.daemon(after, api, env=warm_env(path)) as daemon:
             run.warm_start, _ = daemon.wait_full(projects, timeout=120)
     finally:
         control(api, {"latency": 0})
