@@ -200,23 +200,12 @@ def test_a_file_of_a_newer_version_is_left_as_it_is(tmp_path: Path) -> None:
     assert path.read_bytes() == before and not moved_aside(path)
 
 
-def test_a_read_only_directory_means_memory_only(tmp_path: Path) -> None:
-    """A real read-only file system (a tmpfs mounted ro in a mount namespace of the
-    child's own: root writes through any mode bits)."""
+def on_private_tmpfs(disk: Path, options: str, code: str) -> str:
+    """Python `code` run in a child whose mount namespace is its own, with a tmpfs
+    mounted at `disk` with `options`; the last line it printed."""
     unshare = require_binary("unshare")
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    code = f"""
-        import json
-        from pathlib import Path
-        from exporter.state.sqlite import SqliteState
-        seen = []
-        state = SqliteState(Path({str(disk / "state.db")!r}), max_body_bytes=10**6,
-                            on_status=lambda up, reason: seen.append((up, reason)))
-        print(json.dumps([list(state.load()), seen]))
-    """
     script = (
-        f"mount -t tmpfs -o ro tmpfs {disk} && "
+        f"mount -t tmpfs -o {options} tmpfs {disk} && "
         f"exec {sys.executable} -c {shlex.quote(textwrap.dedent(code))}"
     )
     result = subprocess.run(
@@ -229,7 +218,24 @@ def test_a_read_only_directory_means_memory_only(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    loaded, seen = json.loads(result.stdout.splitlines()[-1])
+    return result.stdout.splitlines()[-1]
+
+
+def test_a_read_only_directory_means_memory_only(tmp_path: Path) -> None:
+    """A real read-only file system (a tmpfs mounted ro in a mount namespace of the
+    child's own: root writes through any mode bits)."""
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    code = f"""
+        import json
+        from pathlib import Path
+        from exporter.state.sqlite import SqliteState
+        seen = []
+        state = SqliteState(Path({str(disk / "state.db")!r}), max_body_bytes=10**6,
+                            on_status=lambda up, reason: seen.append((up, reason)))
+        print(json.dumps([list(state.load()), seen]))
+    """
+    loaded, seen = json.loads(on_private_tmpfs(disk, "ro", code))
     assert loaded == [] and seen == [[False, "read_only"]]
 
 
@@ -259,7 +265,6 @@ def test_a_write_lock_held_by_another_process_is_counted_and_the_file_left(
 
 def test_a_full_disk_is_counted_and_writing_resumes_when_there_is_room(tmp_path: Path) -> None:
     """A real full disk: a 256 KiB tmpfs in a mount namespace of the child's own."""
-    unshare = require_binary("unshare")
     disk = tmp_path / "disk"
     disk.mkdir()
     code = f"""
@@ -285,21 +290,7 @@ def test_a_full_disk_is_counted_and_writing_resumes_when_there_is_room(tmp_path:
         state.close(timeout=10)
         print(json.dumps(seen))
     """
-    script = (
-        f"mount -t tmpfs -o size=256k tmpfs {disk} && "
-        f"exec {sys.executable} -c {shlex.quote(textwrap.dedent(code))}"
-    )
-    result = subprocess.run(
-        [unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    seen = [tuple(s) for s in json.loads(result.stdout.splitlines()[-1])]
+    seen = [tuple(s) for s in json.loads(on_private_tmpfs(disk, "size=256k", code))]
     assert (False, "disk_full") in seen, seen
     assert seen[-1] == (True, None), seen  # written again once there was room
 
