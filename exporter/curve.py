@@ -34,7 +34,7 @@ import struct
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, pairwise
 
 #: Points per period at most, whatever the period's length (plus the first one).
 POINTS_PER_PERIOD = 240
@@ -81,6 +81,26 @@ class Curve:
         by_time = {_offset(period_start, at): price for at, price in points}
         kept = sorted(by_time.items())[-MAX_POINTS:]
         return cls(period_start, b"".join(_RECORD.pack(t, p) for t, p in kept))
+
+    @classmethod
+    def read(cls, period_start: float, packed: bytes) -> Curve:
+        """A curve from `packed` records as a file kept them: taken as they are when
+        they are what `extend` makes (whole records, times rising, prices finite, at
+        most `MAX_POINTS`); otherwise their finite points, as `of` orders them (a
+        trailing part of a record dropped)."""
+        whole = packed[: len(packed) - len(packed) % _RECORD.size]
+        records = list(_RECORD.iter_unpack(whole))
+        if (
+            len(whole) == len(packed)
+            and len(records) <= MAX_POINTS
+            and all(math.isfinite(price) for _, price in records)
+            and all(a[0] < b[0] for a, b in pairwise(records))
+        ):
+            return cls(period_start, packed)
+        return cls.of(
+            period_start,
+            ((period_start + t, p) for t, p in records if math.isfinite(p)),
+        )
 
 
 def step(period_start: float, period_end: float) -> float:

@@ -10,6 +10,7 @@ import json
 import math
 import re
 import sqlite3
+import struct
 import tracemalloc
 import zlib
 from dataclasses import dataclass, field
@@ -345,10 +346,15 @@ def loaded(path: Path) -> dict[tuple[str, str], Curve]:
 
 
 def rows(path: Path) -> list[tuple[str, float, float]]:
+    """(project, period start, time) of each point in the file, read without the
+    backend."""
     with sqlite3.connect(path) as db:
-        return db.execute(
-            "SELECT project_id, period_start, at FROM curve_points ORDER BY project_id, at"
+        stored = db.execute(
+            "SELECT project_id, period_start, points FROM curves ORDER BY project_id"
         ).fetchall()
+    return [
+        (pid, start, at) for pid, start, packed in stored for at, _ in Curve(start, packed).points()
+    ]
 
 
 def test_points_are_written_and_loaded_back_in_order(tmp_path: Path) -> None:
@@ -387,7 +393,7 @@ def test_a_point_of_a_later_period_deletes_the_earlier_ones(tmp_path: Path) -> N
     assert loaded(path)[("t", "q")].points() == [(DEC_1 + 120, 3.0)]
 
 
-def test_a_project_keeps_at_most_max_points_rows(tmp_path: Path) -> None:
+def test_a_project_keeps_at_most_max_points(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     points = [StoredPoint("t", "p", 0.0, 60.0 * i, float(i)) for i in range(300)]
     written(path, *points[:200])  # two writes: the cap holds across them
@@ -413,13 +419,40 @@ def test_forgetting_a_project_forgets_its_points(tmp_path: Path) -> None:
     assert [r[0] for r in rows(path)] == ["q"]
 
 
-def test_rows_that_are_not_numbers_are_skipped(tmp_path: Path) -> None:
+def packed(*records: tuple[int, float]) -> bytes:
+    return b"".join(struct.pack("<id", t, p) for t, p in records)
+
+
+def test_stored_points_that_do_not_read_are_skipped(tmp_path: Path) -> None:
+    """A hand-edited or damaged file: text where a number goes, a record cut short,
+    a price that is not finite, times out of order, more points than a curve keeps."""
     path = tmp_path / "state.db"
-    written(path, StoredPoint("t", "p", NOV_1, NOV_1 + 60, 1.0))
-    with sqlite3.connect(path) as db:  # a hand-edited file: text where a number goes
-        db.execute("INSERT INTO curve_points VALUES ('t', 'p', 'soon', 2.0, ?)", (NOV_1,))
-        db.execute("INSERT INTO curve_points VALUES ('t', 'p', ?, 'a lot', ?)", (NOV_1 + 90, NOV_1))
-    assert loaded(path)[("t", "p")].points() == [(NOV_1 + 60, 1.0)]
+    written(path, StoredPoint("t", "ok", NOV_1, NOV_1 + 60, 1.0))
+    many = packed(*((60 * i, float(i)) for i in range(MAX_POINTS + 5)))
+    with sqlite3.connect(path) as db:
+        for index, row in enumerate(
+            (
+                ("soon", packed((60, 1.0))),
+                (NOV_1, "a lot"),
+                (NOV_1, packed((60, 1.0), (120, 2.0))[:-3]),
+                (NOV_1, packed((60, 1.0), (90, math.nan), (120, math.inf), (150, 4.0))),
+                (NOV_1, packed((120, 2.0), (60, 1.0), (120, 3.0))),
+                (NOV_1, many),
+                (NOV_1, b""),
+            )
+        ):
+            db.execute("INSERT INTO curves VALUES ('t', ?, ?, ?)", (f"p{index}", *row))
+    curves = {pid: c.points() for (_, pid), c in loaded(path).items()}
+    at = [NOV_1 + t for t in (60, 120, 150)]
+    assert sorted(curves.values()) == sorted(
+        [
+            [(NOV_1 + 60, 1.0)],  # the good one
+            [(at[0], 1.0)],  # the cut record dropped
+            [(at[0], 1.0), (at[2], 4.0)],  # not finite: skipped
+            [(at[0], 1.0), (at[1], 3.0)],  # in time order, the last of a second
+            [(NOV_1 + 60 * i, float(i)) for i in range(5, MAX_POINTS + 5)],  # the newest
+        ]
+    )
 
 
 def test_points_not_written_are_written_by_the_next_try(tmp_path: Path) -> None:
@@ -448,6 +481,7 @@ def test_a_version_2_file_is_migrated_keeping_its_answers_and_closed_periods(
     with sqlite3.connect(path) as db:
         for statements in MIGRATIONS[:2]:
             for statement in statements:
+                assert isinstance(statement, str)
                 db.execute(statement)
         db.execute(
             "INSERT INTO answers VALUES ('t', 'p', 5.0, 'USD', 's', 'n', 'tn', ?, ?)",
@@ -466,16 +500,48 @@ def test_a_version_2_file_is_migrated_keeping_its_answers_and_closed_periods(
     ]
     assert state.load_points() == []
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     written(path, StoredPoint("t", "p", DEC_1, DEC_1 + 60, 1.0))
     assert loaded(path)[("t", "p")].points() == [(DEC_1 + 60, 1.0)]
     assert len(backend(path).load()) == 2  # the answers are still there
 
 
+def test_a_version_4_file_keeps_its_curves_as_one_row_a_project(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        for statements in MIGRATIONS[:4]:
+            for statement in statements:
+                assert isinstance(statement, str)
+                db.execute(statement)
+        db.executemany(
+            "INSERT INTO curve_points (team, project_id, at, price, period_start) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                ("t", "p", NOV_1 + 120, 2.0, NOV_1),
+                ("t", "p", NOV_1 + 60, 1.0, NOV_1),
+                ("t", "p", NOV_1 + 90, "a lot", NOV_1),
+                ("t", "q", NOV_1 + 60, 5.0, NOV_1),
+                ("t", "q", DEC_1 + 60, 6.0, DEC_1),  # q's newest period only
+                ("u", "p", DEC_1 + 30, 7.0, DEC_1),
+            ],
+        )
+        db.execute("PRAGMA user_version = 4")
+    assert backend(path).load() == []
+    assert {k: c.points() for k, c in loaded(path).items()} == {
+        ("t", "p"): [(NOV_1 + 60, 1.0), (NOV_1 + 120, 2.0)],
+        ("t", "q"): [(DEC_1 + 60, 6.0)],
+        ("u", "p"): [(DEC_1 + 30, 7.0)],
+    }
+    with sqlite3.connect(path) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert "curve_points" not in tables and "curves" in tables
+
+
 @pytest.mark.slow
 def test_a_thousand_projects_of_241_points_in_the_file(tmp_path: Path) -> None:
-    """Bounded in rows and bytes: 241,000 rows, 11.8 MB (ids of 18 characters,
-    as Latitude.sh's are), loaded back in well under a second."""
+    """Bounded in rows and bytes: 1,000 rows, 4.7 MB (ids of 18 characters, as
+    Latitude.sh's are; 241,000 rows and 11.8 MB when schema 4 kept a row a point)."""
     path = tmp_path / "state.db"
     ids = [f"proj_{i:013d}" for i in range(1000)]
     written(
@@ -488,11 +554,11 @@ def test_a_thousand_projects_of_241_points_in_the_file(tmp_path: Path) -> None:
     )
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        count = db.execute("SELECT COUNT(*) FROM curve_points").fetchone()[0]
+        count = db.execute("SELECT COUNT(*) FROM curves").fetchone()[0]
     size = path.stat().st_size
     print(f"1,000 projects of 241 points: {count} rows, {size / 1e6:.1f} MB")
-    assert count == 241_000
-    assert size < 16_000_000
+    assert count == 1_000
+    assert size < 5_000_000
     curves = loaded(path)
     assert len(curves) == 1000 and all(len(c) == 241 for c in curves.values())
 
@@ -702,7 +768,8 @@ def curve_rows(folder: Path) -> dict[str, int]:
     if not path.exists():
         return {}
     with sqlite3.connect(path) as db:
-        return dict(db.execute("SELECT project_id, COUNT(*) FROM curve_points GROUP BY project_id"))
+        stored = db.execute("SELECT project_id, period_start, points FROM curves").fetchall()
+    return {pid: len(Curve(start, points)) for pid, start, points in stored}
 
 
 @pytest.mark.slow

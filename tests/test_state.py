@@ -123,8 +123,8 @@ def test_the_file_keeps_no_token_and_no_counter(tmp_path: Path) -> None:
         "period_start",
         "summary",
     }
-    points = {"team", "project_id", "at", "price", "period_start"}
-    assert tables == {"answers": answers, "closed_periods": answers, "curve_points": points}
+    curves = {"team", "project_id", "period_start", "points"}
+    assert tables == {"answers": answers, "closed_periods": answers, "curves": curves}
     assert version == SCHEMA_VERSION
     assert TOKEN.encode() not in path.read_bytes()
 

@@ -7,10 +7,11 @@ polls hand it their answers (`keep`: a dict assignment, never a wait on the disk
 their curves' points (`keep_point`: a list append) and it writes what is pending once a
 second, the newest answer of each project only, in one transaction, zlib-compressed
 (level 1: an answer of 50 products, ~25 KB, is ~3 KB and costs well under a millisecond
-to compress). A curve's points are one row each (`curve_points`), at most
-`curve.MAX_POINTS` a project and of its newest period only: at 1,000 projects of 241
-points, 241,000 rows, 11.8 MB of file (measured: `tests/test_curve.py`), a point
-every 3 hours a project in a month's period.
+to compress). A curve is one row a project (`curves`: its newest period's points as
+`Curve.packed` records, at most `curve.MAX_POINTS`), read back as it is: at 1,000
+projects of 241 points (a point every 3 hours of a month's period), 1,000 rows and
+4.7 MB of file, loaded in ~0.1 s where the row a point of schema 4 (241,000 rows,
+11.8 MB) took ~0.5 s of the warm start (benchmark section 16, issue 32's ≤ 5 s).
 
 A file that cannot be used never costs the service; each case is one log line, a
 counted reason (`latitudesh_state_errors_total`) and `latitudesh_state_up` 0, and the
@@ -54,9 +55,25 @@ log = logging.getLogger(__name__)
 
 #: The file's layout; `PRAGMA user_version` holds it. Older files are migrated forward
 #: (`MIGRATIONS`); a newer one is refused and left as it is.
-SCHEMA_VERSION = 4
-#: The statements that bring a file of version N (the index) to N + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+SCHEMA_VERSION = 5
+
+
+def _pack_curve_points(db: sqlite3.Connection) -> None:
+    """Schema 5: the row-a-point curves of schema 4, each project's as one packed row."""
+    rows = db.execute(
+        "SELECT team, project_id, period_start, at, price FROM curve_points "
+        "ORDER BY team, project_id, at"
+    )
+    db.executemany(
+        "INSERT INTO curves (team, project_id, period_start, points) VALUES (?, ?, ?, ?)",
+        [(c.team, c.project_id, c.curve.period_start, c.curve.packed) for c in _points(rows)],
+    )
+
+
+#: What brings a file of version N (the index) to N + 1: statements, and a function
+#: where data changes shape.
+Migration = str | Callable[[sqlite3.Connection], None]
+MIGRATIONS: tuple[tuple[Migration, ...], ...] = (
     (
         """
         CREATE TABLE answers (
@@ -110,6 +127,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE answers ADD COLUMN summary BLOB",
         "ALTER TABLE closed_periods ADD COLUMN summary BLOB",
+    ),
+    # A project's curve as one row of packed points (`Curve.packed`).
+    (
+        """
+        CREATE TABLE curves (
+            team TEXT NOT NULL,
+            project_id TEXT NOT NULL,
+            period_start REAL NOT NULL,
+            points BLOB NOT NULL,
+            PRIMARY KEY (team, project_id)
+        ) WITHOUT ROWID
+        """,
+        _pack_curve_points,
+        "DROP TABLE curve_points",
     ),
 )
 #: How long a statement waits for another connection's lock before it fails `locked`.
@@ -258,10 +289,7 @@ class SqliteState:
                 )
             ]
             curves = _curves(
-                db.execute(
-                    "SELECT team, project_id, period_start, at, price FROM curve_points "
-                    "ORDER BY team, project_id, at"
-                )
+                db.execute("SELECT team, project_id, period_start, points FROM curves")
             )
         finally:
             db.close()
@@ -448,9 +476,12 @@ class _NewerVersion(sqlite3.DatabaseError):
 def _migrate(db: sqlite3.Connection, version: int) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
-        for statements in MIGRATIONS[version:]:
-            for statement in statements:
-                db.execute(statement)
+        for steps in MIGRATIONS[version:]:
+            for step in steps:
+                if isinstance(step, str):
+                    db.execute(step)
+                else:
+                    step(db)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except sqlite3.Error:
@@ -466,9 +497,9 @@ def _write(
 ) -> None:
     """One transaction: each answer in order (an answer of a later period than the
     kept one first moves that one to `closed_periods`, pruned to the newest
-    `CLOSED_PERIODS_KEPT`), then each project's curve points (a point of a later
-    period deletes the earlier periods' ones; the newest `MAX_POINTS` kept), then the
-    projects to forget."""
+    `CLOSED_PERIODS_KEPT`), then each project's curve points (added to its kept curve
+    of the same period, replacing one of an earlier period), then the projects to
+    forget."""
     db.execute("BEGIN IMMEDIATE")
     try:
         for a in answers:
@@ -512,25 +543,27 @@ def _write(
                 ),
             )
         for (team, project_id), added in (points or {}).items():
-            for p in added:
+            if not added:
+                continue
+            start = max(p.period_start for p in added)
+            new = [(p.at, p.price) for p in added if p.period_start == start]
+            kept = _curve(
                 db.execute(
-                    "DELETE FROM curve_points WHERE team = ? AND project_id = ? "
-                    "AND period_start < ?",
-                    (team, project_id, p.period_start),
-                )
-                db.execute(
-                    "INSERT OR REPLACE INTO curve_points (team, project_id, at, price, "
-                    "period_start) VALUES (?, ?, ?, ?, ?)",
-                    (team, project_id, p.at, p.price, p.period_start),
-                )
+                    "SELECT period_start, points FROM curves WHERE team = ? AND project_id = ?",
+                    (team, project_id),
+                ).fetchone()
+            )
+            if kept is not None and kept.period_start > start:
+                continue  # a lagging poll's points: of an earlier period than the file's
+            if kept is not None and kept.period_start == start:
+                new = kept.points() + new
             db.execute(
-                "DELETE FROM curve_points WHERE team = ? AND project_id = ? AND at NOT IN "
-                "(SELECT at FROM curve_points WHERE team = ? AND project_id = ? "
-                "ORDER BY at DESC LIMIT ?)",
-                (team, project_id, team, project_id, MAX_POINTS),
+                "INSERT OR REPLACE INTO curves (team, project_id, period_start, points) "
+                "VALUES (?, ?, ?, ?)",
+                (team, project_id, start, Curve.of(start, new).packed),
             )
         for team, keep in forget.items():
-            for table in ("answers", "closed_periods", "curve_points"):
+            for table in ("answers", "closed_periods", "curves"):
                 stored = {
                     r[0]
                     for r in db.execute(
@@ -561,9 +594,29 @@ def _merge(older: list[StoredPoint], newer: list[StoredPoint]) -> list[StoredPoi
 
 
 def _curves(rows: Iterable[tuple[object, ...]]) -> list[StoredCurve]:
-    """Each project's curve from its rows (in team, project and time order), read one
-    project at a time: the points of its newest period, rows that are not numbers
-    skipped."""
+    """Each project's curve from its row (team, project, period start, points); a row
+    that does not read as one is skipped."""
+    curves = []
+    for team, project_id, *row in rows:
+        curve = _curve(row)
+        if curve is not None and len(curve):
+            curves.append(StoredCurve(str(team), str(project_id), curve))
+    return curves
+
+
+def _curve(row: Sequence[object] | None) -> Curve | None:
+    """A stored (period start, points) as a curve, or None where it is not one."""
+    if row is None:
+        return None
+    start, packed = row
+    if not _finite(start) or not isinstance(packed, bytes):
+        return None
+    return Curve.read(float(start), packed)
+
+
+def _points(rows: Iterable[tuple[object, ...]]) -> list[StoredCurve]:
+    """Each project's curve from schema 4's rows, one a point (in team, project and time
+    order): the points of its newest period, rows that are not numbers skipped."""
     curves: list[StoredCurve] = []
     key: tuple[str, str] | None = None
     periods: dict[float, list[Point]] = {}
