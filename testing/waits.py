@@ -20,12 +20,18 @@ def wait_for(
     condition: Callable[[], Any], timeout: float = 10.0, message: str = "", step: float = 0.02
 ) -> Any:
     """Poll `condition` until it returns something truthy, and return that (typed Any:
-    the truthy part of whatever the condition returns)."""
+    the truthy part of whatever the condition returns).
+
+    A costly condition (a whole scrape of a large daemon) is asked again only after as
+    long as it took, at least `step`: never more than half the time spent asking, so a
+    wait burns no core of its own (the suite's CPU, issue 29)."""
     deadline = time.monotonic() + timeout
     while True:
+        asked = time.monotonic()
         result = condition()
         if result:
             return result
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise WaitTimeout(f"timed out after {timeout}s waiting for {message or condition}")
-        time.sleep(step)
+        time.sleep(max(step, now - asked))
