@@ -55,10 +55,11 @@ ROOT = Path(__file__).resolve().parent.parent
 #: and one of them started last kept a worker busy long after the others were done
 #: (the suite 181 s instead of ~140 s, issue 29). A module not named keeps its place.
 LONGEST_FIRST = (
-    "test_time",
     "test_slow_clients",
-    "test_cli",
     "test_benchmarks",
+    "test_time",
+    "test_cli",
+    "test_pacing",
     "test_hardening",
     "test_state",
     "test_e2e_restart",
