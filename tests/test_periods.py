@@ -19,7 +19,7 @@ import pytest
 from exporter import statuspage
 from exporter.discovery import Target, UsageSource
 from exporter.simulation import PERIOD, START_ELAPSED, DemoAccount
-from exporter.snapshot import ClosedPeriod
+from exporter.snapshot import ClosedPeriod, ServerSpend
 from exporter.state import CLOSED_PERIODS_KEPT, StoredAnswer
 from exporter.state.sqlite import SqliteState
 from exporter.store import SnapshotStore
@@ -373,6 +373,32 @@ def stored_prices(folder: Path) -> dict[str, tuple[float, float]]:
         for a in loaded
         if not a.closed
     }
+
+
+def test_a_closed_period_keeps_each_server_share_as_the_usage_had_it() -> None:
+    """Kept as columns (the memory of 1,000 closed periods), given back as rows."""
+    november = usage_of(NOVEMBER, "p")
+    assert november.servers  # the answer names servers
+    closed = ClosedPeriod.of(november, DEC_1 - 30)
+    assert closed.servers == november.servers
+    assert ClosedPeriod.decode(closed.encode()) == closed
+    again = ClosedPeriod.decode(closed.encode())
+    assert again is not None and again.servers == november.servers
+    # equal tags are one tuple, however many servers carry them
+    many = [ServerSpend(f"sv_{i}", f"h{i}", "c2", float(i), ("web", "prod")) for i in range(3)]
+    spread = ClosedPeriod.with_servers(
+        project_id="p",
+        project_slug="p",
+        currency="USD",
+        price=3.0,
+        period_start=NOV_1,
+        period_end=DEC_1,
+        observed_at=DEC_1,
+        tags=(),
+        servers=[ServerSpend(s.server_id, s.hostname, s.plan, s.price, (*s.tags,)) for s in many],
+    )
+    assert spread.servers == tuple(many)
+    assert len({id(t) for t in spread.server_tags}) == 1
 
 
 def test_a_closed_period_is_kept_as_its_figures_and_read_back_without_its_answer() -> None:
