@@ -107,7 +107,11 @@ def serve(app: App, setup: Setup, flags: Flags) -> int:
     runtime.raise_file_limit()
     host, port = setup.listen
     web_app = WebApp(
-        app.exposition, app.store.view, telemetry_path=flags.telemetry_path, web=setup.web
+        app.exposition,
+        app.store.view,
+        downloads=app.downloads,
+        telemetry_path=flags.telemetry_path,
+        web=setup.web,
     )
     try:
         app.server = HttpServer(web_app, host, port, web=setup.web)

@@ -566,7 +566,9 @@ class HttpServer:
         self, peer: h11.Connection, connection: _Connection, response: Response, *, head: bool
     ) -> None:
         writer = connection.writer
-        headers = [*response.headers, ("Content-Length", str(response.length))]
+        headers = list(response.headers)
+        if response.length is not None:  # else h11 sends the body in chunks
+            headers.append(("Content-Length", str(response.length)))
         if response.close:
             headers.append(("Connection", "close"))
         # The head leaves with the first piece of the body: one send for a small answer

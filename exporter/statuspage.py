@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from exporter import chart, errors
 from exporter.curve import Point, summed
@@ -300,6 +301,23 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 86400:.0f} days"
 
 
+def _downloads(team: str, projects: Iterable[ProjectStatus]) -> str:
+    """The team's finance files (`downloads/`): this period's, and the last closed
+    one's where a project has one."""
+    query = f"team={quote(team, safe='')}"
+
+    def links(period: str) -> str:
+        q = _e(query + period)
+        return (
+            f'<a href="/showback.csv?{q}">CSV</a> · <a href="/showback.json?{q}">JSON</a> · '
+            f'<a href="/focus.csv?{q}">FOCUS</a>'
+        )
+
+    closed = any(p.previous_period is not None for p in projects)
+    last = f"; last period: {links('&period=previous')}" if closed else ""
+    return f'<p class="meta" data-field="downloads">Download this period: {links("")}{last}</p>'
+
+
 def _team(team: TeamStatus, projects: Iterable[ProjectStatus], now: float) -> str:
     cards = [_project(p, now) for p in projects]
     totals: dict[str, float] = {}
@@ -310,7 +328,8 @@ def _team(team: TeamStatus, projects: Iterable[ProjectStatus], now: float) -> st
     return (
         f'<section data-team="{_e(team.name)}"><h2>{_e(team.name)} '
         f'<span class="muted">· {len(cards)} project{"" if len(cards) == 1 else "s"} · '
-        f"{_e(total)} so far</span></h2>{_problem(team, now)}{_team_charts(projects, now)}"
+        f"{_e(total)} so far</span></h2>{_downloads(team.name, projects)}"
+        f"{_problem(team, now)}{_team_charts(projects, now)}"
         f'<div class="grid">{"".join(cards) or "<p class=muted>no projects yet</p>"}'
         "</div></section>"
     )

@@ -48,6 +48,7 @@ from typing import TypeVar
 import bcrypt
 
 from exporter import __version__, statuspage
+from exporter.downloads import Downloads, Refusal
 from exporter.exposition import Exposition
 from exporter.snapshot import StoreView
 from exporter.webconfig import WebSettings
@@ -126,7 +127,8 @@ class Response:
         status: the status code.
         headers: (name, value) pairs, the framing ones left to the server.
         body: the body's bytes, in chunks.
-        length: the body's length in bytes.
+        length: the body's length in bytes; None when it is made as it is sent (then
+            the server sends it in chunks).
         costly: producing the body is CPU work.
         close: the connection closes after it.
     """
@@ -135,7 +137,7 @@ class Response:
     headers: list[tuple[str, str]]
     #: Bytes, or chunks produced as they are sent (/metrics is produced so).
     body: Iterable[bytes]
-    length: int
+    length: int | None
     #: Producing the body is CPU work (plain text inflated): not on the event loop.
     costly: bool = False
     #: The connection closes after this answer (a refusal: 401, 429, 503), so that one
@@ -429,6 +431,8 @@ class WebApp:
     Parameters:
         exposition: the bodies of /metrics.
         view: the store's current view (status page, readiness).
+        downloads: the finance files (`/showback.csv`, `/showback.json`, `/focus.csv`),
+            behind the same protection as /metrics; None: not served.
         telemetry_path: where /metrics is served.
         web: the web config: users, headers, rate limit (replaced by `configure`).
         now: the wall clock, for the status page.
@@ -443,12 +447,14 @@ class WebApp:
         exposition: Exposition,
         view: Callable[[], StoreView],
         *,
+        downloads: Downloads | None = None,
         telemetry_path: str = "/metrics",
         web: WebSettings = WebSettings(),  # noqa: B008 (frozen)
         now: Callable[[], float] = time.time,
     ) -> None:
         self._exposition = exposition
         self._view = view
+        self._downloads = downloads
         self._telemetry_path = telemetry_path
         self._now = now
         self._security = self._secure(web, None)
@@ -575,6 +581,16 @@ class WebApp:
                 version=__version__,
             )
             return reply(200, page, "text/html; charset=utf-8", [("Cache-Control", "no-store")])
+        download = self._downloads.serve(path, request.query) if self._downloads else None
+        if isinstance(download, Refusal):
+            return reply(download.status, f"{download.reason}\n".encode())
+        if download is not None:
+            headers = [
+                ("Content-Type", download.media_type),
+                ("Content-Disposition", f'attachment; filename="{download.filename}"'),
+                ("Cache-Control", "no-store"),
+            ]
+            return Response(200, headers, download.chunks, None, costly=True)
         return reply(404, b"not found\n")
 
 

@@ -38,6 +38,7 @@ from exporter.config import (
     resolve_teams,
 )
 from exporter.demo import DemoApi
+from exporter.downloads import Downloads
 from exporter.exposition import Exposition
 from exporter.httpserver import HttpServer
 from exporter.logs import Redactor
@@ -119,6 +120,8 @@ class App:
     #: The web config in use (replaced by each successful reload).
     web: WebSettings = field(default_factory=WebSettings)
     state: State = field(default_factory=NoState)
+    #: The finance files, read from `state`.
+    downloads: Downloads = field(default_factory=lambda: Downloads(NoState()))
 
     def close(self) -> bool:
         """Stop everything; True when no poll was still running at the end."""
@@ -293,6 +296,7 @@ def build_app(setup: Setup) -> App:
         demo=setup.demo,
         web=setup.web,
         state=state,
+        downloads=Downloads(state),
     )
 
 

@@ -24,8 +24,9 @@ write its file says so through `on_status` and goes on in memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Protocol
 
 from exporter.curve import Curve
@@ -75,6 +76,26 @@ class StoredAnswer:
     #: beside it: a warm start reads these for a closed period instead of its answer
     #: (then `body` is empty). None where the file has none (written by an older one).
     summary: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """Which answers `State.answers` reads (the downloads' `?period=`).
+
+    Parameters:
+        closed: False for the current period (each project's last answer); True for
+            closed ones.
+        day: with `closed`, the closed periods that started on this UTC day; None for
+            each project's newest closed period (`previous`).
+    """
+
+    closed: bool = False
+    day: date | None = None
+
+
+class StateUnavailable(Exception):
+    """The kept answers cannot be read: no state (`state.enabled: false`), or a file the
+    exporter does not use (its reason in `latitudesh_state_errors_total`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +151,17 @@ class State(Protocol):
         `curve.MAX_POINTS`, the oldest go."""
         ...
 
+    def answers(self, period: Period) -> Iterator[StoredAnswer]:
+        """The kept answers of `period`, every team's, one at a time as they are read
+        (never all at once: a download streams them), in team and project order;
+        those not written yet included. Raises `StateUnavailable`."""
+        ...
+
+    def closed_days(self) -> Sequence[date]:
+        """The UTC days closed periods kept start on, newest first (what `?period=`
+        can name). Raises `StateUnavailable`."""
+        ...
+
     def keep_only(self, team: str, project_ids: Collection[str]) -> None:
         """Forget the team's other projects (gone from its config or its discovery),
         their closed periods and curves too: what a deleted project cost stays in
@@ -158,6 +190,12 @@ class NoState:
 
     def keep_point(self, point: StoredPoint) -> None:
         pass
+
+    def answers(self, period: Period) -> Iterator[StoredAnswer]:
+        raise StateUnavailable("no state is kept (state.enabled: false)")
+
+    def closed_days(self) -> Sequence[date]:
+        raise StateUnavailable("no state is kept (state.enabled: false)")
 
     def keep_only(self, team: str, project_ids: Collection[str]) -> None:
         pass

@@ -37,14 +37,16 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TypeGuard
 
 from exporter.curve import MAX_POINTS, Curve, Point
 from exporter.state import (
     CLOSED_PERIODS_KEPT,
+    Period,
+    StateUnavailable,
     StatusSink,
     StoredAnswer,
     StoredCurve,
@@ -149,6 +151,11 @@ BUSY_SECONDS = 1.0
 FLUSH_SECONDS = 1.0
 #: Seconds between two log lines of a failure that goes on.
 LOG_EVERY_SECONDS = 60.0
+#: The longest a reader of the kept answers waits for what is pending to be written
+#: (a download shows every answer kept before it was asked for).
+READ_FLUSH_SECONDS = 2.0
+#: The columns of a kept answer, as `_answer` reads them.
+_ANSWER = "team, project_id, received_at, currency, slug, name, team_name, body, period_start"
 
 
 class SqliteState:
@@ -192,6 +199,11 @@ class SqliteState:
         self._usable = True
         self._failing: str | None = None
         self._logged: dict[str, float] = {}
+        #: Readers' asks for a write (`_asked`, under `_lock`) and the newest ask a
+        #: finished write (or try) took in (`_served`, under `_flushed`).
+        self._flushed = threading.Condition()
+        self._asked = 0
+        self._served = 0
 
     # --- the interface ------------------------------------------------------------
 
@@ -245,6 +257,96 @@ class SqliteState:
             pending.append(point)
             if len(pending) > MAX_POINTS:
                 del pending[0]
+
+    def answers(self, period: Period) -> Iterator[StoredAnswer]:
+        db = self._reader()
+        args: tuple[float, ...] = ()
+        if not period.closed:
+            query = f"SELECT {_ANSWER} FROM answers ORDER BY team, project_id"  # noqa: S608
+        elif period.day is None:
+            query = (
+                f"SELECT {_ANSWER} FROM closed_periods AS c WHERE period_start = "  # noqa: S608
+                "(SELECT MAX(period_start) FROM closed_periods "
+                "WHERE team = c.team AND project_id = c.project_id) ORDER BY team, project_id"
+            )
+        else:
+            start = datetime(period.day.year, period.day.month, period.day.day, tzinfo=UTC)
+            query, args = (
+                f"SELECT {_ANSWER} FROM closed_periods "  # noqa: S608
+                "WHERE period_start >= ? AND period_start < ? ORDER BY team, project_id",
+                (start.timestamp(), (start + timedelta(days=1)).timestamp()),
+            )
+        with self._lock:  # not written yet, as the writer failed (none, usually)
+            pending = {} if period.closed else dict(self._pending)
+        return self._read(db, query, args, pending, closed=period.closed)
+
+    def closed_days(self) -> Sequence[date]:
+        db = self._reader()
+        try:
+            starts = [
+                row[0]
+                for row in db.execute(
+                    "SELECT DISTINCT period_start FROM closed_periods ORDER BY period_start DESC"
+                )
+            ]
+        except sqlite3.Error as exc:
+            raise StateUnavailable(f"the state file could not be read: {exc}") from None
+        finally:
+            db.close()
+        days = (datetime.fromtimestamp(s, UTC).date() for s in starts if _finite(s))
+        return list(dict.fromkeys(days))
+
+    def _reader(self) -> sqlite3.Connection:
+        """A read-only connection, once what is pending was written (or the writer
+        failed, or `READ_FLUSH_SECONDS` passed). Raises `StateUnavailable`."""
+        if not self._usable:
+            raise StateUnavailable(
+                "the state file is not in use: see latitudesh_state_errors_total"
+            )
+        if self._thread is not None and self._thread.is_alive():
+            with self._lock:
+                self._asked += 1
+                ask = self._asked
+            self._wake.set()
+            with self._flushed:
+                self._flushed.wait_for(lambda: self._served >= ask, timeout=READ_FLUSH_SECONDS)
+        try:
+            return sqlite3.connect(
+                f"{self.path.absolute().as_uri()}?mode=ro",
+                uri=True,
+                timeout=BUSY_SECONDS,
+                check_same_thread=False,  # a download's chunks come from pool threads
+            )
+        except sqlite3.Error as exc:
+            raise StateUnavailable(f"the state file could not be read: {exc}") from None
+
+    def _read(
+        self,
+        db: sqlite3.Connection,
+        query: str,
+        args: tuple[float, ...],
+        pending: dict[tuple[str, str], StoredAnswer],
+        *,
+        closed: bool,
+    ) -> Iterator[StoredAnswer]:
+        """The rows of `query` one at a time (an answer that does not read skipped),
+        a pending answer instead of its project's row, then the pending others."""
+        try:
+            for row in db.execute(query, args):
+                key = (str(row[0]), str(row[1]))
+                newer = pending.pop(key, None)
+                answer = newer or _answer(row, self._max_body, closed=closed)
+                if answer is not None:
+                    yield answer
+        except sqlite3.Error as exc:
+            log.warning(
+                "state file read failed: the download ends short",
+                extra={"path": str(self.path), "error": str(exc)},
+            )
+            raise
+        finally:
+            db.close()
+        yield from pending.values()
 
     def keep_only(self, team: str, project_ids: Collection[str]) -> None:
         if not self._usable:
@@ -404,6 +506,7 @@ class SqliteState:
             self._wake.clear()
             stopping = self._stopping.is_set()
             with self._lock:
+                asked = self._asked
                 pending, self._pending = self._pending, {}
                 closing, self._closing = self._closing, {}
                 forget, self._forget = self._forget, {}
@@ -427,6 +530,9 @@ class SqliteState:
                         log.info("state file written again", extra={"path": str(self.path)})
                         self._failing = None
                     self._on_status(True, None)
+            with self._flushed:
+                self._served = asked
+                self._flushed.notify_all()
             if stopping:
                 if db is not None:
                     db.close()
@@ -580,6 +686,26 @@ def _write(
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _answer(row: Sequence[object], limit: int, *, closed: bool) -> StoredAnswer | None:
+    """A kept answer as `_ANSWER` reads it, or None where it does not read as one."""
+    team, project_id, received_at, currency, slug, name, team_name, packed, start = row
+    body = _unpack(packed, limit)
+    if body is None or not _finite(received_at):
+        return None
+    return StoredAnswer(
+        str(team),
+        str(project_id),
+        body,
+        float(received_at),
+        str(currency),
+        None if slug is None else str(slug),
+        None if name is None else str(name),
+        None if team_name is None else str(team_name),
+        period_start=float(start) if _finite(start) else None,
+        closed=closed,
+    )
 
 
 def _merge(older: list[StoredPoint], newer: list[StoredPoint]) -> list[StoredPoint]:

@@ -1,0 +1,214 @@
+"""The FOCUS 1.2 cost and usage file: what FinOps tools ingest (Vantage custom
+providers, Datadog Custom Costs, Cloudability, Flexera, FinOps hubs, OpenCost's
+plugins), from the kept answers.
+
+The FinOps Foundation's specification, tag v1.2 (`specification/columns/*.md`), with
+the 1.3 names `ServiceProviderName` and `HostProviderName` beside `ProviderName`
+(ingesters already ask for them). One row per product line; where a project's lines
+do not add up to its price, one `Adjustment` row carries the difference, so that the
+`BilledCost` of a project's rows adds up to its price. The mapping, each choice
+documented in the README's "Showback for finance":
+
+- team → BillingAccount; project → SubAccount (type `Project`);
+- a line → a row: `price` → BilledCost = EffectiveCost = ContractedCost (the API's
+  discounts are the account's contracted terms); the unit price (per billed unit:
+  `unit_price` / `billing_unit_divisor`) → ListUnitPrice, and ListCost = ListUnitPrice
+  times PricingQuantity;
+- `metered` → ChargeCategory `Usage`, ChargeFrequency `Usage-Based`; `licensed` →
+  `Purchase`, `Recurring`;
+- servers and virtual machines → ServiceCategory `Compute`, block, file and object
+  storage → `Storage`, IPs and traffic → `Networking`, anything else → `Other`;
+- a line naming one server or a bucket → its ResourceId, ResourceName and
+  ResourceType; a server's tags → Tags, `{"tag": true}`;
+- "Latitude.sh" as provider, publisher, invoice issuer and host.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+
+from exporter.downloads.lines import Line, ProjectLines
+from exporter.downloads.text import csv_chunks, decimal, timestamp
+
+PROVIDER = "Latitude.sh"
+
+MANDATORY: tuple[str, ...] = (
+    "BilledCost",
+    "BillingAccountId",
+    "BillingAccountName",
+    "BillingCurrency",
+    "BillingPeriodEnd",
+    "BillingPeriodStart",
+    "ChargeCategory",
+    "ChargeClass",
+    "ChargeDescription",
+    "ChargePeriodEnd",
+    "ChargePeriodStart",
+    "ContractedCost",
+    "EffectiveCost",
+    "InvoiceIssuerName",
+    "ListCost",
+    "PricingQuantity",
+    "PricingUnit",
+    "ProviderName",
+    "PublisherName",
+    "ServiceCategory",
+    "ServiceName",
+)
+#: The conditional and recommended columns Latitude.sh has the concepts of, and the
+#: 1.3 provider names.
+CONDITIONAL: tuple[str, ...] = (
+    "ChargeFrequency",
+    "ConsumedQuantity",
+    "ConsumedUnit",
+    "ContractedUnitPrice",
+    "HostProviderName",
+    "ListUnitPrice",
+    "ResourceId",
+    "ResourceName",
+    "ResourceType",
+    "ServiceProviderName",
+    "SubAccountId",
+    "SubAccountName",
+    "SubAccountType",
+    "Tags",
+)
+#: Columns of this exporter's own: FOCUS wants an `x_` in front of each.
+CUSTOM: tuple[str, ...] = (
+    "x_ProjectSlug",
+    "x_ProductId",
+    "x_Resource",
+    "x_UsageType",
+    "x_ServerPlan",
+    "x_BucketLocation",
+    "x_Discounts",
+    "x_ObservedAt",
+)
+COLUMNS = MANDATORY + CONDITIONAL + CUSTOM
+
+#: The API's `unit` as a FOCUS unit (plural, from the specification's list).
+UNITS = {"hour": "Hours", "minute": "Minutes", "GB": "GB", "quantity": "Units"}
+#: The API's `resource` as a ServiceCategory and a ServiceName.
+SERVICES = {
+    "bare_metal": ("Compute", "Bare Metal"),
+    "virtual_machine": ("Compute", "Virtual Machines"),
+    "kubernetes": ("Compute", "Kubernetes"),
+    "block_storage": ("Storage", "Block Storage"),
+    "filesystem": ("Storage", "Filesystem"),
+    "object_storage": ("Storage", "Object Storage"),
+    "elastic_ip": ("Networking", "Elastic IPs"),
+    "ip_address": ("Networking", "IP Addresses"),
+    "ip": ("Networking", "IP Addresses"),
+    "traffic": ("Networking", "Traffic"),
+    "bandwidth": ("Networking", "Traffic"),
+    "private_network": ("Networking", "Private Networks"),
+}
+#: ResourceType of what a line names.
+RESOURCE_TYPES = {
+    "bare_metal": "Bare Metal Server",
+    "virtual_machine": "Virtual Machine",
+    "object_storage": "Object Storage Bucket",
+    "filesystem": "Filesystem",
+    "block_storage": "Block Storage Volume",
+}
+
+
+def rows(projects: Iterable[ProjectLines]) -> Iterator[dict[str, str]]:
+    """Each row of the file, by column."""
+    for project in projects:
+        start = project.period_start if project.period_start is not None else project.observed_at
+        end = project.period_end if project.period_end is not None else project.observed_at
+        base = dict.fromkeys(COLUMNS, "") | {
+            "BillingAccountId": project.team,
+            "BillingAccountName": project.team_name,
+            "BillingCurrency": project.currency,
+            "BillingPeriodStart": timestamp(start),
+            "BillingPeriodEnd": timestamp(end),
+            "InvoiceIssuerName": PROVIDER,
+            "ProviderName": PROVIDER,
+            "PublisherName": PROVIDER,
+            "ServiceProviderName": PROVIDER,
+            "HostProviderName": PROVIDER,
+            "SubAccountId": project.project_id,
+            "SubAccountName": project.project_name,
+            "SubAccountType": "Project",
+            "x_ProjectSlug": project.project_slug,
+            "x_ObservedAt": timestamp(project.observed_at),
+        }
+        for line in project.lines:
+            yield base | _line(line, start, end, project.observed_at)
+        difference = project.unreconciled
+        if difference:
+            cost = decimal(difference)
+            yield base | {
+                "BilledCost": cost,
+                "ContractedCost": cost,
+                "EffectiveCost": cost,
+                "ListCost": cost,
+                "ChargeCategory": "Adjustment",
+                "ChargeDescription": "Difference between the project's price and its lines",
+                "ChargeFrequency": "One-Time",
+                "ChargePeriodStart": timestamp(start),
+                "ChargePeriodEnd": timestamp(max(start, min(project.observed_at, end))),
+                "ServiceCategory": "Other",
+                "ServiceName": "Billing",
+            }
+
+
+def csv_file(projects: Iterable[ProjectLines]) -> Iterator[bytes]:
+    return csv_chunks(COLUMNS, ([row[c] for c in COLUMNS] for row in rows(projects)))
+
+
+def _line(line: Line, start: float, end: float, observed: float) -> dict[str, str]:
+    usage = line.usage_type != "licensed"
+    consumed = usage and line.quantity is not None
+    quantity = line.billed_quantity if line.billed_quantity is not None else 1.0
+    unit = UNITS.get(line.unit, "Units")
+    if line.divisor:
+        unit = f"{line.divisor:g} {unit}"
+    category, service = SERVICES.get(
+        line.resource, ("Other", line.resource.replace("_", " ").title() or "Other")
+    )
+    list_cost = line.unit_price * quantity if line.unit_price is not None else None
+    if list_cost is None:
+        list_cost = line.price_without_discount if line.price_without_discount else line.price
+    charge_start = min(max(line.start if line.start is not None else start, start), end)
+    charge_end = line.end if line.end is not None else observed
+    charge_end = max(charge_start, min(charge_end, end))
+    resource = line.resources[0] if len(line.resources) == 1 else None
+    tags = {tag: True for r in line.resources for tag in r.tags}
+    return {
+        "BilledCost": decimal(line.price),
+        "ContractedCost": decimal(line.price),
+        "EffectiveCost": decimal(line.price),
+        "ListCost": decimal(list_cost),
+        "ListUnitPrice": decimal(line.unit_price),
+        "ContractedUnitPrice": decimal(line.price / quantity) if quantity else "",
+        "ChargeCategory": "Usage" if usage else "Purchase",
+        "ChargeFrequency": "Usage-Based" if usage else "Recurring",
+        "ChargeDescription": line.description,
+        "ChargePeriodStart": timestamp(charge_start),
+        "ChargePeriodEnd": timestamp(charge_end),
+        "PricingQuantity": decimal(quantity),
+        "PricingUnit": unit,
+        "ConsumedQuantity": decimal(line.quantity) if consumed else "",
+        "ConsumedUnit": UNITS.get(line.unit, "Units") if consumed else "",
+        "ServiceCategory": category,
+        "ServiceName": service,
+        "ResourceId": resource.id if resource else "",
+        "ResourceName": resource.name if resource else "",
+        "ResourceType": _resource_type(line, resource.kind) if resource else "",
+        "Tags": json.dumps(tags, separators=(",", ":")) if tags else "",
+        "x_ProductId": line.product_id,
+        "x_Resource": line.resource,
+        "x_UsageType": line.usage_type,
+        "x_ServerPlan": resource.plan if resource else "",
+        "x_BucketLocation": resource.location if resource else "",
+        "x_Discounts": "; ".join(line.discounts),
+    }
+
+
+def _resource_type(line: Line, kind: str) -> str:
+    default = "Bare Metal Server" if kind == "server" else "Storage Bucket"
+    return RESOURCE_TYPES.get(line.resource, default)

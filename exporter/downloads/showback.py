@@ -1,0 +1,163 @@
+"""The showback file: what each team, project, product line and server cost, as CSV
+or JSON, for a finance team that does not use PromQL.
+
+One row per product line, and per server where a line names several: the line's
+money and quantity split evenly over them (as the metrics' server shares are), the
+`share` column saying which part of the line a row is. A line naming one server or a
+bucket is one row naming it. Where a project's lines do not add up to its price,
+one `adjustment` row carries the difference, so that every project's rows add up to
+the price the API gave (and `latitudesh_billing_price` shows). Columns are named as
+the metrics' labels where one exists.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+
+from exporter.downloads.lines import Line, ProjectLines, Resource
+from exporter.downloads.text import csv_chunks, decimal, gathered, timestamp
+
+COLUMNS: tuple[str, ...] = (
+    "team",
+    "project_id",
+    "project_slug",
+    "project_name",
+    "currency",
+    "period_start",
+    "period_end",
+    "observed_at",
+    "row_type",
+    "product_id",
+    "product_name",
+    "description",
+    "resource",
+    "usage_type",
+    "unit",
+    "server_id",
+    "hostname",
+    "plan",
+    "bucket_id",
+    "bucket_name",
+    "bucket_location",
+    "tags",
+    "share",
+    "quantity",
+    "billing_unit_divisor",
+    "unit_price",
+    "price_without_discount",
+    "discounts",
+    "price",
+    "line_start",
+    "line_end",
+)
+#: `row_type` of a line's row, and of a project's difference to its price.
+LINE, ADJUSTMENT = "line", "adjustment"
+
+
+def rows(projects: Iterable[ProjectLines]) -> Iterator[dict[str, str]]:
+    """Each row of the file, by column."""
+    for project in projects:
+        base = {
+            "team": project.team_name,
+            "project_id": project.project_id,
+            "project_slug": project.project_slug,
+            "project_name": project.project_name,
+            "currency": project.currency,
+            "period_start": timestamp(project.period_start),
+            "period_end": timestamp(project.period_end),
+            "observed_at": timestamp(project.observed_at),
+        }
+        for line in project.lines:
+            for resource, share in _shares(line):
+                yield base | _line(line, resource, share)
+        difference = project.unreconciled
+        if difference:
+            yield (
+                base
+                | dict.fromkeys(COLUMNS[8:], "")
+                | {
+                    "row_type": ADJUSTMENT,
+                    "product_name": "Difference between the project's price and its lines",
+                    "share": "1",
+                    "price": decimal(difference),
+                }
+            )
+
+
+def csv_file(projects: Iterable[ProjectLines]) -> Iterator[bytes]:
+    return csv_chunks(COLUMNS, ([row[c] for c in COLUMNS] for row in rows(projects)))
+
+
+def json_file(projects: Iterable[ProjectLines]) -> Iterator[bytes]:
+    """`{"columns": [...], "rows": [{...}, ...]}`, streamed; numbers as JSON numbers,
+    none as null."""
+
+    def pieces() -> Iterator[str]:
+        yield '{"columns":' + json.dumps(COLUMNS, separators=(",", ":")) + ',"rows":['
+        for index, row in enumerate(rows(projects)):
+            yield ("," if index else "") + json.dumps(_typed(row), separators=(",", ":"))
+        yield "]}\n"
+
+    return gathered(pieces())
+
+
+#: Columns that hold numbers: numbers in JSON.
+_NUMBERS = frozenset(
+    {"share", "quantity", "billing_unit_divisor", "unit_price", "price_without_discount", "price"},
+)
+
+
+def _typed(row: dict[str, str]) -> dict[str, object]:
+    typed: dict[str, object] = {}
+    for column, value in row.items():
+        if column == "tags":
+            typed[column] = value.split(";") if value else []
+        elif column in _NUMBERS:
+            typed[column] = float(value) if value else None
+        else:
+            typed[column] = value or None
+    return typed
+
+
+def _shares(line: Line) -> Iterator[tuple[Resource | None, float]]:
+    if not line.resources:
+        yield None, 1.0
+        return
+    share = 1.0 / len(line.resources)
+    for resource in line.resources:
+        yield resource, share
+
+
+def _line(line: Line, resource: Resource | None, share: float) -> dict[str, str]:
+    server = resource if resource is not None and resource.kind == "server" else None
+    bucket = resource if resource is not None and resource.kind == "bucket" else None
+    return {
+        "row_type": LINE,
+        "product_id": line.product_id,
+        "product_name": line.name,
+        "description": line.description,
+        "resource": line.resource,
+        "usage_type": line.usage_type,
+        "unit": line.unit,
+        "server_id": server.id if server else "",
+        "hostname": server.name if server else "",
+        "plan": server.plan if server else "",
+        "bucket_id": bucket.id if bucket else "",
+        "bucket_name": bucket.name if bucket else "",
+        "bucket_location": bucket.location if bucket else "",
+        "tags": ";".join(server.tags) if server else "",
+        "share": decimal(share),
+        "quantity": decimal(_part(line.quantity, share)),
+        "billing_unit_divisor": decimal(line.divisor),
+        "unit_price": decimal(line.unit_price),
+        "price_without_discount": decimal(_part(line.price_without_discount, share)),
+        "discounts": "; ".join(line.discounts),
+        "price": decimal(line.price * share),
+        "line_start": timestamp(line.start),
+        "line_end": timestamp(line.end),
+    }
+
+
+def _part(value: float | None, share: float) -> float | None:
+    return None if value is None else value * share
