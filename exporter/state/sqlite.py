@@ -560,16 +560,28 @@ class SqliteState:
                 extra={"path": str(self.path), "reason": reason, "error": str(exc)},
             )
         with self._lock:
+            for team, keep in forget.items():
+                self._forget.setdefault(team, keep)  # a newer `keep_only` wins
+
+            def kept(key: tuple[str, str]) -> bool:
+                """Not forgotten meanwhile: a `keep_only` during the failed write must
+                not see its projects come back (they would be retried forever, and
+                on a full disk the write that makes room would never succeed)."""
+                keep = self._forget.get(key[0])
+                return keep is None or key[1] in keep
+
             for key, answer in pending.items():
+                if not kept(key):
+                    continue
                 newer = self._pending.setdefault(key, answer)
                 if newer is not answer and _later(newer, answer):
                     self._closing.setdefault(key, answer)
             for key, answer in closing.items():
-                self._closing.setdefault(key, answer)
-            for team, keep in forget.items():
-                self._forget.setdefault(team, keep)
+                if kept(key):
+                    self._closing.setdefault(key, answer)
             for key, older in points.items():
-                self._points[key] = _merge(older, self._points.get(key, []))
+                if kept(key):
+                    self._points[key] = _merge(older, self._points.get(key, []))
 
 
 class _NewerVersion(sqlite3.DatabaseError):
