@@ -145,30 +145,19 @@ class _Server(ThreadingHTTPServer):
         log.debug("demo api connection failed", exc_info=True)
 
 
-class DemoApi:
-    """`respond` served for one or more `DemoAccount`s, on a free local port.
+class BackgroundServer:
+    """An HTTP server answering in a daemon thread of its own, for as long as a `with`
+    block lasts (`start`, `stop`): the demo's API, and any server built on `respond`.
 
     Parameters:
-        accounts: the simulated accounts (default: `default_accounts()`).
-        host, port: where to listen (port 0: a free one, read back from `url`).
+        server: the server, bound (port 0: a free one, read back from `url`).
+        name: its thread's name.
     """
 
-    def __init__(
-        self,
-        accounts: Sequence[DemoAccount] | DemoAccount | None = None,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-    ) -> None:
-        if accounts is None:
-            accounts = default_accounts()
-        self.accounts = [accounts] if isinstance(accounts, DemoAccount) else list(accounts)
-        self._server = _Server((host, port), self.accounts)
+    def __init__(self, server: ThreadingHTTPServer, name: str) -> None:
+        self._server = server
         self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="demo-api",
-            daemon=True,
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=name, daemon=True
         )
 
     @property
@@ -188,6 +177,27 @@ class DemoApi:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class DemoApi(BackgroundServer):
+    """`respond` served for one or more `DemoAccount`s, on a free local port.
+
+    Parameters:
+        accounts: the simulated accounts (default: `default_accounts()`).
+        host, port: where to listen (port 0: a free one, read back from `url`).
+    """
+
+    def __init__(
+        self,
+        accounts: Sequence[DemoAccount] | DemoAccount | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if accounts is None:
+            accounts = default_accounts()
+        self.accounts = [accounts] if isinstance(accounts, DemoAccount) else list(accounts)
+        super().__init__(_Server((host, port), self.accounts), "demo-api")
 
 
 def main(argv: list[str] | None = None) -> int:

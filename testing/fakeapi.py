@@ -19,10 +19,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from exporter.demo import Answer, error_body, respond, send
+from exporter.demo import Answer, BackgroundServer, error_body, respond, send
 from exporter.simulation import DemoAccount, default_accounts
 
 TITLES = {
@@ -323,7 +323,7 @@ class _FakeServer(ThreadingHTTPServer):
         pass  # a client that hung up mid-answer: routine here
 
 
-class FakeApi:
+class FakeApi(BackgroundServer):
     """The demo's accounts over real sockets, with a request log and scripted faults.
 
     Parameters:
@@ -348,13 +348,7 @@ class FakeApi:
         #: Requests received, counted before any fault delays or drops them.
         self.arrivals = 0
         self.stopping = threading.Event()
-        self._server = _FakeServer((host, port), self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="fake-api",
-            daemon=True,
-        )
+        super().__init__(_FakeServer((host, port), self), "fake-api")
 
     @property
     def account(self) -> DemoAccount:
@@ -366,24 +360,9 @@ class FakeApi:
         """Serve another account from now on (churn tests)."""
         self.accounts[0] = account
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> Self:
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
-        self.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.stopping.set()  # faults that hold a request let it go first
+        super().stop()
 
     def inject(
         self,
