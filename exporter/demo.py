@@ -23,7 +23,13 @@ from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from exporter.models import PROJECTS_ENDPOINT, USAGE_ENDPOINT
-from exporter.simulation import DEFAULT_SPEED, DEMO_TOKENS, DemoAccount, default_accounts
+from exporter.simulation import (
+    DEFAULT_SPEED,
+    DEMO_TOKENS,
+    DemoAccount,
+    accounts_of,
+    default_accounts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +200,7 @@ class DemoApi(BackgroundServer):
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        if accounts is None:
-            accounts = default_accounts()
-        self.accounts = [accounts] if isinstance(accounts, DemoAccount) else list(accounts)
+        self.accounts = accounts_of(accounts)
         super().__init__(_Server((host, port), self.accounts), "demo-api")
 
 

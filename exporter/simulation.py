@@ -396,6 +396,13 @@ def default_accounts(**kwargs: Any) -> list[DemoAccount]:
 DEMO_TOKENS = ("demo-key-us", "demo-key-br")
 
 
+def accounts_of(accounts: Sequence[DemoAccount] | DemoAccount | None) -> list[DemoAccount]:
+    """The accounts a simulated API answers for: the demo's two when none are given."""
+    if accounts is None:
+        return default_accounts()
+    return [accounts] if isinstance(accounts, DemoAccount) else list(accounts)
+
+
 def _product(
     product: DemoProduct, hours: float, start: float, shape: str, speed: float
 ) -> dict[str, Any]:

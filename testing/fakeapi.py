@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from exporter.demo import Answer, BackgroundServer, error_body, respond, send
-from exporter.simulation import DemoAccount, default_accounts
+from exporter.simulation import DemoAccount, accounts_of
 
 TITLES = {
     401: "Unauthorized",
@@ -338,9 +338,7 @@ class FakeApi(BackgroundServer):
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        if accounts is None:
-            accounts = default_accounts()
-        self.accounts = [accounts] if isinstance(accounts, DemoAccount) else list(accounts)
+        self.accounts = accounts_of(accounts)
         self.lock = threading.Lock()
         self._faults: dict[str, deque[_Scripted]] = {}
         #: The latest requests; bounded so that a long run can't leak.
