@@ -20,6 +20,7 @@ from benchmarks.report import Findings
 from benchmarks.sections import (
     churn,
     demo,
+    downloads,
     hostile,
     isolation,
     pacing,
@@ -59,4 +60,5 @@ SECTIONS: dict[str, Section] = {
     "tuning": Section(tuning.measure, tuning.report, ("14. Runtime tuning",)),
     "state": Section(state.measure, state.report, ("15. State", "15b. State")),
     "periods": Section(periods.measure, periods.report, ("16. Closed periods",)),
+    "downloads": Section(downloads.measure, downloads.report, ("17. Downloads",)),
 }

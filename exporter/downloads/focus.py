@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 
 from exporter.downloads.lines import Line, ProjectLines
 from exporter.downloads.text import csv_chunks, decimal, timestamp
@@ -177,11 +178,12 @@ def _line(line: Line, start: float, end: float, observed: float) -> dict[str, st
     charge_end = line.end if line.end is not None else observed
     charge_end = max(charge_start, min(charge_end, end))
     resource = line.resources[0] if len(line.resources) == 1 else None
-    tags = {tag: True for r in line.resources for tag in r.tags}
+    tags = dict.fromkeys(tag for r in line.resources for tag in r.tags)
+    billed = decimal(line.price)
     return {
-        "BilledCost": decimal(line.price),
-        "ContractedCost": decimal(line.price),
-        "EffectiveCost": decimal(line.price),
+        "BilledCost": billed,
+        "ContractedCost": billed,
+        "EffectiveCost": billed,
         "ListCost": decimal(list_cost),
         "ListUnitPrice": decimal(line.unit_price),
         "ContractedUnitPrice": decimal(line.price / quantity) if quantity else "",
@@ -192,14 +194,14 @@ def _line(line: Line, start: float, end: float, observed: float) -> dict[str, st
         "ChargePeriodEnd": timestamp(charge_end),
         "PricingQuantity": decimal(quantity),
         "PricingUnit": unit,
-        "ConsumedQuantity": decimal(line.quantity) if consumed else "",
+        "ConsumedQuantity": decimal(line.quantity) if consumed else "",  # raw units
         "ConsumedUnit": UNITS.get(line.unit, "Units") if consumed else "",
         "ServiceCategory": category,
         "ServiceName": service,
         "ResourceId": resource.id if resource else "",
         "ResourceName": resource.name if resource else "",
         "ResourceType": _resource_type(line, resource.kind) if resource else "",
-        "Tags": json.dumps(tags, separators=(",", ":")) if tags else "",
+        "Tags": _tags(tuple(tags)) if tags else "",
         "x_ProductId": line.product_id,
         "x_Resource": line.resource,
         "x_UsageType": line.usage_type,
@@ -212,3 +214,10 @@ def _line(line: Line, start: float, end: float, observed: float) -> dict[str, st
 def _resource_type(line: Line, kind: str) -> str:
     default = "Bare Metal Server" if kind == "server" else "Storage Bucket"
     return RESOURCE_TYPES.get(line.resource, default)
+
+
+@lru_cache(maxsize=1024)
+def _tags(tags: tuple[str, ...]) -> str:
+    """Tags as FOCUS writes them: a JSON object, a tag without a value `true`. Cached:
+    the same few sets repeat on every server's row."""
+    return json.dumps(dict.fromkeys(tags, True), separators=(",", ":"))

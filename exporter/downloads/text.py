@@ -15,13 +15,16 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 
 #: Bytes gathered before a chunk leaves.
 CHUNK_BYTES = 64 * 1024
 
 
+@lru_cache(maxsize=4096)
 def timestamp(seconds: float | None) -> str:
-    """`seconds` as UTC `YYYY-MM-DDTHH:MM:SSZ`; "" for none."""
+    """`seconds` as UTC `YYYY-MM-DDTHH:MM:SSZ`; "" for none. Cached: a file repeats
+    a few times (its periods, its answers' times) on every row."""
     if seconds is None or not math.isfinite(seconds):
         return ""
     try:
@@ -35,10 +38,14 @@ def decimal(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return ""
     # the shortest text that reads back as the number, once rounded: 71.7 / 3 * 3 is
-    # 71.7, not 71.70000000000002
-    text = format(Decimal(repr(round(value, 10))), "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
+    # 71.7, not 71.70000000000002; an exponent (under 1e-4, from 1e16) spelt out
+    text = repr(round(value, 10))
+    if "e" in text:
+        text = format(Decimal(text), "f")
+        if "." in text:
+            text = text.rstrip("0").rstrip(".")
+    elif text.endswith(".0"):
+        text = text[:-2]
     return "0" if text in ("-0", "") else text
 
 

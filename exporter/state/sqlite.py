@@ -311,12 +311,15 @@ class SqliteState:
             with self._flushed:
                 self._flushed.wait_for(lambda: self._served >= ask, timeout=READ_FLUSH_SECONDS)
         try:
-            return sqlite3.connect(
+            db = sqlite3.connect(
                 f"{self.path.absolute().as_uri()}?mode=ro",
                 uri=True,
                 timeout=BUSY_SECONDS,
                 check_same_thread=False,  # a download's chunks come from pool threads
             )
+            # each row is read once, in order: a page cache would only cost memory
+            db.execute("PRAGMA cache_size = -64")
+            return db
         except sqlite3.Error as exc:
             raise StateUnavailable(f"the state file could not be read: {exc}") from None
 
