@@ -20,7 +20,7 @@ import bcrypt
 import pytest
 import yaml
 
-from exporter.downloads import Downloads, File, Refusal, showback
+from exporter.downloads import Downloads, File, Refusal, opencost, showback
 from exporter.downloads import focus as focus_file
 from exporter.downloads.text import decimal, timestamp
 from exporter.simulation import PERIOD, DemoAccount
@@ -283,6 +283,53 @@ def test_the_showback_json_says_what_the_csv_says(two_periods: SqliteState) -> N
     for a, b in zip(rows, as_csv, strict=True):
         assert a["project_id"] == b["project_id"] and a["product_id"] == b["product_id"]
         assert Decimal(str(a["price"])) == Decimal(b["price"])
+
+
+def test_the_opencost_pricing_file_prices_each_running_server_by_the_hour(
+    two_periods: SqliteState,
+) -> None:
+    downloads = Downloads(two_periods)
+    name, body = download(downloads, "/opencost/pricing.csv", "team=default")
+    assert name == "latitudesh-opencost-pricing_default_2026-12-01.csv"
+    rows = table(body)
+    assert list(rows[0]) == list(opencost.COLUMNS)
+    # 0.50/h for web-1; the pair's 0.50/h less 10 %, split over db-1 and db-2; the
+    # licence and the API calls have no hourly rate
+    assert {(r["InstanceID"], r["InstanceType"], r["MarketPriceHourly"]) for r in rows} == {
+        ("web-1", "c2", "0.5"),
+        ("db-1", "m4", "0.225"),
+        ("db-2", "m4", "0.225"),
+    }
+    assert {(r["AssetClass"], r["InstanceIDField"], r["EndTimestamp"]) for r in rows} == {
+        ("node", "metadata.name", "2027-01-01T00:00:00Z")
+    }
+    _, body = download(
+        downloads,
+        "/opencost/pricing.csv",
+        "instance_id=server_id&instance_id_field=spec.providerID",
+    )
+    assert {(r["InstanceID"], r["InstanceIDField"]) for r in table(body)} >= {
+        ("sv_1", "spec.providerID")
+    }
+    for query, reason in (
+        ("period=previous", "the pricing file is of what runs now"),
+        ("instance_id=ip", "instance_id: expected one of hostname, server_id"),
+        ("instance_id_field=a%20b", "instance_id_field: a field name"),
+    ):
+        refused = downloads.serve("/opencost/pricing.csv", query)
+        assert isinstance(refused, Refusal) and refused.status == 400, query
+        assert reason in refused.reason, query
+
+
+def test_a_line_that_ended_adds_nothing_to_a_server_price(tmp_path: Path) -> None:
+    ended = product(end="2026-12-01T12:00:00Z")
+    body = answer("2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z", price=5000, lines=[ended])
+    state = kept(tmp_path / "state.db", ("default", "p", body, DEC_1 + 86400, DEC_1))
+    try:
+        _, csv_body = download(Downloads(state), "/opencost/pricing.csv")
+    finally:
+        state.close(10)
+    assert table(csv_body) == []
 
 
 # --- FOCUS 1.2: the rules, ported -------------------------------------------------------

@@ -20,6 +20,8 @@ from urllib.parse import parse_qs
 
 from exporter.downloads.focus import csv_file as focus_csv
 from exporter.downloads.lines import ProjectLines, readable
+from exporter.downloads.opencost import DEFAULT_FIELD, INSTANCE_IDS
+from exporter.downloads.opencost import csv_file as opencost_csv
 from exporter.downloads.showback import csv_file as showback_csv
 from exporter.downloads.showback import json_file as showback_json
 from exporter.state import Period, State, StateUnavailable
@@ -31,7 +33,10 @@ FILES: dict[str, tuple[str, str, str, Callable[[Iterable[ProjectLines]], Iterato
     "/showback.csv": ("showback", "text/csv; charset=utf-8", "csv", showback_csv),
     "/showback.json": ("showback", "application/json", "json", showback_json),
     "/focus.csv": ("focus-1.2", "text/csv; charset=utf-8", "csv", focus_csv),
+    "/opencost/pricing.csv": ("opencost-pricing", "text/csv; charset=utf-8", "csv", opencost_csv),
 }
+#: What OpenCost's `InstanceIDField` may name: a dotted field of a Kubernetes object.
+_FIELD = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,8 @@ class Downloads:
         team = (asked.get("team") or [""])[-1]
         try:
             period = _period((asked.get("period") or [""])[-1])
+            if name == "opencost-pricing":
+                render = _pricing(asked, period)
         except ValueError as exc:
             return Refusal(400, str(exc))
         try:
@@ -111,6 +118,26 @@ class Downloads:
             return None
         kept = ", ".join(d.isoformat() for d in days[:13]) or "none yet"
         return Refusal(404, f"no closed period starts on {period.day.isoformat()} (kept: {kept})")
+
+
+def _pricing(
+    asked: dict[str, list[str]], period: Period
+) -> Callable[[Iterable[ProjectLines]], Iterator[bytes]]:
+    """The OpenCost file's options (`?instance_id=`, `?instance_id_field=`): prices
+    of what runs now, so of the current period only."""
+    if period.closed:
+        raise ValueError("period: the pricing file is of what runs now (the current period)")
+    instance_id = (asked.get("instance_id") or ["hostname"])[-1]
+    if instance_id not in INSTANCE_IDS:
+        raise ValueError(f"instance_id: expected one of {', '.join(INSTANCE_IDS)}")
+    field = (asked.get("instance_id_field") or [DEFAULT_FIELD])[-1]
+    if not _FIELD.fullmatch(field):
+        raise ValueError("instance_id_field: a field name such as metadata.name")
+
+    def render(projects: Iterable[ProjectLines]) -> Iterator[bytes]:
+        return opencost_csv(projects, instance_id=instance_id, instance_id_field=field)
+
+    return render
 
 
 def _period(value: str) -> Period:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from exporter.forecast import line_rate
 from exporter.models import PayloadError, Product, epoch_seconds, read_usage
 from exporter.state import StoredAnswer
 
@@ -57,6 +58,9 @@ class Line:
     end: float | None
     #: The servers or the bucket the line names.
     resources: tuple[Resource, ...]
+    #: What the line costs an hour when the answer came (`forecast.line_rate`, main
+    #: units): None when it has no rate (licensed, not metered by time).
+    rate_per_hour: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +91,7 @@ def read(answer: StoredAnswer) -> ProjectLines:
     """`answer` as its lines. Raises `PayloadError` when it does not read."""
     usage = read_usage(answer.project_id, answer.body)
     ref = usage.project
-    lines = tuple(map(_line, usage.products))
+    lines = tuple(_line(product, answer.received_at) for product in usage.products)
     price = _money(usage.price)
     if price is None:
         price = _money(usage.amount)
@@ -117,7 +121,7 @@ def readable(answers: Iterator[StoredAnswer], skipped: list[str]) -> Iterator[Pr
             skipped.append(answer.project_id)
 
 
-def _line(product: Product) -> Line:
+def _line(product: Product, at: float) -> Line:
     metadata = product.metadata
     servers = metadata.all_servers(product.resource) if metadata else []
     bucket = metadata.storage_bucket(product.resource) if metadata else None
@@ -162,6 +166,7 @@ def _line(product: Product) -> Line:
         start=epoch_seconds(product.start),
         end=epoch_seconds(product.end),
         resources=resources,
+        rate_per_hour=_money(line_rate(product, at)),
     )
 
 
