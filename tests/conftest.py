@@ -547,3 +547,26 @@ class ExporterProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """Chromium, headless, driven by Playwright (the system's chromium: `.ci/tools`)."""
+    chromium = require_binary("chromium")
+    from playwright.sync_api import sync_playwright  # the test extra
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield launched
+        launched.close()

@@ -709,3 +709,46 @@ def test_downloads_over_real_sockets_behind_basic_auth(
     assert status == 404 and body.startswith(b"no closed period starts on 1999-01-01")
     status, _, body = http_get(url + "/showback.json?team=nobody", basic())
     assert status == 200 and json.loads(body)["rows"] == []
+
+
+@pytest.mark.slow
+def test_the_status_page_links_download_in_a_real_browser(
+    browser: object, protected: tuple[ExporterProcess, FakeApi], tmp_path: Path
+) -> None:
+    """Each link of a team's downloads, clicked in Chromium behind basic auth: a file
+    saved under the name the server gives, whose rows are the team's."""
+    from playwright.sync_api import Browser
+
+    assert isinstance(browser, Browser)
+    exporter, api = protected
+    team = api.accounts[0].team.slug
+    context = browser.new_context(
+        accept_downloads=True, http_credentials={"username": "finance", "password": PASSWORD}
+    )
+    try:
+        page = context.new_page()
+
+        def both_periods() -> bool:
+            page.goto(exporter.url + "/")
+            return (
+                page.locator(f'section[data-team="{team}"] [data-field="downloads"] a').count() == 6
+            )
+
+        wait_for(both_periods, timeout=60, message="this period's and the last one's links")
+        links = page.locator(f'section[data-team="{team}"] [data-field="downloads"] a')
+        names = []
+        for index in range(links.count()):
+            with page.expect_download() as started:
+                links.nth(index).click()
+            saved = tmp_path / started.value.suggested_filename
+            started.value.save_as(saved)
+            names.append(saved.name)
+            body = saved.read_bytes()
+            rows = json.loads(body)["rows"] if saved.suffix == ".json" else table(body)
+            assert rows and {r.get("team") or r.get("BillingAccountName") for r in rows} == {
+                team
+            }, saved.name
+        assert len(set(names)) == 6  # each file's name says its kind and period
+        assert all(f"_{team}_" in name for name in names)
+    finally:
+        context.close()

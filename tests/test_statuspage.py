@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,6 @@ from tests.conftest import (
     exposition_of,
     golden_store,
     new_poller,
-    require_binary,
     usage_of,
 )
 
@@ -94,28 +93,6 @@ def test_a_failing_project_shows_its_last_error_and_keeps_its_money() -> None:
     card = card_of(page_of(store), "proj_old")
     assert "down</span>" in card and "last error: rate_limited" in card
     assert "120.50 BRL" in card
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    chromium = require_binary("chromium")
-    from playwright.sync_api import sync_playwright  # the test extra
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=chromium,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield launched
-        launched.close()
 
 
 def test_the_demo_page_in_a_real_browser(browser: object, tmp_path: Path) -> None:
