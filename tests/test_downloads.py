@@ -385,6 +385,12 @@ SPEC_COLUMNS = set(focus_file.MANDATORY) | {
     "HostProviderName",
 }
 UNITS = re.compile(r"(\d+ )?(Hours|Minutes|GB|Units)")
+#: The 1.2 subcategories this file uses, by category (each also has "Other (...)").
+SUBCATEGORIES = {
+    "Compute": ("Virtual Machines", "Containers"),
+    "Storage": ("Block Storage", "File Storage", "Object Storage"),
+    "Networking": ("Network Connectivity",),
+}
 
 
 def focus_violations(rows: list[dict[str, str]], prices: dict[str, Decimal]) -> list[str]:
@@ -441,6 +447,12 @@ def focus_violations(rows: list[dict[str, str]], prices: dict[str, Decimal]) -> 
             bad("ChargeFrequency")
         if r["ChargeCategory"] == "Purchase" and r["ChargeFrequency"] == "Usage-Based":
             bad("a Purchase is not Usage-Based")
+        if r["ChargeCategory"] == "Purchase" and Decimal(r["EffectiveCost"] or 0) != 0:
+            bad("a Purchase pays future charges: its EffectiveCost is 0")
+        subcategory = r.get("ServiceSubcategory", "")
+        allowed = (*SUBCATEGORIES.get(r["ServiceCategory"], ()), f"Other ({r['ServiceCategory']})")
+        if subcategory and subcategory not in allowed:
+            bad(f"ServiceSubcategory {subcategory!r} is not of {r['ServiceCategory']}")
         if r["ServiceCategory"] not in SERVICE_CATEGORIES:
             bad(f"ServiceCategory {r['ServiceCategory']!r}")
         if r["EffectiveCost"] != r["BilledCost"]:
@@ -518,10 +530,15 @@ def test_the_focus_file_of_both_periods_keeps_the_rules(two_periods: SqliteState
     assert (calls["ServiceCategory"], calls["ResourceType"]) == ("Storage", "Object Storage Bucket")
     licence = line["p", "si_lic"]
     assert (licence["ChargeCategory"], licence["ChargeFrequency"], licence["ConsumedQuantity"]) == (
-        "Purchase",
+        "Usage",
         "Recurring",
-        "",
+        "1",
+    )  # a licence a month: not a Purchase (FOCUS reads one as paying future charges)
+    assert (server["ServiceSubcategory"], calls["ServiceSubcategory"]) == (
+        "Other (Compute)",
+        "Object Storage",
     )
+    assert {r["InvoiceId"] for r in rows} == {""}  # not invoiced yet
     assert {r["ProviderName"] for r in rows} == {"Latitude.sh"}
     assert {r["SubAccountType"] for r in rows} == {"Project"}
 
@@ -564,6 +581,8 @@ def test_the_rules_port_catches_what_it_should() -> None:
         ({"EffectiveCost": "0.9"}, "EffectiveCost is not BilledCost"),
         ({"Tags": '["web"]'}, "Tags is not a JSON object"),
         ({"ChargeCategory": "Purchase"}, "a Purchase is not Usage-Based"),
+        ({"ChargeCategory": "Purchase", "ChargeFrequency": "Recurring"}, "EffectiveCost is 0"),
+        ({"ServiceSubcategory": "Object Storage"}, "is not of Compute"),
         ({"PricingUnit": "hour"}, "PricingQuantity/PricingUnit"),
         ({"ChargePeriodEnd": "2026-12-02T00:00:00Z"}, "not within the billing period"),
         ({"BillingCurrency": "usd"}, "ISO 4217"),

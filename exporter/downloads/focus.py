@@ -14,10 +14,14 @@ documented in the README's "Showback for finance":
   discounts are the account's contracted terms); the unit price (per billed unit:
   `unit_price` / `billing_unit_divisor`) → ListUnitPrice, and ListCost = ListUnitPrice
   times PricingQuantity;
-- `metered` → ChargeCategory `Usage`, ChargeFrequency `Usage-Based`; `licensed` →
-  `Purchase`, `Recurring`;
+- every line is ChargeCategory `Usage`: `metered` ones `Usage-Based`, `licensed` ones
+  (a licence a month) `Recurring`. Not `Purchase`: FOCUS reads a purchase as paying
+  for future charges ahead (its EffectiveCost 0, rule EffectiveCost-C-005-C), which
+  a monthly licence is not;
+- InvoiceId empty: usage is not invoiced yet (the API says nothing of invoices);
 - servers and virtual machines → ServiceCategory `Compute`, block, file and object
-  storage → `Storage`, IPs and traffic → `Networking`, anything else → `Other`;
+  storage → `Storage`, IPs and traffic → `Networking`, anything else → `Other`, each
+  with a ServiceSubcategory of 1.2's list (`Other (Compute)` for bare metal);
 - a line naming one server or a bucket → its ResourceId, ResourceName and
   ResourceType; a server's tags → Tags, `{"tag": true}`;
 - "Latitude.sh" as provider, publisher, invoice issuer and host.
@@ -66,11 +70,13 @@ CONDITIONAL: tuple[str, ...] = (
     "ConsumedUnit",
     "ContractedUnitPrice",
     "HostProviderName",
+    "InvoiceId",
     "ListUnitPrice",
     "ResourceId",
     "ResourceName",
     "ResourceType",
     "ServiceProviderName",
+    "ServiceSubcategory",
     "SubAccountId",
     "SubAccountName",
     "SubAccountType",
@@ -93,20 +99,21 @@ _IN_ORDER = itemgetter(*COLUMNS)
 
 #: The API's `unit` as a FOCUS unit (plural, from the specification's list).
 UNITS = {"hour": "Hours", "minute": "Minutes", "GB": "GB", "quantity": "Units"}
-#: The API's `resource` as a ServiceCategory and a ServiceName.
+#: The API's `resource` as a ServiceCategory, a ServiceName and a ServiceSubcategory
+#: (one of the 1.2 values allowed under that category).
 SERVICES = {
-    "bare_metal": ("Compute", "Bare Metal"),
-    "virtual_machine": ("Compute", "Virtual Machines"),
-    "kubernetes": ("Compute", "Kubernetes"),
-    "block_storage": ("Storage", "Block Storage"),
-    "filesystem": ("Storage", "Filesystem"),
-    "object_storage": ("Storage", "Object Storage"),
-    "elastic_ip": ("Networking", "Elastic IPs"),
-    "ip_address": ("Networking", "IP Addresses"),
-    "ip": ("Networking", "IP Addresses"),
-    "traffic": ("Networking", "Traffic"),
-    "bandwidth": ("Networking", "Traffic"),
-    "private_network": ("Networking", "Private Networks"),
+    "bare_metal": ("Compute", "Bare Metal", "Other (Compute)"),
+    "virtual_machine": ("Compute", "Virtual Machines", "Virtual Machines"),
+    "kubernetes": ("Compute", "Kubernetes", "Containers"),
+    "block_storage": ("Storage", "Block Storage", "Block Storage"),
+    "filesystem": ("Storage", "Filesystem", "File Storage"),
+    "object_storage": ("Storage", "Object Storage", "Object Storage"),
+    "elastic_ip": ("Networking", "Elastic IPs", "Network Connectivity"),
+    "ip_address": ("Networking", "IP Addresses", "Network Connectivity"),
+    "ip": ("Networking", "IP Addresses", "Network Connectivity"),
+    "traffic": ("Networking", "Traffic", "Network Connectivity"),
+    "bandwidth": ("Networking", "Traffic", "Network Connectivity"),
+    "private_network": ("Networking", "Private Networks", "Network Connectivity"),
 }
 #: ResourceType of what a line names.
 RESOURCE_TYPES = {
@@ -157,6 +164,7 @@ def rows(projects: Iterable[ProjectLines]) -> Iterator[dict[str, str]]:
                 "ChargePeriodEnd": timestamp(max(start, min(project.observed_at, end))),
                 "ServiceCategory": "Other",
                 "ServiceName": "Billing",
+                "ServiceSubcategory": "Other (Other)",
             }
 
 
@@ -165,14 +173,15 @@ def csv_file(projects: Iterable[ProjectLines]) -> Iterator[bytes]:
 
 
 def _line(line: Line, start: float, end: float, observed: float) -> dict[str, str]:
-    usage = line.usage_type != "licensed"
-    consumed = usage and line.quantity is not None
+    metered = line.usage_type != "licensed"
+    consumed = line.quantity is not None
     quantity = line.billed_quantity if line.billed_quantity is not None else 1.0
     unit = UNITS.get(line.unit, "Units")
     if line.divisor:
         unit = f"{line.divisor:g} {unit}"
-    category, service = SERVICES.get(
-        line.resource, ("Other", line.resource.replace("_", " ").title() or "Other")
+    category, service, subcategory = SERVICES.get(
+        line.resource,
+        ("Other", line.resource.replace("_", " ").title() or "Other", "Other (Other)"),
     )
     list_cost = line.unit_price * quantity if line.unit_price is not None else None
     if list_cost is None:
@@ -190,8 +199,8 @@ def _line(line: Line, start: float, end: float, observed: float) -> dict[str, st
         "ListCost": decimal(list_cost),
         "ListUnitPrice": decimal(line.unit_price),
         "ContractedUnitPrice": decimal(line.price / quantity) if quantity else "",
-        "ChargeCategory": "Usage" if usage else "Purchase",
-        "ChargeFrequency": "Usage-Based" if usage else "Recurring",
+        "ChargeCategory": "Usage",
+        "ChargeFrequency": "Usage-Based" if metered else "Recurring",
         "ChargeDescription": line.description,
         "ChargePeriodStart": timestamp(charge_start),
         "ChargePeriodEnd": timestamp(charge_end),
@@ -201,6 +210,7 @@ def _line(line: Line, start: float, end: float, observed: float) -> dict[str, st
         "ConsumedUnit": UNITS.get(line.unit, "Units") if consumed else "",
         "ServiceCategory": category,
         "ServiceName": service,
+        "ServiceSubcategory": subcategory,
         "ResourceId": resource.id if resource else "",
         "ResourceName": resource.name if resource else "",
         "ResourceType": _resource_type(line, resource.kind) if resource else "",
