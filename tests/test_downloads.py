@@ -8,7 +8,10 @@ import base64
 import csv
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,6 +33,7 @@ from testing.fakeapi import FakeApi
 from testing.waits import wait_for
 from tests.conftest import (
     DEMO_PROJECTS,
+    ROOT,
     TOKEN,
     ExporterProcess,
     api_env,
@@ -771,3 +775,22 @@ def test_the_status_page_links_download_in_a_real_browser(
         assert all(f"_{team}_" in name for name in names)
     finally:
         context.close()
+
+
+def test_the_demo_files_the_validator_is_run_on(tmp_path: Path) -> None:
+    """`scripts/focus_files.py` (what `scripts/focus-validator.sh` validates) writes the
+    demo's files, and they keep the rules."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "focus_files.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    current = table((tmp_path / "focus-current.csv").read_bytes())
+    previous = table((tmp_path / "focus-previous.csv").read_bytes())
+    assert focus_violations(current, {}) == [] and focus_violations(previous, {}) == []
+    assert {r["BillingPeriodEnd"] for r in previous} <= {r["BillingPeriodStart"] for r in current}
+    assert {r["SubAccountId"] for r in current} == set(DEMO_PROJECTS)
