@@ -93,10 +93,10 @@ def large_daemon(
 
 
 #: Seconds the fake API takes to answer once every project is on /metrics: with four
-#: polls at once, about 8 polls land a second, steadily, so that every scrape and
-#: every probe meets a new exposition (at the budget's 100 a second the daemon burnt
-#: most of a core for the whole module, to prove nothing more).
-STEADY_LATENCY = 0.5
+#: polls at once, about 4 polls land a second, steadily, so that every scrape meets a
+#: new exposition (at the budget's 100 a second the daemon burnt most of a core for
+#: the whole module, to prove nothing more; at 20 a second, half of one).
+STEADY_LATENCY = 1.0
 #: Seconds between two probes of `settle` and of a latency watch: a probe in flight
 #: most of the time, without a busy loop's CPU on both sides.
 PROBE_EVERY = 0.05
