@@ -32,7 +32,7 @@ PY
     "$venv/bin/pip" install --quiet "focus-validator==2.2.1"
   fi
 fi
-.venv/bin/python scripts/focus_files.py "$out"
+PYTHONPATH=. .venv/bin/python scripts/focus_files.py "$out"  # testing/ is not installed
 root=$(pwd)
 # the validator reads its currency list relative to its own package
 cd "$("$venv/bin/python" -c 'import importlib.util as u, os; print(os.path.dirname(u.find_spec("focus_validator").submodule_search_locations[0]))')"

@@ -15,7 +15,6 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,12 @@ import yaml
 from exporter.downloads import Downloads, File, Refusal, opencost, showback
 from exporter.downloads import focus as focus_file
 from exporter.downloads.text import decimal, timestamp
-from exporter.simulation import PERIOD, DemoAccount
+from exporter.simulation import DemoAccount
 from exporter.state import NoState, StoredAnswer
 from exporter.state.sqlite import SqliteState
+from testing import periods
 from testing.fakeapi import FakeApi
+from testing.periods import period_before
 from testing.waits import wait_for
 from tests.conftest import (
     DEMO_PROJECTS,
@@ -143,18 +144,17 @@ DECEMBER = answer("2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z", price=10_400)
 OTHER = answer("2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z", price=10_400, project="q")
 
 
-def kept(path: Path, *answers: tuple[str, str, bytes, float, float]) -> SqliteState:
+def kept(path: Path, *rows: tuple[str, str, bytes, float, float]) -> SqliteState:
     """(team, project, body, received at, period start) kept one after another, each
     written before the next (so a later period closes the one before); the state
     then opened again, as a new process would."""
-    for team, project, body, received, start in answers:
-        state = SqliteState(path, on_status=lambda up, reason: None, max_body_bytes=1 << 24)
-        state.load()
-        state.start()
-        state.keep(
-            StoredAnswer(team, project, body, received, "USD", "shop", "Shop", period_start=start)
-        )
-        state.close(10)
+    periods.keep(
+        path,
+        *(
+            [StoredAnswer(team, pid, body, at, "USD", "shop", "Shop", period_start=start)]
+            for team, pid, body, at, start in rows
+        ),
+    )
     state = SqliteState(path, on_status=lambda up, reason: None, max_body_bytes=1 << 24)
     state.load()
     state.start()
@@ -637,34 +637,9 @@ def protected(tmp_path: Path) -> Iterator[tuple[ExporterProcess, FakeApi]]:
 
 
 def seed(account: DemoAccount, path: Path) -> None:
-    start, _, _ = account.period()
-    before = DemoAccount(
-        list(account.projects.values()),
-        speed=account.speed,
-        team=account.team,
-        clock=partial(float, start - 60),  # frozen a minute before its end
-        start_elapsed=PERIOD - 60 * account.speed,
-    )
-    state = SqliteState(path, on_status=lambda up, reason: None, max_body_bytes=1 << 24)
-    state.load()
-    state.start()
-    for project in account.projects.values():
-        document = before.usage(project)
-        period = document["data"]["attributes"]["period"]["start"]
-        state.keep(
-            StoredAnswer(
-                "default",
-                project.id,
-                json.dumps(document).encode(),
-                start - 60,
-                account.currency,
-                project.slug,
-                project.name,
-                account.team.slug,  # as the exporter that watched it kept it
-                period_start=datetime.fromisoformat(period).timestamp(),
-            )
-        )
-    state.close(10)
+    before, at = period_before(account)
+    # the team's name as the exporter that watched the period kept it
+    periods.keep(path, periods.answers("default", account, before, at, team_name=account.team.slug))
 
 
 def basic(password: str = PASSWORD) -> dict[str, str]:

@@ -20,7 +20,6 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,10 +28,10 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.simulation import PERIOD, DemoAccount, DemoTeam, brazil_projects
-from exporter.state import StoredAnswer
-from exporter.state.sqlite import SqliteState
+from exporter.simulation import DemoAccount, DemoTeam, brazil_projects
+from testing import periods
 from testing.fakeapi import FakeApi, Fault
+from testing.periods import period_before
 from testing.waits import wait_for
 from tests.conftest import (
     ROOT,
@@ -293,39 +292,17 @@ def seed_closed_periods(api: FakeApi, path: Path) -> None:
     """A state file as an exporter that watched the last period close leaves it: each
     project's last answer of the period before (a minute before its end), then one of
     this period, so that the last-period panels have data from the first scrape."""
-    state = SqliteState(path, on_status=lambda up, reason: None, max_body_bytes=1 << 24)
-    state.load()
-    state.start()
-    for key, account in zip(("us", "br"), api.accounts, strict=True):
-        start, _, _ = account.period()
-        before = DemoAccount(
-            list(account.projects.values()),
-            speed=account.speed,
-            team=account.team,
-            clock=partial(float, start - 60),  # frozen a minute before the end
-            start_elapsed=PERIOD - 60,
-        )
-        for answers, at in ((before, start - 60), (account, time.time())):
-            for project in account.projects.values():
-                document = answers.usage(project)
-                period = document["data"]["attributes"]["period"]["start"]
-                state.keep(
-                    StoredAnswer(
-                        key,
-                        project.id,
-                        json.dumps(document).encode(),
-                        at,
-                        account.currency,
-                        project.slug,
-                        project.name,
-                        period_start=datetime.fromisoformat(period).timestamp(),
-                    )
-                )
-            state.close(10)  # written: the next answers close these periods
-            state = SqliteState(path, on_status=lambda up, reason: None, max_body_bytes=1 << 24)
-            state.load()
-            state.start()
-    state.close(10)
+    teams = list(zip(("us", "br"), api.accounts, strict=True))
+    earlier = [(key, account, *period_before(account)) for key, account in teams]
+    periods.keep(
+        path,
+        [
+            a
+            for key, account, before, at in earlier
+            for a in periods.answers(key, account, before, at)
+        ],
+        [a for key, account in teams for a in periods.answers(key, account, account, time.time())],
+    )
 
 
 def _results(stack: Stack, query: str) -> list[dict[str, Any]]:
