@@ -474,15 +474,20 @@ def test_points_not_written_are_written_by_the_next_try(tmp_path: Path) -> None:
     assert [r[2] for r in rows(path)] == [NOV_1 + 60, NOV_1 + 60 + MONTH_STEP]
 
 
+def schema(db: sqlite3.Connection, version: int) -> None:
+    """The tables of a file of schema `version` (whose migrations are statements)."""
+    for statements in MIGRATIONS[:version]:
+        for statement in statements:
+            assert isinstance(statement, str)
+            db.execute(statement)
+
+
 def test_a_version_2_file_is_migrated_keeping_its_answers_and_closed_periods(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "state.db"
     with sqlite3.connect(path) as db:
-        for statements in MIGRATIONS[:2]:
-            for statement in statements:
-                assert isinstance(statement, str)
-                db.execute(statement)
+        schema(db, 2)
         db.execute(
             "INSERT INTO answers VALUES ('t', 'p', 5.0, 'USD', 's', 'n', 'tn', ?, ?)",
             (zlib.compress(b'{"data": {}}'), DEC_1),
@@ -509,10 +514,7 @@ def test_a_version_2_file_is_migrated_keeping_its_answers_and_closed_periods(
 def test_a_version_4_file_keeps_its_curves_as_one_row_a_project(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     with sqlite3.connect(path) as db:
-        for statements in MIGRATIONS[:4]:
-            for statement in statements:
-                assert isinstance(statement, str)
-                db.execute(statement)
+        schema(db, 4)
         db.executemany(
             "INSERT INTO curve_points (team, project_id, at, price, period_start) "
             "VALUES (?, ?, ?, ?, ?)",
