@@ -33,7 +33,7 @@ from exporter.snapshot import (
 DISCOUNT_TYPES = frozenset({"percent", "amount"})
 
 
-def _money(cents: float | None) -> float | None:
+def money(cents: float | None) -> float | None:
     """The API counts in cents of the team's currency; Prometheus users want main units.
 
     The spec says "in cents" of `price`, `amount`, `available_credit_balance`,
@@ -84,17 +84,17 @@ def build_usage(
     # Rows of folded products would name product ids no product series carries.
     kept = {p.product_id for p in products}
     allocation = _allocate(lines, limits)
-    price = _money(attributes.price)
-    rate = _money(run_rate(attributes.products, at))
+    price = money(attributes.price)
+    rate = money(run_rate(attributes.products, at))
     return UsageSnapshot(
         project_id=label(project_id),
         project_slug=label((ref.slug if ref else None) or slug),
         project_name=label((ref.name if ref else None) or name),
         currency=label(currency),
         price=price,
-        amount=_money(attributes.amount),
-        available_credit_balance=_money(attributes.available_credit_balance),
-        threshold=_money(attributes.threshold),
+        amount=money(attributes.amount),
+        available_credit_balance=money(attributes.available_credit_balance),
+        threshold=money(attributes.threshold),
         period_start=start,
         period_end=end,
         products=products,
@@ -169,11 +169,11 @@ class _ProductLine:
                 usage_type=label(product.usage_type),
                 plan=plans.pop() if len(plans) == 1 else "",
                 hostname=infos[0].hostname if len(infos) == 1 else "",
-                price=_money(product.price),
-                amount=_money(product.amount),
-                price_without_discount=_money(product.amount_without_discount),
-                unit_price=_money(product.unit_price),
-                unit_amount=_money(product.unit_amount),
+                price=money(product.price),
+                amount=money(product.amount),
+                price_without_discount=money(product.amount_without_discount),
+                unit_price=money(product.unit_price),
+                unit_amount=money(product.unit_amount),
                 quantity=product.quantity,
                 servers=infos,
             ),
@@ -249,7 +249,7 @@ def _discounts(lines: list[_ProductLine], kept: set[str]) -> tuple[DiscountInfo,
                 continue  # a new API value must be visible (counted), never mis-priced
             percent = kind == "percent"
             ratio = value / 100.0 if percent and value is not None else None
-            amount = _money(value) if not percent else None
+            amount = money(value) if not percent else None
             seen = rows.get((product_id, description))
             if seen is not None:
                 ratio = (

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from exporter.forecast import line_rate
 from exporter.models import PayloadError, Product, epoch_seconds, read_usage
 from exporter.state import StoredAnswer
+from exporter.usage import money
 
 #: Below this difference (main units) a project's lines add up to its price.
 RECONCILE_EPSILON = 0.005
@@ -92,9 +93,9 @@ def read(answer: StoredAnswer) -> ProjectLines:
     usage = read_usage(answer.project_id, answer.body)
     ref = usage.project
     lines = tuple(_line(product, answer.received_at) for product in usage.products)
-    price = _money(usage.price)
+    price = money(usage.price)
     if price is None:
-        price = _money(usage.amount)
+        price = money(usage.amount)
     period = usage.period
     return ProjectLines(
         team=answer.team,
@@ -141,10 +142,10 @@ def _line(product: Product, at: float) -> Line:
         )
     divisor = metadata.billing_unit_divisor if metadata else None
     divisor = divisor if divisor is not None and divisor > 0 else None
-    unit_price = _money(product.unit_price)
-    price = _money(product.price)
+    unit_price = money(product.unit_price)
+    price = money(product.price)
     if price is None:
-        price = _money(product.amount)
+        price = money(product.amount)
     return Line(
         product_id=product.id or "",
         name=product.name or product.description or "",
@@ -156,7 +157,7 @@ def _line(product: Product, at: float) -> Line:
         unit_price=unit_price,
         billed_quantity=None if product.quantity is None else product.quantity / (divisor or 1),
         divisor=divisor,
-        price_without_discount=_money(product.amount_without_discount),
+        price_without_discount=money(product.amount_without_discount),
         price=0.0 if price is None else price,
         discounts=tuple(
             f"{d.description or ''}: {d.value:g}{' %' if (d.type or '') == 'percent' else ''}"
@@ -166,9 +167,5 @@ def _line(product: Product, at: float) -> Line:
         start=epoch_seconds(product.start),
         end=epoch_seconds(product.end),
         resources=resources,
-        rate_per_hour=_money(line_rate(product, at)),
+        rate_per_hour=money(line_rate(product, at)),
     )
-
-
-def _money(cents: float | None) -> float | None:
-    return None if cents is None else cents / 100.0
