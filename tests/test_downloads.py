@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -275,6 +276,38 @@ def test_an_answer_kept_a_moment_ago_is_in_the_file(tmp_path: Path) -> None:
     assert {r["product_id"] for r in document["rows"]} == {"si_bm", "si_pair", "si_calls", "si_lic"}
     assert all(isinstance(r["price"], float) for r in document["rows"])
     assert document["rows"][0]["tags"] == ["web", "prod"]
+
+
+def test_an_answer_the_writer_is_still_writing_is_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that outlasts the reader's wait (a stalled disk): the answer it holds
+    is read from memory, not missed."""
+    from exporter.state import sqlite
+
+    entered, release = threading.Event(), threading.Event()
+    write = sqlite._write
+
+    def stalled(*args: Any, **kwargs: Any) -> None:
+        entered.set()
+        release.wait(30)
+        write(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite, "_write", stalled)
+    monkeypatch.setattr(sqlite, "READ_FLUSH_SECONDS", 0.05)
+    state = SqliteState(
+        tmp_path / "state.db", on_status=lambda up, reason: None, max_body_bytes=1 << 24
+    )
+    state.load()
+    state.start()
+    try:
+        state.keep(StoredAnswer("default", "p", DECEMBER, DEC_1 + 60, "USD", period_start=DEC_1))
+        assert entered.wait(30), "the writer never started"
+        _, body = download(Downloads(state), "/showback.csv")
+    finally:
+        release.set()
+        state.close(10)
+    assert {r["product_id"] for r in table(body)} == {"si_bm", "si_pair", "si_calls", "si_lic"}
 
 
 def test_the_showback_json_says_what_the_csv_says(two_periods: SqliteState) -> None:

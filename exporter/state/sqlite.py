@@ -186,6 +186,9 @@ class SqliteState:
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], StoredAnswer] = {}
+        #: The answers the writer took and has not committed yet: a reader sees them
+        #: while a slow write goes on (a stalled disk), not only once it ends.
+        self._writing: dict[tuple[str, str], StoredAnswer] = {}
         self._closing: dict[tuple[str, str], StoredAnswer] = {}
         self._forget: dict[str, frozenset[str]] = {}
         #: Points not written yet, per project: of its newest period, at most MAX_POINTS.
@@ -276,8 +279,8 @@ class SqliteState:
                 "WHERE period_start >= ? AND period_start < ? ORDER BY team, project_id",
                 (start.timestamp(), (start + timedelta(days=1)).timestamp()),
             )
-        with self._lock:  # not written yet, as the writer failed (none, usually)
-            pending = {} if period.closed else dict(self._pending)
+        with self._lock:  # not written yet: being written, or the writer failed
+            pending = {} if period.closed else {**self._writing, **self._pending}
         return self._read(db, query, args, pending, closed=period.closed)
 
     def closed_days(self) -> Sequence[date]:
@@ -511,6 +514,7 @@ class SqliteState:
             with self._lock:
                 asked = self._asked
                 pending, self._pending = self._pending, {}
+                self._writing = pending
                 closing, self._closing = self._closing, {}
                 forget, self._forget = self._forget, {}
                 points, self._points = self._points, {}
@@ -533,6 +537,8 @@ class SqliteState:
                         log.info("state file written again", extra={"path": str(self.path)})
                         self._failing = None
                     self._on_status(True, None)
+            with self._lock:
+                self._writing = {}  # committed, or put back by `_failed`
             with self._flushed:
                 self._served = asked
                 self._flushed.notify_all()
