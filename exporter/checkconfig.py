@@ -16,12 +16,13 @@ from collections.abc import Callable
 
 from exporter import errors, exitcodes
 from exporter.client import LatitudeClient
-from exporter.config import DEFAULT_CONFIG_FILE, TeamConfig
+from exporter.config import TeamConfig
 from exporter.discovery import discovery_needed
+from exporter.flags import DEFAULT_CONFIG_FILE, Flags
 from exporter.logs import Redactor
 from exporter.models import PROJECTS_ENDPOINT, USAGE_ENDPOINT
 from exporter.ratelimit import RequestBudget
-from exporter.wiring import Flags, Setup
+from exporter.startup import Setup
 
 
 def report(flags: Flags, setup: Setup, redactor: Redactor) -> int:

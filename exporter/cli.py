@@ -1,107 +1,26 @@
-"""Command line: the flags, and how each way a run ends becomes an exit code.
+"""Command line: the subcommands, and how each way a run ends becomes an exit code.
 
-`main` parses the flags, sets up logging, has `wiring` read and check every file, then
-hands the run to `checkconfig` (`--check-config`), `daemon.run_once` (`--once`) or
-`daemon.serve`. Exit codes (`exitcodes`): 0 on a clean stop, 1 when `--once` saw a
-failed poll, 2 for a bad flag, config or rejected key (one line on stderr, no
-traceback), 130 when `--once` is interrupted.
+`main` dispatches: `run` parses the flags, sets up logging, has `startup` read and
+check every file, then hands the run to `checkconfig` (`--check-config`),
+`daemon.run_once` (`--once`) or `daemon.serve`. Exit codes (`exitcodes`): 0 on a clean
+stop, 1 when `--once` saw a failed poll, 2 for a bad flag, config or rejected key (one
+line on stderr, no traceback), 130 when `--once` is interrupted.
+
+Each path imports what it needs when it runs, not at the top: the running parts' libraries
+(httpx, APScheduler, prometheus_client, the models) cost 0.7 CPU-s of imports. The image's
+HEALTHCHECK runs `healthcheck` every 30 s and needs 0.06 s of them; a config error is
+told after the config's 0.3 s, before the rest loads (benchmarks/RESULTS.md §18).
 """
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import os
-import platform
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import NoReturn
 
-from exporter import __version__, checkconfig, daemon, exitcodes, healthcheck
-from exporter.config import DEFAULT_CONFIG_FILE, ConfigError
-from exporter.logs import Redactor, setup_logging
-from exporter.webconfig import (
-    DEFAULT_BCRYPT_COST,
-    MAX_BCRYPT_COST,
-    MIN_BCRYPT_COST,
-    WebConfigError,
-    make_bcrypt_hash,
-)
-from exporter.wiring import DEFAULT_LISTEN, Flags, build_app, configure
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One line, as every other config error: usage text is one --help away.
-        self.exit(exitcodes.CONFIG, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="latitudesh-exporter",
-        description="Prometheus exporter for the billing usage of Latitude.sh projects.",
-    )
-    parser.add_argument(
-        "--config.file",
-        dest="config_file",
-        type=Path,
-        default=None,
-        help=f"YAML config file (default: {DEFAULT_CONFIG_FILE} if present)",
-    )
-    parser.add_argument(
-        "--web.listen-address",
-        dest="listen",
-        default=DEFAULT_LISTEN,
-        help=f"address to serve metrics on (default {DEFAULT_LISTEN})",
-    )
-    parser.add_argument(
-        "--web.telemetry-path",
-        dest="telemetry_path",
-        default="/metrics",
-        help="path of the metrics (default /metrics)",
-    )
-    parser.add_argument(
-        "--web.config.file",
-        dest="web_config",
-        type=Path,
-        default=None,
-        help="exporter-toolkit web config: TLS and basic auth",
-    )
-    parser.add_argument(
-        "--log.level", dest="log_level", default="info", choices=("debug", "info", "warn", "error")
-    )
-    parser.add_argument(
-        "--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json")
-    )
-    parser.add_argument(
-        "--runtime.tuning",
-        dest="runtime_tuning",
-        default="on",
-        choices=("on", "off"),
-        help="hold glibc to two malloc arenas and trim its heap each minute (the daemon)",
-    )
-    parser.add_argument(
-        "--demo",
-        action="store_true",
-        help="poll a built-in simulated Latitude.sh API; needs no token",
-    )
-    parser.add_argument(
-        "--once", action="store_true", help="poll every project once, print the metrics and exit"
-    )
-    parser.add_argument(
-        "--check-config",
-        dest="check_config",
-        action="store_true",
-        help="validate the config and web config, check each key with one "
-        "request, print a summary and exit",
-    )
-    parser.add_argument(
-        "--version",
-        action="version",
-        version=f"latitudesh-exporter {__version__} (python {platform.python_version()})",
-    )
-    return parser
+from exporter import exitcodes, healthcheck
+from exporter.flags import Flags, Parser, build_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: Sequence[str]) -> int:
     """The exporter: `--check-config`, `--once` or the daemon."""
     flags = Flags(**vars(build_parser().parse_args(args)))
+    from exporter.config import ConfigError  # noqa: PLC0415 (deferred: see the docstring)
+    from exporter.logs import Redactor, setup_logging  # noqa: PLC0415
+    from exporter.startup import configure  # noqa: PLC0415
+    from exporter.webconfig import WebConfigError  # noqa: PLC0415
+
     redactor = Redactor()
     setup_logging(flags.log_level, flags.log_format, redactor)
     try:
@@ -130,11 +54,16 @@ def run(args: Sequence[str]) -> int:
         print(f"latitudesh-exporter: config error: {redactor(str(exc))}", file=sys.stderr)
         return exitcodes.CONFIG
     if flags.check_config:
+        from exporter import checkconfig  # noqa: PLC0415
+
         try:
             return checkconfig.report(flags, setup, redactor)
         finally:
             if setup.demo is not None:
                 setup.demo.stop()
+    from exporter import daemon  # noqa: PLC0415
+    from exporter.wiring import build_app  # noqa: PLC0415
+
     app = build_app(setup)
     if flags.once:
         return daemon.run_once(app)
@@ -143,7 +72,14 @@ def run(args: Sequence[str]) -> int:
 
 def hash_password(args: Sequence[str]) -> int:
     """`hash-password`: a bcrypt hash for `basic_auth_users`, without htpasswd."""
-    parser = _Parser(
+    from exporter.webconfig import (  # noqa: PLC0415 (deferred: see the docstring)
+        DEFAULT_BCRYPT_COST,
+        MAX_BCRYPT_COST,
+        MIN_BCRYPT_COST,
+        make_bcrypt_hash,
+    )
+
+    parser = Parser(
         prog="latitudesh-exporter hash-password",
         description="Print a bcrypt hash of a password, for basic_auth_users in the web "
         "config. Asks twice without echo on a terminal; otherwise reads one line from "
@@ -176,7 +112,7 @@ def hash_password(args: Sequence[str]) -> int:
 
 def check_health(args: Sequence[str]) -> int:
     """`healthcheck`: the image's HEALTHCHECK (see `exporter.healthcheck`)."""
-    parser = _Parser(
+    parser = Parser(
         prog="latitudesh-exporter healthcheck",
         description="Ask /healthz of the running exporter, at the address and scheme its "
         "own flags say; exit 0 when it answers 200.",

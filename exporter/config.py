@@ -46,7 +46,6 @@ from exporter.models import MAX_ID_CHARS
 
 ENV_PREFIX = "LATITUDESH_EXPORTER_"
 TOKEN_ENV = "LATITUDESH_AUTH_TOKEN"  # noqa: S105 (a variable name, not a secret)
-DEFAULT_CONFIG_FILE = Path("config.yaml")
 #: The `team` label of a single team that is not named and has no slug from /projects.
 DEFAULT_TEAM = "default"
 _TOKEN_KEYS = frozenset({"token", "auth_token", "api_token", "api_key", TOKEN_ENV.lower()})

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import NoReturn
 
 from exporter import __version__, exitcodes, runtime
+from exporter.flags import Flags
 from exporter.httpserver import HttpServer
 from exporter.signals import Inbox
+from exporter.startup import Setup
 from exporter.web import WebApp
 from exporter.webconfig import WebConfigError, WebSettings, load_web_config
-from exporter.wiring import App, Flags, Setup
+from exporter.wiring import App
 
 log = logging.getLogger("exporter")
 

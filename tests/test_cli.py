@@ -6,6 +6,8 @@ import http.client
 import json
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from testing.fakeapi import FakeApi, Fault
 from testing.waits import wait_for
 from tests.conftest import (
     DEMO_PROJECTS,
+    ROOT,
     TOKEN,
     ExporterProcess,
     api_env,
@@ -82,6 +85,41 @@ def test_bad_settings_exit_2_with_one_line(
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["healthcheck", "--url", "http://127.0.0.1:9/healthz"], 1),
+        (["--config.file", "/nonexistent.yaml"], 2),
+        (["hash-password", "--cost", "4"], 0),
+    ],
+    ids=["healthcheck", "config-error", "hash-password"],
+)
+def test_a_health_check_or_a_config_error_never_loads_the_running_parts(
+    args: list[str], code: int
+) -> None:
+    """The image's HEALTHCHECK runs every 30 s: before, each run imported the whole
+    daemon (0.7 CPU-s); a config error paid the same before its one line."""
+    probe = textwrap.dedent(
+        """
+        import sys
+        from exporter.cli import main
+        code = main(sys.argv[1:])
+        heavy = ("httpx", "apscheduler", "prometheus_client", "exporter.wiring")
+        print(code, sorted(name for name in heavy if name in sys.modules))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        input="pw\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.splitlines()[-1] == f"{code} []", result.stdout + result.stderr
 
 
 def test_bad_config_file_names_the_field(tmp_path: Path) -> None:

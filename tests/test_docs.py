@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from exporter.cli import build_parser
 from exporter.collector import ALL_METRICS, MetricDoc
 from exporter.config import Settings, TeamSettings
+from exporter.flags import build_parser
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()

@@ -68,7 +68,9 @@ def test_example_alertmanager_config_is_valid() -> None:
 
 def test_every_alert_and_recording_rule_is_unit_tested() -> None:
     tests = [
-        test for name in RULE_TESTS for test in yaml.safe_load((PROMETHEUS / name).read_text())["tests"]
+        test
+        for name in RULE_TESTS
+        for test in yaml.safe_load((PROMETHEUS / name).read_text())["tests"]
     ]
     tested_alerts = {
         case["alertname"] for test in tests for case in test.get("alert_rule_test", [])
