@@ -303,51 +303,75 @@ def test_a_full_disk_is_counted_and_writing_resumes_when_there_is_room(tmp_path:
 
 def test_a_kill_9_at_any_moment_never_leaves_a_file_that_fails_to_load(tmp_path: Path) -> None:
     """100 kills while a writer commits answers as fast as it can, four files at a time:
-    each file loads cleanly after every kill (WAL, atomic commits)."""
-    writer = textwrap.dedent(
+    each file loads cleanly after every kill (WAL, atomic commits). Each writer is a
+    fork of a parent that imported the store once (a fresh interpreter per kill cost
+    more than the writing)."""
+    writers = textwrap.dedent(
         """
         import os, sys
         from pathlib import Path
         from exporter.state import StoredAnswer
         from exporter.state.sqlite import SqliteState
-        state = SqliteState(Path(sys.argv[1]), on_status=lambda up, reason: None,
-                            max_body_bytes=10**7, flush_seconds=0.001)
-        state.load()
-        state.start()
-        print("writing", flush=True)
-        i = 0
-        while True:
-            state.keep(StoredAnswer("t", f"p{i % 50}", os.urandom(5000), float(i), "USD"))
-            i += 1
+        while sys.stdin.readline():  # a round: fork a writer, say when it is dead
+            ready, said = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                state = SqliteState(Path(sys.argv[1]), on_status=lambda up, reason: None,
+                                    max_body_bytes=10**7, flush_seconds=0.001)
+                state.load()
+                state.start()
+                os.write(said, b"w")
+                i = 0
+                while True:
+                    state.keep(StoredAnswer("t", f"p{i % 50}", os.urandom(5000), float(i), "USD"))
+                    i += 1
+            os.read(ready, 1)
+            os.close(ready)
+            os.close(said)
+            print(pid, flush=True)
+            _, status = os.waitpid(pid, 0)
+            print(os.WTERMSIG(status) if os.WIFSIGNALED(status) else "exited", flush=True)
         """
     )
     rng = random.Random(1234)
     files = [tmp_path / f"state-{n}.db" for n in range(4)]
+    parents = [
+        subprocess.Popen(
+            [sys.executable, "-c", writers, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            text=True,
+        )
+        for path in files
+    ]
     kills = 0
-    while kills < 100:
-        children = [
-            subprocess.Popen(
-                [sys.executable, "-c", writer, str(path)],
-                stdout=subprocess.PIPE,
-                cwd=ROOT,
-            )
-            for path in files
-        ]
-        for child in children:
-            assert child.stdout is not None
-            assert child.stdout.readline() == b"writing\n"
-        time.sleep(rng.uniform(0.01, 0.2))  # a random moment of the writing
-        for child in children:
-            child.send_signal(signal.SIGKILL)
-            child.wait(10)
-            assert child.stdout is not None
-            child.stdout.close()
-            kills += 1
-        for path in files:
-            statuses = Statuses()
-            assert backend(path, statuses).load() is not None
-            assert statuses.reasons == [] and statuses.up, (kills, statuses.seen)
-            assert not moved_aside(path)
+    try:
+        while kills < 100:
+            pids = []
+            for parent in parents:
+                assert parent.stdin is not None and parent.stdout is not None
+                parent.stdin.write("go\n")
+                parent.stdin.flush()
+                pids.append(int(parent.stdout.readline()))  # the writer is writing
+            time.sleep(rng.uniform(0.01, 0.2))  # a random moment of the writing
+            for parent, pid in zip(parents, pids, strict=True):
+                os.kill(pid, signal.SIGKILL)
+                assert parent.stdout is not None
+                assert parent.stdout.readline() == f"{signal.SIGKILL.value}\n"
+                kills += 1
+            for path in files:
+                statuses = Statuses()
+                assert backend(path, statuses).load() is not None
+                assert statuses.reasons == [] and statuses.up, (kills, statuses.seen)
+                assert not moved_aside(path)
+    finally:
+        for parent in parents:
+            assert parent.stdin is not None
+            parent.stdin.close()
+            parent.wait(10)
+            assert parent.stdout is not None
+            parent.stdout.close()
     assert kills == 100
 
 
