@@ -12,6 +12,10 @@ ARGS   ?= --demo
 # Four on two cores: most tests wait on processes and sockets, not on the CPU (the
 # suite's CPU time is about 1.5 times its wall time at four workers).
 WORKERS ?= 4
+# The suite starts some 60 exporters and 4 workers: each would compile the package and
+# pytest would rewrite every test module again where the environment forbids bytecode
+# caches (PYTHONDONTWRITEBYTECODE, as on CI's machines); the caches are gitignored.
+TEST_ENV := PYTHONDONTWRITEBYTECODE=
 
 .DEFAULT_GOAL := help
 .PHONY: help run dev test quick lint format unit bench bench-micro lock clean
@@ -51,10 +55,10 @@ format: $(DEV) ## ruff format and ruff check --fix
 	$(BIN)/ruff check --fix .
 
 quick: lint $(DEV) ## what `make test` runs but the slow tests (benchmark smoke, e2e, containers, daemons under load)
-	$(BIN)/pytest -n $(WORKERS) -m "not slow"
+	$(TEST_ENV) $(BIN)/pytest -n $(WORKERS) -m "not slow"
 
 unit: $(DEV) ## the test suite, on every core
-	$(BIN)/pytest -n $(WORKERS)
+	$(TEST_ENV) $(BIN)/pytest -n $(WORKERS)
 
 # A run writes its tables under benchmarks/out/ (ignored by git); the tracked
 # benchmarks/RESULTS.md changes only when asked: make bench OUT=benchmarks/RESULTS.md
