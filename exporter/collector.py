@@ -467,6 +467,15 @@ PROJECT_FAMILIES: tuple[Family[ProjectStatus, Any], ...] = (
         lambda t: t.price,
     ),
     Family(
+        "latitudesh_billing_tag_run_rate_per_hour",
+        "What the running lines of the servers carrying a tag cost per hour, split over "
+        "servers as the spend is (latitudesh_billing_run_rate_per_hour's share); absent "
+        f"when no line of the project has a rate. {_MONEY}",
+        (*PROJECT_MONEY, "tag"),
+        TAGS,
+        lambda t: t.rate,
+    ),
+    Family(
         "latitudesh_billing_previous_period_price",
         "Price of the last closed billing period: its last answer's price (see "
         "latitudesh_billing_previous_period_observed_timestamp_seconds for when it was "

@@ -148,8 +148,13 @@ class ServerTag:
 
 @dataclass(frozen=True, slots=True)
 class TagSpend:
+    """A tag's share of a project's spend (each server's share counted under each of
+    its tags), and of its run rate: what the tagged servers' running lines cost an
+    hour (None when no line of the project has a rate)."""
+
     tag: str
     price: float
+    rate: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +266,7 @@ class ClosedPeriod:
             period_start=usage.period_start,
             period_end=usage.period_end,
             observed_at=observed_at,
-            tags=usage.tags,
+            tags=tuple(TagSpend(t.tag, t.price) for t in usage.tags),  # no rate: closed
             servers=usage.servers,
         )
 

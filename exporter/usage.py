@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from exporter.forecast import run_rate
+from exporter.forecast import line_rate, run_rate
 from exporter.models import Product, UsageAttributes, epoch_seconds
 from exporter.snapshot import (
     OTHER,
@@ -78,7 +78,7 @@ def build_usage(
     end = epoch_seconds(attributes.period.end) if attributes.period else None
     if start is not None and end is not None and start > end:
         start = end = None  # an inverted period would make every projection nonsense
-    lines = [_ProductLine.read(p) for p in attributes.products]
+    lines = [_ProductLine.read(p, at) for p in attributes.products]
     merged = _merge_duplicates(lines)
     products, folded = _fold_cheapest(merged, limits.products)
     # Rows of folded products would name product ids no product series carries.
@@ -141,9 +141,12 @@ class _ProductLine:
     discounts: tuple[tuple[str, str, float | None], ...]
     bucket: tuple[str, str, str] | None
     divisor: float | None
+    #: What the line costs an hour at the answer's time (`forecast.line_rate`, main
+    #: units); None when it has no rate.
+    rate: float | None = None
 
     @classmethod
-    def read(cls, product: Product) -> _ProductLine:
+    def read(cls, product: Product, at: float) -> _ProductLine:
         metadata = product.metadata
         servers = metadata.all_servers(product.resource) if metadata else []
         infos = tuple(
@@ -184,6 +187,7 @@ class _ProductLine:
             if bucket is not None and (bucket.id or bucket.name)
             else None,
             divisor=divisor if divisor is not None and divisor > 0 else None,
+            rate=money(line_rate(product, at)),
         )
 
 
@@ -275,17 +279,20 @@ class _Share:
     server: ServerInfo
     price: float
     tags: dict[str, None]
+    rate: float = 0.0
 
 
 def _allocate(lines: list[_ProductLine], limits: Limits) -> _Allocation:
-    """Each line's price split evenly over the servers it lists; the rest unattributed.
+    """Each line's price (and run rate) split evenly over the servers it lists; the rest
+    unattributed.
 
     Additive by construction: Σ server prices + the unattributed spend = Σ line prices.
     A listed server with neither id nor hostname cannot be named: its share is
     unattributed. Allocation reads the lines as the API gave them, before products
     fold, so folding never moves money between servers.
     """
-    ranked, unattributed = _shares(lines)
+    ranked, unattributed, unattributed_rate = _shares(lines)
+    rated = any(line.rate is not None for line in lines)
     folded: list[_Share] = []
     if len(ranked) > limits.servers:
         ranked.sort(key=lambda share: share.price, reverse=True)
@@ -304,44 +311,59 @@ def _allocate(lines: list[_ProductLine], limits: Limits) -> _Allocation:
         )
     if folded:
         servers.append(ServerSpend(OTHER, "", "", _round(sum(s.price for s in folded)), (OTHER,)))
-    by_tag: dict[str, float] = {UNATTRIBUTED: unattributed, UNTAGGED: 0.0}
-    for server in servers:
+    rates = [share.rate for share in ranked]
+    if folded:
+        rates.append(sum(s.rate for s in folded))
+    by_tag: dict[str, list[float]] = {
+        UNATTRIBUTED: [unattributed, unattributed_rate],
+        UNTAGGED: [0.0, 0.0],
+    }
+    for server, rate in zip(servers, rates, strict=True):
         for tag in server.tags or (UNTAGGED,):
-            by_tag[tag] = by_tag.get(tag, 0.0) + server.price
+            sums = by_tag.setdefault(tag, [0.0, 0.0])
+            sums[0] += server.price
+            sums[1] += rate
     return _Allocation(
         servers=tuple(servers),
         servers_folded=len(folded),
         tags_folded=tags_folded,
-        tags=tuple(TagSpend(tag, _round(price)) for tag, price in sorted(by_tag.items())),
+        tags=tuple(
+            TagSpend(tag, _round(price), _round(rate) if rated else None)
+            for tag, (price, rate) in sorted(by_tag.items())
+        ),
     )
 
 
-def _shares(lines: list[_ProductLine]) -> tuple[list[_Share], float]:
-    """Each named server's summed share, in order of appearance, and what no server
-    can be given."""
+def _shares(lines: list[_ProductLine]) -> tuple[list[_Share], float, float]:
+    """Each named server's summed share, in order of appearance, and the price and
+    run rate no server can be given."""
     shares: dict[str, _Share] = {}
-    unattributed = 0.0
+    unattributed = unattributed_rate = 0.0
     for line in lines:
         price = line.usage.price
+        rate = line.rate or 0.0
         servers = line.usage.servers
-        if price is None:
+        if price is None:  # nothing to split (and no server share made for its rate)
             continue
         if not servers:
             unattributed += price
+            unattributed_rate += rate
             continue
-        each = price / len(servers)
+        each, each_rate = price / len(servers), rate / len(servers)
         for server in servers:
             if not (server.server_id or server.hostname):
                 unattributed += each
+                unattributed_rate += each_rate
                 continue
             key = server.server_id or f"\0{server.hostname}"
             share = shares.get(key)
             if share is None:
-                shares[key] = _Share(server, each, dict.fromkeys(server.tags))
+                shares[key] = _Share(server, each, dict.fromkeys(server.tags), each_rate)
             else:
                 share.price += each
+                share.rate += each_rate
                 share.tags.update(dict.fromkeys(server.tags))
-    return list(shares.values()), unattributed
+    return list(shares.values()), unattributed, unattributed_rate
 
 
 def _round(money: float) -> float:

@@ -491,6 +491,32 @@ def test_tags_price_each_server_under_each_tag_and_untagged_apart() -> None:
     )
 
 
+def test_tag_run_rates_split_as_prices_and_fold_with_their_servers() -> None:
+    """What a tag's servers cost an hour now: each hourly line's rate split evenly over
+    its servers, a folded server's under `__other__`, a line without servers
+    unattributed; the parts add up to the project's run rate."""
+    hourly = {"unit": "hour", "usage_type": "metered"}
+    usage = build(
+        answer(
+            line("si_1", 100, server("a", "x"), server("b", "y"), unit_price=40, **hourly),
+            line("si_2", 300, server("c", "x"), unit_price=10, **hourly),
+            line("si_3", 50, server("d"), unit_price=2, **hourly),  # the cheapest: folded
+            line("si_4", 70, unit_price=6, **hourly),  # no server: unattributed
+            line("si_5", 90, server("a", "x"), unit="GB", unit_price=99),  # no clock
+        ),
+        limits=default_limits(servers=3),
+    )
+    rates = {t.tag: t.rate for t in usage.tags}
+    assert rates == {
+        "x": pytest.approx(0.2 + 0.1),  # a's half of si_1, and c
+        "y": pytest.approx(0.2),
+        OTHER: pytest.approx(0.02),  # d, folded
+        UNTAGGED: 0.0,
+        UNATTRIBUTED: pytest.approx(0.06),
+    }
+    assert usage.run_rate == pytest.approx(0.2 + 0.2 + 0.1 + 0.02 + 0.06)
+
+
 def test_empty_and_repeated_tags_are_dropped() -> None:
     usage = build(answer(line("si_1", 100, server("a", "t", "", "t", "u"))))
     assert usage.servers[0].tags == ("t", "u")
@@ -619,13 +645,17 @@ def test_the_new_shape_fixture_figure_by_figure() -> None:
         ServerSpend("sv_2", "db-01", "c2-small-x86", 228.0, ("db",)),
         ServerSpend("sv_3", "worker-01", "c3-medium-x86", 5.0, ()),
     )
+    # Rates split as prices are: si_aslft06m's 0.20 an hour less 5 % over sv_1 and
+    # sv_2 (0.095 each), si_eip01's 0.01 over sv_1 and sv_3; storage and calls have no
+    # clock in their unit, so nothing unattributed runs by the hour.
     assert usage.tags == (
-        TagSpend(UNATTRIBUTED, 60.3),
-        TagSpend(UNTAGGED, 5.0),
-        TagSpend("db", 228.0),
-        TagSpend("prod", 233.0),
-        TagSpend("web", 233.0),
+        TagSpend(UNATTRIBUTED, 60.3, 0.0),
+        TagSpend(UNTAGGED, 5.0, 0.005),
+        TagSpend("db", 228.0, 0.095),
+        TagSpend("prod", 233.0, 0.1),
+        TagSpend("web", 233.0, 0.1),
     )
+    assert usage.run_rate == pytest.approx(0.2)  # = sv_1 + sv_2 + sv_3 + unattributed
     assert usage.buckets == (
         BucketInfo("si_on0fybnq", "bkt_1", "lake", ""),
         BucketInfo("si_calls", "bkt_2", "assets", "NYC"),
@@ -658,9 +688,9 @@ def test_the_old_shape_fixture_figure_by_figure() -> None:
     assert (licence.price, licence.price_without_discount, licence.servers) == (0.505, 0.5, ())
     assert usage.servers == (ServerSpend("sv_gpu", "trainer-01", "g3-h100-large", 120.0, ("ml",)),)
     assert usage.tags == (
-        TagSpend(UNATTRIBUTED, 0.505),
-        TagSpend(UNTAGGED, 0.0),
-        TagSpend("ml", 120.0),
+        TagSpend(UNATTRIBUTED, 0.505, 0.0),  # a licence: paid up front, no rate
+        TagSpend(UNTAGGED, 0.0, 0.0),
+        TagSpend("ml", 120.0, 4.5),
     )
     assert usage.currency == "BRL"
 
