@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.budgets import BudgetStatus, assess
 from exporter.errors import POLL_ERROR_REASONS
 from exporter.models import MAX_ID_CHARS
 from exporter.snapshot import (
@@ -659,6 +660,82 @@ STATE_FAMILIES: tuple[Family[StateStatus, Any], ...] = (
     ),
 )
 
+BUDGET_LABELS = ("team", "scope", "project_id", "tag", "currency")
+BUDGET: Rows[BudgetStatus, BudgetStatus] = Rows(
+    of=lambda b: (b,),
+    labels=lambda b, _: {
+        "team": b.team,
+        "scope": b.budget.scope,
+        "project_id": b.project_id,
+        "tag": b.tag,
+        "currency": b.currency,
+    },
+)
+BUDGET_LEVELS: Rows[BudgetStatus, tuple[str, float]] = Rows(
+    of=lambda b: b.levels,
+    labels=lambda b, row: {**BUDGET.labels(b, b), "level": row[0]},
+)
+_BUDGET = (
+    "A budget of the config: scope team (every project of the team), project, or tag "
+    "(the team's servers carrying it, across projects); in the team's currency."
+)
+#: Each budget's figures, rendered at every scrape (one series each, a few a level).
+BUDGET_FAMILIES: tuple[Family[BudgetStatus, Any], ...] = (
+    Family(
+        "latitudesh_budget_amount",
+        f"What the scope may spend per billing period. {_BUDGET}",
+        BUDGET_LABELS,
+        BUDGET,
+        lambda b: b.budget.amount,
+    ),
+    Family(
+        "latitudesh_budget_found",
+        "1 when the budget's scope names something the team has (a project by id or "
+        "slug, a tag one of its servers carries); 0: nothing to measure (yet).",
+        BUDGET_LABELS,
+        BUDGET,
+        lambda b: float(b.found),
+    ),
+    Family(
+        "latitudesh_budget_spent_ratio",
+        f"The scope's spend this period over the budget's amount (1 = all spent). {_FROM_POLL}",
+        BUDGET_LABELS,
+        BUDGET,
+        lambda b: b.spent_ratio,
+    ),
+    Family(
+        "latitudesh_budget_projected_ratio",
+        "The scope's spend at the period's end, if what runs now keeps running, over the "
+        f"budget's amount. {_FROM_POLL}",
+        BUDGET_LABELS,
+        BUDGET,
+        lambda b: b.projected_ratio,
+    ),
+    Family(
+        "latitudesh_budget_period_end_timestamp_seconds",
+        "Unix time the scope's billing period ends (the latest of its projects').",
+        BUDGET_LABELS,
+        BUDGET,
+        lambda b: b.period_end,
+    ),
+    Family(
+        "latitudesh_budget_run_out_timestamp_seconds",
+        "Unix time at which the scope's run rate spends the rest of the budget; absent when "
+        "nothing runs or the budget is spent.",
+        BUDGET_LABELS,
+        BUDGET,
+        lambda b: b.run_out,
+    ),
+    Family(
+        "latitudesh_budget_level_ratio",
+        'Each level at which the budget warns, as a share of its amount (level="75": '
+        "0.75): what the budget alerts join latitudesh_budget_spent_ratio on.",
+        (*BUDGET_LABELS, "level"),
+        BUDGET_LEVELS,
+        lambda row: row[1],
+    ),
+)
+
 BUILD_INFO = ("latitudesh_exporter_build_info", "Version of the exporter and of Python. Always 1.")
 BUILD_LABELS = ("version", "python_version")
 
@@ -677,6 +754,7 @@ _FAMILIES: tuple[Family[Any, Any], ...] = (
     *TEAM_FAMILIES,
     *RELOAD_FAMILIES,
     *STATE_FAMILIES,
+    *BUDGET_FAMILIES,
 )
 ALL_METRICS: tuple[MetricDoc, ...] = (
     *(MetricDoc(f.name, f.type, f.labels) for f in _FAMILIES),
@@ -734,6 +812,9 @@ class TeamCollector(Collector):
         yield from _render(TEAM_FAMILIES, view.teams)
         yield from _render(RELOAD_FAMILIES, (view.reload,))
         yield from _render(STATE_FAMILIES, (view.state,))
+        budgets = assess(view)
+        if budgets:  # no empty families where no budget is configured
+            yield from _render(BUDGET_FAMILIES, budgets)
         info = GaugeMetricFamily(*BUILD_INFO, labels=BUILD_LABELS)
         info.add_metric([__version__, platform.python_version()], 1.0)
         yield info

@@ -250,6 +250,69 @@ class TeamSettings(Section):
         return self
 
 
+#: Shares of a budget (percent) at which its alerts warn, when a budget names none.
+DEFAULT_BUDGET_LEVELS = (50.0, 75.0, 90.0, 100.0)
+
+
+class BudgetSettings(Section):
+    """An amount a team, one of its projects or one of its tags may spend per billing
+    period, and the shares of it at which to warn."""
+
+    team: str | None = Field(
+        None,
+        max_length=63,
+        description="The team (teams[].name, or default); may be left out with one team.",
+    )
+    project: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_ID_CHARS,
+        description="A project id or slug: the budget is that project's spend.",
+    )
+    tag: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="A tag: the spend of the team's servers carrying it, across projects.",
+    )
+    amount: float = Field(
+        gt=0,
+        le=1e12,
+        allow_inf_nan=False,
+        description="Per billing period, in the team's currency (main units, not cents).",
+    )
+    levels: tuple[float, ...] = Field(
+        DEFAULT_BUDGET_LEVELS,
+        min_length=1,
+        max_length=10,
+        description="Percentages of the amount at which to warn, e.g. [50, 75, 90, 100].",
+    )
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_are_percentages(cls, levels: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < level <= 1000 for level in levels):
+            raise ValueError("each level is a percentage above 0 and at most 1000")
+        if len(set(levels)) != len(levels):
+            raise ValueError("a level is listed twice")
+        return tuple(sorted(levels))
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> BudgetSettings:
+        if self.project is not None and self.tag is not None:
+            raise ValueError("names a project and a tag: a budget has one scope (or neither)")
+        return self
+
+    @property
+    def scope(self) -> tuple[str, str]:
+        """("project", id or slug), ("tag", tag) or ("team", "")."""
+        if self.project is not None:
+            return "project", self.project
+        if self.tag is not None:
+            return "tag", self.tag
+        return "team", ""
+
+
 class Settings(BaseSettings):
     """The whole config; see config.example.yaml for a commented copy."""
 
@@ -295,12 +358,37 @@ class Settings(BaseSettings):
         le=1000,
         description="Cardinality guard: a server's tags beyond this fold into __other__.",
     )
+    budgets: list[BudgetSettings] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Spending budgets per period: a team's, a project's or a tag's.",
+    )
 
     @field_validator("projects")
     @classmethod
     def _unique_ids(cls, projects: list[ProjectSettings]) -> list[ProjectSettings]:
         _no_duplicate_projects(projects, {})
         return projects
+
+    @model_validator(mode="after")
+    def _budgets_name_known_teams(self) -> Settings:
+        teams = [team.name for team in self.teams] if self.teams is not None else [DEFAULT_TEAM]
+        seen: dict[tuple[str, str, str], int] = {}
+        for index, budget in enumerate(self.budgets, start=1):
+            where = f"budgets[#{index}].team"
+            if budget.team is None and len(teams) > 1:
+                raise ValueError(f"{where}: required with several teams ({', '.join(teams)})")
+            team = budget.team if budget.team is not None else teams[0]
+            if team not in teams:
+                raise ValueError(f"{where}: no team is named {team!r} ({', '.join(teams)})")
+            key = (team, *budget.scope)
+            if key in seen:
+                raise ValueError(
+                    f"budgets[#{index}]: the same scope as budgets[#{seen[key]}] "
+                    "(one budget a scope: its series would be the same)"
+                )
+            seen[key] = index
+        return self
 
     @model_validator(mode="after")
     def _teams_are_consistent(self) -> Settings:

@@ -15,11 +15,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import NoReturn
 
 from exporter import __version__, exitcodes, runtime
-from exporter.flags import Flags
+from exporter.budgets import from_settings
+from exporter.config import ConfigError, Settings, load_settings
+from exporter.flags import DEFAULT_CONFIG_FILE, Flags
 from exporter.httpserver import HttpServer
 from exporter.signals import Inbox
 from exporter.startup import Setup
@@ -122,7 +123,7 @@ def serve(app: App, setup: Setup, flags: Flags) -> int:
         app.close()
         return exitcodes.CONFIG
 
-    reloader = Reloader(lambda: reload(app, web_app, flags.web_config), app.stop)
+    reloader = Reloader(lambda: reload(app, web_app, flags, setup), app.stop)
     inbox = Inbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     app.server.start()
     log.info(
@@ -241,22 +242,22 @@ class Reloader:
             self.done += 1
 
 
-def reload(app: App, web_app: WebApp, web_config: Path | None) -> None:
-    """SIGHUP: reload the web config, keeping all data (token files are read again at
-    every request). A file that cannot be loaded is refused: the settings in use stay,
-    one error line says why, and `latitudesh_config_last_reload_successful` turns 0. A
-    valid file that drops TLS or every user is applied, with a warning naming what it
-    removes: protection is never lowered silently."""
-    if web_config is None:
-        app.store.record_reload(successful=True, now=time.time())
-        log.info("reloaded", extra={"web_config": False})
-        return
+def reload(app: App, web_app: WebApp, flags: Flags, setup: Setup) -> None:
+    """SIGHUP: read the config's budgets and the web config again, keeping all data
+    (token files are read again at every request). A file that cannot be loaded is
+    refused, and with it the whole reload: the settings in use stay, one error line
+    says why, and `latitudesh_config_last_reload_successful` turns 0. A valid web config
+    that drops TLS or every user is applied, with a warning naming what it removes:
+    protection is never lowered silently. The config's other sections need a restart
+    (a warning says so when they changed)."""
     try:
-        web = load_web_config(web_config)
-    except WebConfigError as exc:
+        settings = _read_config(flags)
+        web = load_web_config(flags.web_config) if flags.web_config else None
+    except (ConfigError, WebConfigError) as exc:
         app.store.record_reload(successful=False, now=time.time())
         log.error(
-            "web config refused: the settings in use are kept",
+            f"{'web config' if isinstance(exc, WebConfigError) else 'config'} refused: "
+            "the settings in use are kept",
             extra={
                 "error": str(exc),
                 "hint": "replace the file atomically (write it elsewhere, then rename it "
@@ -264,25 +265,45 @@ def reload(app: App, web_app: WebApp, web_config: Path | None) -> None:
             },
         )
         return
-    removed = protection_removed(app.web, web)
-    if removed:
+    budgets = setup.budgets
+    if settings.budgets or setup.demo is None:  # the demo's own, unless configured
+        budgets = from_settings(settings)
+    if _other_sections(settings) != _other_sections(setup.settings):
         log.warning(
-            "web config reload removes protection",
-            extra={"removed": ", ".join(removed), "path": str(web_config)},
+            "config changes other than budgets apply at the next restart",
+            extra={"path": str(flags.config_file or DEFAULT_CONFIG_FILE)},
         )
-    web_app.configure(web)
-    if app.server is not None:
-        app.server.reload(web)
-    app.web = web
+    app.store.set_budgets(budgets)
+    if web is not None:
+        removed = protection_removed(app.web, web)
+        if removed:
+            log.warning(
+                "web config reload removes protection",
+                extra={"removed": ", ".join(removed), "path": str(flags.web_config)},
+            )
+        web_app.configure(web)
+        if app.server is not None:
+            app.server.reload(web)
+        app.web = web
     app.store.record_reload(successful=True, now=time.time())
     log.info(
         "reloaded",
         extra={
-            "web_config": True,
-            "tls": web.ssl_context is not None,
-            "basic_auth_users": len(web.users),
+            "budgets": len(budgets),
+            "web_config": web is not None,
+            "tls": app.web.ssl_context is not None,
+            "basic_auth_users": len(app.web.users),
         },
     )
+
+
+def _read_config(flags: Flags) -> Settings:
+    """The config file (if any, as at start) and the environment, again."""
+    return load_settings(flags.config_file or DEFAULT_CONFIG_FILE, explicit=bool(flags.config_file))
+
+
+def _other_sections(settings: Settings) -> dict[str, object]:
+    return settings.model_dump(exclude={"budgets"})
 
 
 def protection_removed(before: WebSettings, after: WebSettings) -> list[str]:

@@ -349,6 +349,14 @@ class DemoAccount:
         attributes["amount"] = round(price, 2)
         return {"data": {"id": "", "type": "billing_usage", "attributes": attributes}, "meta": {}}
 
+    def price_at(self, project_id: str, hours: float) -> float:
+        """What the project has cost, in cents, `hours` into a period."""
+        return sum(
+            float(_product(p, hours, 0.0, "new", self.speed)["price"])
+            for p in self.projects[project_id].products
+            if hours >= p.starts_hour
+        )
+
     def project_resources(self) -> list[dict[str, Any]]:
         team = self.team
         return [
@@ -394,6 +402,24 @@ def default_accounts(**kwargs: Any) -> list[DemoAccount]:
 
 
 DEMO_TOKENS = ("demo-key-us", "demo-key-br")
+#: Simulated hours after the start at which the demo's project budget passes 75 %: 90
+#: real seconds at the default speed, and the period's close (at three minutes)
+#: resolves its alert.
+DEMO_BUDGET_HOURS = 1.5
+
+
+def demo_budgets(accounts: Sequence[DemoAccount]) -> list[dict[str, Any]]:
+    """The demo's budgets (when the config names none), as the config writes them, set
+    from what the first account's clock says now: web-platform's passes 75 % within
+    the first two minutes; the team's whole spend stands near 40 % of its budget."""
+    us = accounts[0]
+    _, _, hours = us.period()
+    web = us.price_at("proj_demo_web", hours + DEMO_BUDGET_HOURS) / 100 / 0.75
+    team = sum(us.price_at(pid, hours) for pid in us.projects) / 100 / 0.4
+    return [
+        {"team": us.team.slug, "project": "web-platform", "amount": round(web, 2)},
+        {"team": us.team.slug, "amount": round(team, 2)},
+    ]
 
 
 def accounts_of(accounts: Sequence[DemoAccount] | DemoAccount | None) -> list[DemoAccount]:

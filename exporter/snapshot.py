@@ -436,6 +436,9 @@ class TeamStatus:
     #: Set by a failed poll, discovery or stall; cleared by a refresh where discovery
     #: (if needed) and every poll succeeded.
     problem: TeamProblem | None = None
+    #: The team's key, for good: its configured name, or `default` (`name` may become
+    #: its slug from /projects). What a budget names.
+    key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,6 +464,22 @@ class StateStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    """What a team, one of its projects or one of its tags may spend per billing period
+    (`budgets` in the config), in the team's currency, and the shares of it (percent)
+    at which to warn. `budgets.assess` sets it against the spend."""
+
+    #: The team's key (`TeamStatus.key`).
+    team: str
+    amount: float
+    levels: tuple[float, ...]
+    #: "team", "project" or "tag".
+    scope: str = "team"
+    #: The project's id or slug, or the tag; "" for a team's budget.
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StoreView:
     """Everything one scrape renders, read in one go."""
 
@@ -470,6 +489,7 @@ class StoreView:
     version: int
     reload: ReloadStatus = ReloadStatus()
     state: StateStatus = StateStatus()
+    budgets: tuple[Budget, ...] = ()
 
     @property
     def ready(self) -> bool:

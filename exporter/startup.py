@@ -16,9 +16,11 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from exporter.budgets import from_settings
 from exporter.config import (
     API_REQUESTS_PER_MINUTE,
     ApiSettings,
+    BudgetSettings,
     ConfigError,
     Settings,
     TeamConfig,
@@ -30,7 +32,8 @@ from exporter.config import (
 from exporter.demo import DemoApi
 from exporter.flags import DEFAULT_CONFIG_FILE, Flags
 from exporter.logs import Redactor
-from exporter.simulation import DEMO_TOKENS, default_accounts
+from exporter.simulation import DEMO_TOKENS, default_accounts, demo_budgets
+from exporter.snapshot import Budget
 from exporter.webconfig import WebSettings, load_web_config
 
 log = logging.getLogger("exporter")
@@ -58,6 +61,8 @@ class Setup:
     demo: DemoApi | None = None
     #: The state file, or None: off (`state.enabled: false`, `--once`, `--check-config`).
     state_path: Path | None = None
+    #: The budgets in force: the config's (in demo mode, the demo's when it has none).
+    budgets: tuple[Budget, ...] = ()
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -93,6 +98,9 @@ def configure(flags: Flags, redactor: Redactor) -> Setup:
             for account, token in zip(demo.accounts, DEMO_TOKENS, strict=True)
         ]
         api = settings.api.model_copy(update={"base_url": demo.url})
+        if not settings.budgets:
+            made = [BudgetSettings(**budget) for budget in demo_budgets(demo.accounts)]
+            settings = settings.model_copy(update={"budgets": made})
     else:
         teams = resolve_teams(settings)
         api = settings.api
@@ -124,4 +132,20 @@ def configure(flags: Flags, redactor: Redactor) -> Setup:
     state_path = None
     if settings.state.enabled and not (flags.once or flags.check_config):
         state_path = settings.state.resolved_path(os.environ, demo=flags.demo)
-    return Setup(settings, teams, listen, web, api, interval, demo, state_path)
+    budgets = from_settings(settings)
+    _warn_of_unknown_projects(budgets, teams)
+    return Setup(settings, teams, listen, web, api, interval, demo, state_path, budgets)
+
+
+def _warn_of_unknown_projects(budgets: tuple[Budget, ...], teams: list[TeamConfig]) -> None:
+    """A budget on a project its team does not list is told at once when the team lists
+    its projects (a discovered project, or a tag, shows only once polled: then
+    `latitudesh_budget_found` says so)."""
+    listed = {team.label: {p.id for p in team.projects} for team in teams if team.projects}
+    for budget in budgets:
+        ids = listed.get(budget.team)
+        if budget.scope == "project" and ids is not None and budget.target not in ids:
+            log.warning(
+                "a budget names a project its team does not list: nothing to measure",
+                extra={"team": budget.team, "project": budget.target},
+            )

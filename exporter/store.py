@@ -31,6 +31,7 @@ from typing import Protocol
 from exporter.curve import Curve, Point, extend
 from exporter.errors import POLL_ERROR_REASONS
 from exporter.snapshot import (
+    Budget,
     ClosedPeriod,
     ProjectStatus,
     ReloadStatus,
@@ -121,6 +122,7 @@ class SnapshotStore:
         self._telling = threading.Lock()
         self._reload = ReloadStatus()
         self._state = StateStatus()
+        self._budgets: tuple[Budget, ...] = ()
 
     def subscribe(self, listener: StoreListener) -> None:
         with self._telling, self._lock:
@@ -136,7 +138,7 @@ class SnapshotStore:
         its API key comes from, for the hints people read."""
         with self._lock:
             if key not in self._teams:
-                status = TeamStatus(key, key_origin=key_origin)
+                status = TeamStatus(key, key_origin=key_origin, key=key)
                 team = _Team(status, rank if rank is not None else len(self._teams))
                 team.requests = dict(team.status.api_requests)
                 self._teams[key] = team
@@ -403,6 +405,12 @@ class SnapshotStore:
                 self._changes.append(tuple(self._projects.values()))
         self._tell()
 
+    def set_budgets(self, budgets: Sequence[Budget]) -> None:
+        """The budgets in force (at start, and each SIGHUP that reads the config)."""
+        with self._lock:
+            self._budgets = tuple(budgets)
+            self._changed()
+
     def view(self) -> StoreView:
         with self._lock:
             if self._view is None:
@@ -412,6 +420,7 @@ class SnapshotStore:
                     version=self._version,
                     reload=self._reload,
                     state=self._state,
+                    budgets=self._budgets,
                 )
             return self._view
 

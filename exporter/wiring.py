@@ -98,6 +98,7 @@ def build_app(setup: Setup) -> App:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     store = SnapshotStore()
     store.record_reload(successful=True, now=time.time())  # the files were loaded
+    store.set_budgets(setup.budgets)
     tail = CollectorRegistry(auto_describe=False)
     tail.register(TeamCollector(store.view))
     ProcessCollector(registry=tail)

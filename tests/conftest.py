@@ -39,7 +39,7 @@ from exporter.models import BillingUsageDocument, parse_document
 from exporter.poller import Poller, UsageSource
 from exporter.ratelimit import RequestBudget
 from exporter.simulation import DemoAccount
-from exporter.snapshot import UsageSnapshot
+from exporter.snapshot import Budget, UsageSnapshot
 from exporter.store import SnapshotStore
 from exporter.usage import Limits, build_usage
 from exporter.web import WebApp
@@ -337,13 +337,25 @@ TRICKY = {
 }
 
 
+#: The golden file's budgets: a project's by its slug, a tag's, the team's (only its USD
+#: project counts) and one on a tag no server carries.
+GOLDEN_BUDGETS = (
+    Budget("default", 1000.0, (50.0, 75.0, 90.0, 100.0), "project", "fantastic-iron-clock"),
+    Budget("default", 500.0, (80.0, 100.0), "tag", "web"),
+    Budget("default", 2000.0, (12.5,)),
+    Budget("default", 10.0, (100.0,), "tag", "nowhere"),
+)
+
+
 def golden_store() -> SnapshotStore:
     """Both answer shapes and every escaping case, as the golden file shows them."""
-    return store_with(
+    store = store_with(
         (NEW, load_fixture("billing_usage_new.json"), "USD"),
         ("proj_old", load_fixture("billing_usage_old.json"), "BRL"),
         ("proj_tricky", TRICKY, "EUR"),
     )
+    store.set_budgets(GOLDEN_BUDGETS)
+    return store
 
 
 def exposition_of(store: SnapshotStore) -> Exposition:

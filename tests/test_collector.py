@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from exporter.collector import ALL_METRICS, PROJECT_FAMILIES, TEAM_FAMILIES
+from exporter.collector import ALL_METRICS, BUDGET_FAMILIES, PROJECT_FAMILIES, TEAM_FAMILIES
 from exporter.store import SnapshotStore
 from tests.conftest import (
     GOLDEN,
@@ -289,7 +289,9 @@ def test_no_created_series_and_every_family_is_in_the_table() -> None:
     assert families == {spec.name for spec in ALL_METRICS}
 
 
-@pytest.mark.parametrize("spec", [*PROJECT_FAMILIES, *TEAM_FAMILIES], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "spec", [*PROJECT_FAMILIES, *TEAM_FAMILIES, *BUDGET_FAMILIES], ids=lambda s: s.name
+)
 def test_metric_names_follow_prometheus_conventions(spec: Any) -> None:
     name = spec.name
     assert name.startswith("latitudesh_")

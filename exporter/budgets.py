@@ -1,0 +1,171 @@
+"""Budgets set against the spend: how much of each is spent, what the run rate takes it
+to by the period's end, and when it runs out at that rate.
+
+A budget (`budgets` in the config) is an amount a team, one of its projects or one of
+its tags may spend per billing period, in the team's currency:
+
+- a project's spend is its `price`; a project is named by its id or its slug;
+- a tag's is what the team's servers carrying it cost (`latitudesh_billing_tag_price`),
+  summed over the team's projects;
+- a team's is the sum of its projects' prices.
+
+Only projects billed in the team's currency count (a sum of two currencies means
+nothing). The run rate is the same sum of what runs now (`forecast.py`), so the
+projection and the run-out time move as soon as a server is added or deleted, not a
+day later as a derivative would. Pure: reads a `StoreView`, no clock (times are those
+of the polls), so every scrape of one view says the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from exporter.config import DEFAULT_TEAM, Settings
+from exporter.snapshot import Budget, ProjectStatus, StoreView, UsageSnapshot
+
+SECONDS_PER_HOUR = 3600.0
+
+
+def from_settings(settings: Settings) -> tuple[Budget, ...]:
+    """The config's budgets, each for its team's key (the only team's when none is
+    named: the config checked that there is one)."""
+    only = settings.teams[0].name if settings.teams else DEFAULT_TEAM
+    return tuple(
+        Budget(
+            team=budget.team if budget.team is not None else only,
+            amount=budget.amount,
+            levels=budget.levels,
+            scope=budget.scope[0],
+            target=budget.scope[1],
+        )
+        for budget in settings.budgets
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """One budget against the spend, as the polls last saw it."""
+
+    budget: Budget
+    #: The team's `team` label now (its name, or its key before discovery names it).
+    team: str
+    currency: str
+    #: A project budget's project: its id once seen (else the id or slug configured).
+    project_id: str
+    #: Whether the scope names something the team has: the team, a project of it, or a
+    #: tag one of its servers carries (an unknown one has no spend, and says so).
+    found: bool
+    spent: float | None = None
+    #: The spend at the period's end if what runs now keeps running.
+    projected: float | None = None
+    period_end: float | None = None
+    #: Unix time at which the run rate spends the rest of the amount; None when nothing
+    #: runs, or the amount is already spent.
+    run_out: float | None = None
+
+    @property
+    def spent_ratio(self) -> float | None:
+        return None if self.spent is None else self.spent / self.budget.amount
+
+    @property
+    def projected_ratio(self) -> float | None:
+        return None if self.projected is None else self.projected / self.budget.amount
+
+    @property
+    def tag(self) -> str:
+        return self.budget.target if self.budget.scope == "tag" else ""
+
+    @property
+    def levels(self) -> tuple[tuple[str, float], ...]:
+        """Each level as its label (`75`, `12.5`) and its share of the amount."""
+        return tuple((f"{level:g}", level / 100.0) for level in self.budget.levels)
+
+
+def assess(view: StoreView) -> tuple[BudgetStatus, ...]:
+    """Every budget of the view against its scope's spend."""
+    if not view.budgets:
+        return ()
+    teams = {team.key: team for team in view.teams}
+    statuses = []
+    for budget in view.budgets:
+        team = teams.get(budget.team)
+        if team is None:  # not added yet (the config names only teams it has)
+            statuses.append(BudgetStatus(budget, budget.team, "", _target_id(budget), False))
+            continue
+        projects = [p for p in view.projects if p.team == team.name]
+        currency = team.currency or next((p.usage.currency for p in projects if p.usage), "")
+        statuses.append(_assess(budget, team.name, currency, projects))
+    return tuple(statuses)
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One project's share of a scope's spend."""
+
+    spent: float
+    rate: float | None
+    period_end: float | None
+    at: float | None
+
+
+def _assess(
+    budget: Budget, team: str, currency: str, projects: Sequence[ProjectStatus]
+) -> BudgetStatus:
+    billed = [
+        (p, p.usage) for p in projects if p.usage is not None and p.usage.currency == currency
+    ]
+    project_id = _target_id(budget)
+    if budget.scope == "project":
+        named = [p for p in projects if budget.target in (p.project_id, p.project_slug)]
+        found = bool(named)
+        if named:
+            project_id = named[0].project_id
+        parts = [_project_part(p, u) for p, u in billed if p.project_id == project_id]
+    elif budget.scope == "tag":
+        parts = [
+            _Part(tag.price, tag.rate, u.period_end, p.last_success)
+            for p, u in billed
+            for tag in u.tags
+            if tag.tag == budget.target
+        ]
+        found = bool(parts)
+    else:
+        parts = [_project_part(p, u) for p, u in billed]
+        found = True
+    if not parts:  # nothing polled yet in the scope: no figure rather than a false 0
+        return BudgetStatus(budget, team, currency, project_id, found)
+    spent = sum(part.spent for part in parts)
+    rates = [part.rate for part in parts if part.rate is not None]
+    rate = sum(rates) if rates else None
+    period_end = _latest(part.period_end for part in parts)
+    at = _latest(part.at for part in parts)
+    projected = run_out = None
+    if rate is not None and period_end is not None and at is not None:
+        projected = spent + rate * max(0.0, period_end - at) / SECONDS_PER_HOUR
+        if rate > 0 and spent < budget.amount:
+            run_out = at + (budget.amount - spent) / rate * SECONDS_PER_HOUR
+    return BudgetStatus(
+        budget,
+        team,
+        currency,
+        project_id,
+        found,
+        spent=spent,
+        projected=projected,
+        period_end=period_end,
+        run_out=run_out,
+    )
+
+
+def _project_part(status: ProjectStatus, usage: UsageSnapshot) -> _Part:
+    return _Part(usage.price or 0.0, usage.run_rate, usage.period_end, status.last_success)
+
+
+def _target_id(budget: Budget) -> str:
+    return budget.target if budget.scope == "project" else ""
+
+
+def _latest(values: Iterable[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return max(known) if known else None
