@@ -173,20 +173,20 @@ def test_a_warm_restart_of_a_large_account_fires_nothing_and_leaves_no_hole(
             )
             # what the account's figures make true (a steady bill over its threshold
             # and credit): every rule evaluated over all of it a few times, then every
-            # alert that fired so far is the account's, and none about the exporter
+            # alert that fired so far is the account's, and none about the exporter.
+            # Counted in a recording's own samples (one an evaluation): a subquery over
+            # the raw series said "complete" before the rules had run over it, and an
+            # alert that a recording feeds fired only after the snapshot, under load.
             wait_for(
                 lambda: (
-                    (
-                        prometheus.value(
-                            "count_over_time((count(latitudesh_billing_price)"
-                            f" == {PROJECTS})[10s:1s])"
-                        )
-                        or 0
+                    prometheus.value(
+                        "count(count_over_time("
+                        "latitudesh:billing_price:projected_end_of_period[1m]) >= 5)"
                     )
-                    >= 5
+                    == PROJECTS
                 ),
                 timeout=60,
-                message="five evaluations over every project",
+                message="five rule evaluations over every project",
             )
             before = firing(prometheus, "15m")
             assert before
