@@ -4,10 +4,11 @@ Per team and project: spend so far, the threshold as a bar with the share used, 
 left, how far the billing period has gone, the spend projected to its end, the
 period's spend curve with the projection, the threshold and where the credit runs out
 (inline SVG, `chart.py`; per team, its projects' curves summed), the top products,
-poll health with the last error, and what is wrong with a team in words (a rejected
-key, a timeout), since when and what to do. One self-contained HTML document (no
-script, no external asset: it must work on an air-gapped host and under a strict
-Content-Security-Policy) that reloads itself. Every string from the API is escaped.
+poll health with the last error, what is wrong with a team in words (a rejected
+key, a timeout), since when and what to do, and each budget of the team as a bar. One
+self-contained HTML document (no script, no external asset: it must work on an
+air-gapped host and under a strict Content-Security-Policy) that reloads itself. Every
+string from the API is escaped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 from exporter import chart, errors
+from exporter.budgets import BudgetStatus, assess
 from exporter.curve import Point, summed
 from exporter.snapshot import ProjectStatus, StoreView, TeamStatus, UsageSnapshot
 
@@ -38,6 +40,7 @@ dl{display:grid;grid-template-columns:auto 1fr;gap:.1em .8em;margin:.5em 0}
 dt{color:#656d76}dd{margin:0;text-align:right}
 .bar{background:#eaeef2;border-radius:4px;height:.7em;overflow:hidden;margin:.2em 0}
 .bar span{display:block;height:100%}.ok{background:#1a7f37}.warn{background:#bf8700}
+.budgets td{padding:.15em .6em .15em 0}.budgetbar{width:12em}
 .over{background:#cf222e}.period{background:#8250df}
 table{width:100%;border-collapse:collapse;font-size:.9em}
 td{padding:.1em 0;border-top:1px solid #eaeef2}td.n{text-align:right}
@@ -318,7 +321,51 @@ def _downloads(team: str, projects: Iterable[ProjectStatus]) -> str:
     return f'<p class="meta" data-field="downloads">Download this period: {links("")}{last}</p>'
 
 
-def _team(team: TeamStatus, projects: Iterable[ProjectStatus], now: float) -> str:
+def _budgets(statuses: Iterable[BudgetStatus]) -> str:
+    """Each budget of the team as a bar: the share spent, what the run rate takes it to
+    by the period's end, and the date it runs out where that is before the end."""
+    rows = []
+    for status in statuses:
+        budget = status.budget
+        scope = {
+            "project": f"project {budget.target}",
+            "tag": f"tag {budget.target}",
+        }.get(budget.scope, "whole team")
+        amount = money(budget.amount, status.currency)
+        if status.spent is None or status.spent_ratio is None:
+            figures = "nothing measured yet" if status.found else "names nothing the team has"
+            rows.append(
+                f'<tr data-budget="{_e(scope)}"><td>{_e(scope)}</td><td colspan="2" '
+                f'class="muted">{_e(figures)} · budget {_e(amount)}</td></tr>'
+            )
+            continue
+        share = status.spent_ratio
+        said = f"{money(status.spent, status.currency)} of {amount} ({share:.0%})"
+        if status.projected_ratio is not None:
+            said += f" · {status.projected_ratio:.0%} by the period's end"
+        if (
+            status.run_out is not None
+            and status.period_end is not None
+            and status.run_out < status.period_end
+        ):
+            out = datetime.fromtimestamp(status.run_out, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            said += f" · runs out {out}"
+        rows.append(
+            f'<tr data-budget="{_e(scope)}"><td>{_e(scope)}</td>'
+            f'<td class="budgetbar">{_bar(share, _share_class(share), f"budget {share:.0%} spent")}'
+            f"</td><td>{_e(said)}</td></tr>"
+        )
+    if not rows:
+        return ""
+    return f'<table class="budgets" data-field="budgets">{"".join(rows)}</table>'
+
+
+def _team(
+    team: TeamStatus,
+    projects: Iterable[ProjectStatus],
+    now: float,
+    budgets: Iterable[BudgetStatus] = (),
+) -> str:
     cards = [_project(p, now) for p in projects]
     totals: dict[str, float] = {}
     for p in projects:
@@ -329,7 +376,7 @@ def _team(team: TeamStatus, projects: Iterable[ProjectStatus], now: float) -> st
         f'<section data-team="{_e(team.name)}"><h2>{_e(team.name)} '
         f'<span class="muted">· {len(cards)} project{"" if len(cards) == 1 else "s"} · '
         f"{_e(total)} so far</span></h2>{_downloads(team.name, projects)}"
-        f"{_problem(team, now)}{_team_charts(projects, now)}"
+        f"{_problem(team, now)}{_budgets(budgets)}{_team_charts(projects, now)}"
         f'<div class="grid">{"".join(cards) or "<p class=muted>no projects yet</p>"}'
         "</div></section>"
     )
@@ -340,8 +387,11 @@ def render(view: StoreView, *, now: float, telemetry_path: str, version: str) ->
     for project in view.projects:
         by_team.setdefault(project.team, []).append(project)
     teams = {t.name: t for t in view.teams}
+    budgets: dict[str, list[BudgetStatus]] = {}
+    for status in assess(view):
+        budgets.setdefault(status.team, []).append(status)
     sections = "".join(
-        _team(teams.get(name) or TeamStatus(name), projects, now)
+        _team(teams.get(name) or TeamStatus(name), projects, now, budgets.get(name, ()))
         for name, projects in by_team.items()
     )
     path = _e(telemetry_path)

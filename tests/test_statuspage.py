@@ -16,6 +16,7 @@ from exporter.client import LatitudeClient
 from exporter.curve import step
 from exporter.httpserver import HttpServer
 from exporter.simulation import DEMO_TOKENS, default_accounts
+from exporter.snapshot import Budget
 from exporter.state.sqlite import SqliteState
 from exporter.store import SnapshotStore
 from exporter.web import WebApp
@@ -59,6 +60,43 @@ def test_money_threshold_credit_period_projection_and_products_per_project() -> 
     assert re.search(r"\d+% of the period gone, ends 2026-12-01", card)
     assert "c2.small.x86" in card and "456.00 USD" in card  # top products
     assert "up</span> · last success" in card
+
+
+def test_each_budget_of_a_team_as_a_bar_with_what_it_says() -> None:
+    """The golden store's budgets (conftest.GOLDEN_BUDGETS): spent, projected, an
+    unknown tag said in words."""
+    page = page_of(golden_store())
+    budgets = page[
+        page.index('data-field="budgets"') : page.index(
+            "</table>", page.index('data-field="budgets"')
+        )
+    ]
+    rows = re.findall(r'<tr data-budget="([^"]+)">(.*?)</tr>', budgets)
+    assert [scope for scope, _ in rows] == [
+        "project fantastic-iron-clock",
+        "tag web",
+        "whole team",
+        "tag nowhere",
+    ]
+    said = dict(rows)
+    assert (
+        "512.30 USD of 1,000.00 USD (51%) · 57% by the period&#x27;s end"
+        in said["project fantastic-iron-clock"]
+    )
+    assert 'aria-label="budget 51% spent"' in said["project fantastic-iron-clock"]
+    assert "width:51.2%" in said["project fantastic-iron-clock"]
+    assert "233.00 USD of 500.00 USD (47%)" in said["tag web"]
+    assert "runs out" not in budgets  # every run-out falls after the period's end
+    assert "names nothing the team has · budget 10.00 USD" in said["tag nowhere"]
+
+
+def test_a_budget_the_run_rate_spends_before_the_period_ends_says_when() -> None:
+    store = golden_store()
+    store.set_budgets([Budget("default", 520.0, (100.0,), "project", "proj_r0MK4O4kDa95w")])
+    page = page_of(store)
+    # 7.70 USD left at 0.20 an hour from the poll (2026-11-18 11:06:40): 38.5 hours on
+    assert "runs out 2026-11-20 01:36 UTC" in page
+    assert '<span class="warn" style="width:98.5%">' in page  # 99 %: warned, not over
 
 
 def test_every_api_string_is_escaped() -> None:
@@ -142,6 +180,15 @@ def test_the_demo_page_in_a_real_browser(browser: object, tmp_path: Path) -> Non
             assert box["x"] <= now["x"] <= box["x"] + box["width"]
         assert gpu.locator('svg.curve [data-series="threshold"]').count() == 1
         assert gpu.locator('svg.curve [data-series="projection"]').count() == 1
+        # the demo's budget of web-platform, as a bar as wide as its share
+        budget = page.locator('section[data-team="demo-us"] [data-budget="project web-platform"]')
+        assert budget.count() == 1
+        spent = re.search(r"\((\d+)%\)", budget.inner_text())
+        assert spent is not None, budget.inner_text()
+        inner = budget.locator(".bar span").bounding_box()
+        outer = budget.locator(".bar").bounding_box()
+        assert inner is not None and outer is not None
+        assert abs(inner["width"] / outer["width"] * 100 - min(int(spent[1]), 100)) < 2
         loja = page.locator('[data-project="proj_demo_loja"]')
         assert "BRL" in loja.locator('[data-field="spend"]').inner_text()
         assert "projected" in page.content()
