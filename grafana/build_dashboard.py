@@ -457,15 +457,23 @@ def spend_row(layout: Layout) -> None:
         h=8,
     )
     targets, overrides = money_targets(
-        one("latitudesh:billing_price:deriv1h{" + SELECTED + ", @CURRENCY@}"), "{{project_slug}}"
+        one("latitudesh:billing_run_rate:per_hour{" + SELECTED + ", @CURRENCY@}"),
+        "{{project_slug}}",
     )
+    band, band_overrides = money_targets(
+        one("latitudesh:billing_run_rate:expected{" + SELECTED + ", @CURRENCY@}"),
+        "{{project_slug}} expected",
+    )
+    dashed("E", band, band_overrides)
     layout.add(
         timeseries(
-            "Spend rate per hour",
-            "Spend per hour over the last hour (latitudesh:billing_price:"
-            "deriv1h): what a runaway autoscaler or a new server looks like.",
-            targets,
-            overrides,
+            "Run rate per hour and its anomaly band",
+            "What runs now costs per hour (latitudesh:billing_run_rate:per_hour), and "
+            "dashed the top of what its last day, the same hour yesterday and a week ago "
+            "make expected (latitudesh:billing_run_rate:expected): LatitudeshSpendAnomaly "
+            "fires when the rate stands well above the dashed line for an hour.",
+            targets + band,
+            overrides + band_overrides,
         ),
         w=12,
         h=8,
@@ -514,6 +522,66 @@ def spend_row(layout: Layout) -> None:
             team_overrides,
         ),
         w=24,
+        h=7,
+    )
+
+
+#: A budget's name in a legend: its team, and its project or tag (or the whole team).
+BUDGET_LEGEND = "{{team}} {{scope}} {{project_id}}{{tag}}"
+BUDGETS = 'team=~"$team"'
+
+
+def budget_row(layout: Layout) -> None:
+    """The config's budgets: spent, projected by the run rate, and when they run out."""
+    layout.row("Budgets")
+    for title, metric, description in (
+        (
+            "Budget spent",
+            "latitudesh_budget_spent_ratio",
+            "Each budget of the config (`budgets`): the share of its amount its scope "
+            "(a team, a project or a tag) has spent this period.",
+        ),
+        (
+            "Budget at period end, at the run rate",
+            "latitudesh_budget_projected_ratio",
+            "The share of each budget its scope will have spent by the period's end if "
+            "what runs now keeps running (latitudesh_budget_projected_ratio).",
+        ),
+    ):
+        layout.add(
+            bargauge(
+                title,
+                description,
+                [target(one(metric + "{" + BUDGETS + "}"), legend=BUDGET_LEGEND, instant=True)],
+                THRESHOLD_SHARE,
+                [],
+            ),
+            w=8,
+            h=7,
+        )
+    amount = "latitudesh_budget_amount{" + BUDGETS + "}"
+    run_out = "latitudesh_budget_run_out_timestamp_seconds{" + BUDGETS + "}"
+    layout.add(
+        table(
+            "When budgets run out",
+            "Each budget's amount and the time its scope's run rate spends the rest "
+            "(latitudesh_budget_run_out_timestamp_seconds); empty once it is spent or "
+            "when nothing runs.",
+            [
+                target(one(amount), "A", instant=True, table=True),
+                target(one(run_out) + " * 1000", "B", instant=True, table=True),
+            ],
+            [
+                {
+                    "matcher": {"id": "byName", "options": "Value #B"},
+                    "properties": [{"id": "unit", "value": "dateTimeAsIso"}],
+                },
+            ],
+            [],
+            {"Value #A": "amount", "Value #B": "runs out"},
+            "runs out",
+        ),
+        w=8,
         h=7,
     )
 
@@ -987,7 +1055,7 @@ def health_row(layout: Layout) -> None:
 
 def build() -> dict[str, Any]:
     layout = Layout()
-    for row in (spend_row, last_period_row, money_row, showback_row, health_row):
+    for row in (spend_row, budget_row, last_period_row, money_row, showback_row, health_row):
         row(layout)
     return {
         "title": "Latitude.sh billing",

@@ -174,10 +174,14 @@ def test_dashboard_covers_the_required_panels() -> None:
         "product_bucket_info",
         '"__untagged__"',
         '"__unattributed__"',
+        "latitudesh_budget_spent_ratio",
+        "latitudesh_budget_projected_ratio",
+        "latitudesh_budget_run_out_timestamp_seconds",
+        "latitudesh:billing_run_rate:expected",
     ):
         assert needle in text, needle
     rows = [p["title"] for p in dashboard()["panels"] if p["type"] == "row"]
-    assert "Showback: servers and tags" in rows
+    assert {"Showback: servers and tags", "Budgets"} <= set(rows)
 
 
 def test_panels_do_not_overlap() -> None:
