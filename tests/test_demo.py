@@ -7,12 +7,13 @@ import copy
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from exporter import statuspage
 from exporter.demo import DemoApi
-from exporter.simulation import DEMO_TOKENS, DemoAccount, default_accounts
+from exporter.simulation import DEMO_TOKENS, DemoAccount, default_accounts, demo_budgets
 from tests.conftest import ROOT, TOKEN, http_get, load_fixture, usage_of
 from tests.spec import billing_validator, errors_of, projects_validator
 from tests.spec import copy as spec_copy
@@ -242,3 +243,25 @@ def test_the_demo_closes_a_period_in_its_first_minutes_and_a_server_starts_after
     assert forecast - before_forecast == pytest.approx(713, abs=5)
     assert abs(forecast - linear) > 300  # the two projections visibly differ
     assert linear - before_linear < 50
+
+
+def test_the_demos_project_budget_passes_75_percent_within_its_first_minutes() -> None:
+    """`make run` shows a budget alert without waiting: web-platform's budget (made from
+    the clock at the start) is under 75 % at the start and over it 90 real seconds on,
+    before the period's close at three minutes; the team's stands near 40 %."""
+    now = [1_800_000_000.0]
+    accounts = default_accounts(clock=lambda: now[0])
+    web, team = demo_budgets(accounts)
+    assert (web["project"], "project" in team) == ("web-platform", False)
+    us = accounts[0]
+
+    def spent(budget: dict[str, Any], *projects: str) -> float:
+        _, _, hours = us.period()
+        return sum(us.price_at(pid, hours) for pid in projects) / 100 / float(budget["amount"])
+
+    assert 0.7 < spent(web, "proj_demo_web") < 0.75
+    assert spent(team, *us.projects) == pytest.approx(0.4, abs=0.01)
+    now[0] += 95  # real seconds: simulated hours at the demo's speed
+    assert spent(web, "proj_demo_web") >= 0.75
+    _, end, _ = us.period()
+    assert end > now[0]  # the period has not closed yet
