@@ -56,10 +56,15 @@ COLUMNS: tuple[str, ...] = (
 LINE, ADJUSTMENT = "line", "adjustment"
 
 
-def rows(projects: Iterable[ProjectLines]) -> Iterator[dict[str, str]]:
+#: A row: every column's value as it is (numbers as floats, None for none, a server's
+#: tags as a tuple); each file writes it its own way (`csv_file`, `json_file`).
+Row = dict[str, object]
+
+
+def rows(projects: Iterable[ProjectLines]) -> Iterator[Row]:
     """Each row of the file, by column."""
     for project in projects:
-        base = {
+        base: Row = {
             "team": project.team_name,
             "project_id": project.project_id,
             "project_slug": project.project_slug,
@@ -76,18 +81,18 @@ def rows(projects: Iterable[ProjectLines]) -> Iterator[dict[str, str]]:
         if difference:
             yield (
                 base
-                | dict.fromkeys(COLUMNS[8:], "")
+                | _EMPTY
                 | {
                     "row_type": ADJUSTMENT,
                     "product_name": "Difference between the project's price and its lines",
-                    "share": "1",
-                    "price": decimal(difference),
+                    "share": 1.0,
+                    "price": difference,
                 }
             )
 
 
 def csv_file(projects: Iterable[ProjectLines]) -> Iterator[bytes]:
-    return csv_chunks(COLUMNS, map(_IN_ORDER, rows(projects)))
+    return csv_chunks(COLUMNS, map(_csv_row, rows(projects)))
 
 
 def json_file(projects: Iterable[ProjectLines]) -> Iterator[bytes]:
@@ -97,13 +102,13 @@ def json_file(projects: Iterable[ProjectLines]) -> Iterator[bytes]:
     def pieces() -> Iterator[str]:
         yield '{"columns":' + _JSON.encode(COLUMNS) + ',"rows":['
         for index, row in enumerate(rows(projects)):
-            yield ("," if index else "") + _JSON.encode(_typed(row))
+            yield ("," if index else "") + _JSON.encode(_json_row(row))
         yield "]}\n"
 
     return gathered(pieces())
 
 
-#: Columns that hold numbers: numbers in JSON.
+#: Columns that hold numbers: decimals in the CSV, numbers in JSON.
 _NUMBERS = (
     "share",
     "quantity",
@@ -114,18 +119,35 @@ _NUMBERS = (
 )
 #: A row's values in the columns' order (one C call, not a lookup a column).
 _IN_ORDER = itemgetter(*COLUMNS)
+_NUMBER_AT = tuple(COLUMNS.index(column) for column in _NUMBERS)
+_TAGS_AT = COLUMNS.index("tags")
+#: The line columns of a row that is not a line's.
+_EMPTY: Row = {
+    **dict.fromkeys(COLUMNS[8:], ""),
+    **dict.fromkeys(_NUMBERS),
+    "tags": (),
+}
 #: One encoder for every row (`json.dumps` with options makes one a call).
 _JSON = json.JSONEncoder(separators=(",", ":"))
 
 
-def _typed(row: dict[str, str]) -> dict[str, object]:
-    """A row's values as JSON has them: numbers, a list of tags, null for none."""
-    typed: dict[str, object] = {column: value or None for column, value in row.items()}
+def _csv_row(row: Row) -> list[object]:
+    """Numbers as plain decimals, tags joined by `;`, none as an empty field."""
+    values: list[object] = list(_IN_ORDER(row))
+    for index in _NUMBER_AT:
+        values[index] = decimal(values[index])
+    values[_TAGS_AT] = ";".join(values[_TAGS_AT])  # type: ignore[arg-type]
+    return values
+
+
+def _json_row(row: Row) -> Row:
+    """Numbers as JSON numbers (at most 10 decimals, as the CSV's), a list of tags, null
+    for an empty text or no number."""
+    typed: Row = {column: value or None for column, value in row.items()}
     for column in _NUMBERS:
         value = row[column]
-        typed[column] = float(value) if value else None
-    tags = row["tags"]
-    typed["tags"] = tags.split(";") if tags else []
+        typed[column] = None if value is None else round(value, 10)  # type: ignore[call-overload]
+    typed["tags"] = list(row["tags"])  # type: ignore[call-overload]
     return typed
 
 
@@ -138,7 +160,7 @@ def _shares(line: Line) -> Iterator[tuple[Resource | None, float]]:
         yield resource, share
 
 
-def _line(line: Line, resource: Resource | None, share: float) -> dict[str, str]:
+def _line(line: Line, resource: Resource | None, share: float) -> Row:
     server = resource if resource is not None and resource.kind == "server" else None
     bucket = resource if resource is not None and resource.kind == "bucket" else None
     return {
@@ -155,14 +177,14 @@ def _line(line: Line, resource: Resource | None, share: float) -> dict[str, str]
         "bucket_id": bucket.id if bucket else "",
         "bucket_name": bucket.name if bucket else "",
         "bucket_location": bucket.location if bucket else "",
-        "tags": ";".join(server.tags) if server else "",
-        "share": decimal(share),
-        "quantity": decimal(_part(line.quantity, share)),
-        "billing_unit_divisor": decimal(line.divisor),
-        "unit_price": decimal(line.unit_price),
-        "price_without_discount": decimal(_part(line.price_without_discount, share)),
+        "tags": server.tags if server else (),
+        "share": share,
+        "quantity": _part(line.quantity, share),
+        "billing_unit_divisor": line.divisor,
+        "unit_price": line.unit_price,
+        "price_without_discount": _part(line.price_without_discount, share),
         "discounts": "; ".join(line.discounts),
-        "price": decimal(line.price * share),
+        "price": line.price * share,
         "line_start": timestamp(line.start),
         "line_end": timestamp(line.end),
     }

@@ -33,8 +33,11 @@ def timestamp(seconds: float | None) -> str:
         return ""
 
 
+@lru_cache(maxsize=16384)
 def decimal(value: float | None) -> str:
-    """`value` in plain notation, at most 10 decimals, no trailing zeros; "" for none."""
+    """`value` in plain notation, at most 10 decimals, no trailing zeros; "" for none.
+    Cached: unit prices, quantities and shares repeat over a file's rows (a sixth of a
+    1,000 x 50 FOCUS file's time went here; benchmarks/RESULTS.md section 17)."""
     if value is None or not math.isfinite(value):
         return ""
     # the shortest text that reads back as the number, once rounded: 71.7 / 3 * 3 is
@@ -49,7 +52,7 @@ def decimal(value: float | None) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def csv_chunks(header: Sequence[str], rows: Iterable[Sequence[str]]) -> Iterator[bytes]:
+def csv_chunks(header: Sequence[str], rows: Iterable[Sequence[object]]) -> Iterator[bytes]:
     """`header` and `rows` as CSV (RFC 4180: CRLF, quoted where needed), UTF-8, in
     chunks of about `CHUNK_BYTES`."""
     buffer = io.StringIO()
