@@ -18,13 +18,18 @@ of the polls), so every scrape of one view says the same.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from exporter.config import DEFAULT_TEAM, Settings
 from exporter.snapshot import Budget, ProjectStatus, StoreView, UsageSnapshot
 
 SECONDS_PER_HOUR = 3600.0
+#: Seconds between two looks for budgets that name nothing (`UnknownScopes`).
+CHECK_SECONDS = 10.0
+
+log = logging.getLogger("exporter")
 
 
 def from_settings(settings: Settings) -> tuple[Budget, ...]:
@@ -169,3 +174,33 @@ def _target_id(budget: Budget) -> str:
 def _latest(values: Iterable[float | None]) -> float | None:
     known = [value for value in values if value is not None]
     return max(known) if known else None
+
+
+class UnknownScopes:
+    """Tells, in one warning line each, of a budget whose project or tag its team does
+    not have, once the team has something to measure (its first refresh was attempted,
+    or its projects came from the state): a discovered project or a tag cannot be
+    checked at start. Warned again only after the scope was found and was lost again.
+
+    Parameters:
+        view: the store's view (read each `check`).
+        warned: budgets already told of (at start, by the config's check).
+    """
+
+    def __init__(self, view: Callable[[], StoreView], warned: Iterable[Budget] = ()) -> None:
+        self._view = view
+        self._warned: set[Budget] = set(warned)
+
+    def check(self) -> None:
+        view = self._view()
+        ready = {team.name for team in view.teams if team.refreshed or team.restored}
+        for status in assess(view):
+            budget = status.budget
+            if status.found:
+                self._warned.discard(budget)
+            elif status.team in ready and budget not in self._warned:
+                self._warned.add(budget)
+                log.warning(
+                    f"a budget names a {budget.scope} its team does not have: nothing to measure",
+                    extra={"team": status.team, budget.scope: budget.target},
+                )

@@ -63,6 +63,8 @@ class Setup:
     state_path: Path | None = None
     #: The budgets in force: the config's (in demo mode, the demo's when it has none).
     budgets: tuple[Budget, ...] = ()
+    #: Budgets already warned about at start (a project the team's config does not list).
+    budgets_warned: frozenset[Budget] = frozenset()
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -133,19 +135,24 @@ def configure(flags: Flags, redactor: Redactor) -> Setup:
     if settings.state.enabled and not (flags.once or flags.check_config):
         state_path = settings.state.resolved_path(os.environ, demo=flags.demo)
     budgets = from_settings(settings)
-    _warn_of_unknown_projects(budgets, teams)
-    return Setup(settings, teams, listen, web, api, interval, demo, state_path, budgets)
+    warned = _warn_of_unknown_projects(budgets, teams)
+    return Setup(settings, teams, listen, web, api, interval, demo, state_path, budgets, warned)
 
 
-def _warn_of_unknown_projects(budgets: tuple[Budget, ...], teams: list[TeamConfig]) -> None:
+def _warn_of_unknown_projects(
+    budgets: tuple[Budget, ...], teams: list[TeamConfig]
+) -> frozenset[Budget]:
     """A budget on a project its team does not list is told at once when the team lists
-    its projects (a discovered project, or a tag, shows only once polled: then
-    `latitudesh_budget_found` says so)."""
+    its projects (a discovered project, or a tag, is told once polled:
+    `budgets.UnknownScopes`). The budgets told of."""
     listed = {team.label: {p.id for p in team.projects} for team in teams if team.projects}
+    warned = set()
     for budget in budgets:
         ids = listed.get(budget.team)
         if budget.scope == "project" and ids is not None and budget.target not in ids:
+            warned.add(budget)
             log.warning(
                 "a budget names a project its team does not list: nothing to measure",
                 extra={"team": budget.team, "project": budget.target},
             )
+    return frozenset(warned)

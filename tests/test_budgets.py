@@ -3,6 +3,7 @@ series they make, and a SIGHUP that reads them again while the daemon runs."""
 
 from __future__ import annotations
 
+import logging
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.budgets import assess, from_settings
+from exporter.budgets import UnknownScopes, assess, from_settings
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.snapshot import Budget, ProjectStatus, StoreView, TeamStatus
 from exporter.store import SnapshotStore
@@ -320,3 +321,47 @@ def test_sighup_reads_the_budgets_again_and_refuses_a_broken_file(
         assert "budgets[#1].amount" in exporter.output()
     finally:
         exporter.stop()
+
+
+def test_an_unknown_scope_is_warned_about_once_its_team_was_polled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tag or discovered project can only be missed once the team has something to
+    measure; then one warning, not one a check, and again only if found and lost."""
+    tag = Budget("prod", 10.0, LEVELS, "tag", "db")
+    told = Budget("prod", 10.0, LEVELS, "project", "proj_typo")  # warned at start
+    polled = view_of(tag, told, projects=PROJECTS[:1])  # proj_w: no server tagged db...
+    polled = replace(
+        polled,
+        projects=(
+            replace(
+                polled.projects[0],
+                usage=usage_of(
+                    answer("proj_w", hourly("si_1", 100, 1, server("sv_1", "web"))), "proj_w", at=T0
+                ),
+            ),
+        ),
+    )
+    waiting = replace(polled, teams=(replace(polled.teams[0], refreshed=False),))
+    found = view_of(tag, told, projects=PROJECTS)  # ...proj_a's server is
+    ready = replace(polled, teams=(replace(polled.teams[0], refreshed=True),))
+    shown = [waiting]
+    unknown = UnknownScopes(lambda: shown[0], warned=[told])
+
+    def warnings() -> list[str]:
+        return [
+            r.getMessage() for r in caplog.records if r.getMessage().startswith("a budget names")
+        ]
+
+    with caplog.at_level(logging.WARNING, logger="exporter"):
+        unknown.check()
+        assert warnings() == []  # the team has not been polled yet
+        shown[0] = ready
+        unknown.check()
+        unknown.check()
+        assert warnings() == ["a budget names a tag its team does not have: nothing to measure"]
+        shown[0] = found
+        unknown.check()
+        shown[0] = ready
+        unknown.check()
+        assert len(warnings()) == 2  # found, then lost again
