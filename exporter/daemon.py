@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from exporter import __version__, exitcodes, runtime
-from exporter.budgets import CHECK_SECONDS, UnknownScopes, from_settings
+from exporter.budgets import from_settings
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.flags import DEFAULT_CONFIG_FILE, Flags
 from exporter.httpserver import HttpServer
@@ -147,10 +147,6 @@ def serve(app: App, setup: Setup, flags: Flags) -> int:
     for schedule in app.schedules:
         schedule.start()
     app.watchdog.start()
-    unknown = UnknownScopes(app.store.view, setup.budgets_warned)
-    app.scheduler.add_job(
-        unknown.check, "interval", seconds=CHECK_SECONDS, id="budgets", coalesce=True
-    )
     app.scheduler.start()
     while not app.stop.is_set():
         for received in inbox.wait():

@@ -17,6 +17,7 @@ from functools import partial
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 
+from exporter.budgets import CHECK_SECONDS, UnknownScopes
 from exporter.client import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, LatitudeClient
 from exporter.collector import TeamCollector
 from exporter.config import (
@@ -53,6 +54,7 @@ class App:
     store: SnapshotStore
     exposition: Exposition
     pollers: list[Poller]
+    #: Each team's refreshes, and the check for budgets on nothing.
     schedules: list[Schedule]
     watchdog: Watchdog
     clients: list[LatitudeClient]
@@ -156,6 +158,10 @@ def build_app(setup: Setup) -> App:
         clients.append(client)
         watched.append(WatchedTeam(poller, schedule))
     watchdog = Watchdog(watched, store, margin=stall_margin(api))
+    # Budgets on nothing are told once the teams were polled: on the monotonic clock, as
+    # the refreshes (a step of the wall clock must not stall or burst it).
+    unknown = UnknownScopes(store.view, setup.budgets_warned)
+    schedules.append(Schedule("budgets", unknown.check, lambda: CHECK_SECONDS))
     answers = state.load()
     curves = state.load_points()
     served = sum(poller.restore(answers, curves) for poller in pollers)

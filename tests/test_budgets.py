@@ -287,10 +287,26 @@ def test_sighup_reads_the_budgets_again_and_refuses_a_broken_file(
     fake_api: FakeApi, tmp_path: Path
 ) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"budgets": [{"project": "web-platform", "amount": 100}]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "budgets": [
+                    {"project": "web-platform", "amount": 100},
+                    {"tag": "nowhere", "amount": 1},
+                ]
+            }
+        )
+    )
     exporter = ExporterProcess(["--config.file", str(config)], env=api_env(fake_api), tmp=tmp_path)
     try:
         exporter.wait_ready()
+        # a tag no server carries: told once the team was polled (the daemon's check)
+        wait_for(
+            lambda: "a budget names a tag its team does not have" in exporter.output(),
+            timeout=60,
+            message="the warning of a budget on nothing",
+        )
+        assert "tag=nowhere" in exporter.output()
         wait_for(
             lambda: (
                 sample(exporter.scrape(), "latitudesh_budget_spent_ratio", scope="project")
