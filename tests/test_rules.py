@@ -14,7 +14,7 @@ from tests.conftest import ROOT, require_binary
 
 PROMETHEUS = ROOT / "prometheus"
 README = (ROOT / "README.md").read_text()
-#: Rules of minutes at a 1-minute evaluation, of a day at 5, of a week at 15 (cheaper).
+#: Rules of minutes at a 1-minute evaluation, of a day at 5, of a week at 30 (cheaper).
 RULE_TESTS = ("rules.test.yml", "rules.daily.test.yml", "rules.weekly.test.yml")
 
 
