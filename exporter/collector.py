@@ -658,6 +658,16 @@ STATE_FAMILIES: tuple[Family[StateStatus, Any], ...] = (
         _count,
         type="counter",
     ),
+    Family(
+        "latitudesh_download_skipped_answers_total",
+        "Kept answers that no longer read (a schema the models refuse now), left out of "
+        "the finance files served (/showback.*, /focus.csv, /opencost/pricing.csv), "
+        "counted once a download.",
+        (),
+        STATE,
+        lambda s: float(s.skipped_in_downloads),
+        type="counter",
+    ),
 )
 
 BUDGET_LABELS = ("team", "scope", "project_id", "tag", "currency")

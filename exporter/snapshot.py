@@ -461,6 +461,8 @@ class StateStatus:
     up: bool = False
     #: Failures by reason, in the order of `state.STATE_ERROR_REASONS`.
     errors: tuple[int, ...] = ()
+    #: Kept answers that no longer read, left out of the finance files (one a download).
+    skipped_in_downloads: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -375,8 +375,15 @@ class SnapshotStore:
                 index = STATE_ERROR_REASONS.index(reason)
                 errors = (*errors[:index], errors[index] + 1, *errors[index + 1 :])
             if (state.enabled, state.up, state.errors) != (True, up, errors):
-                self._state = StateStatus(enabled=True, up=up, errors=errors)
+                self._state = replace(state, enabled=True, up=up, errors=errors)
                 self._changed()
+
+    def record_download_skipped(self, answers: int) -> None:
+        """`answers` kept answers that no longer read were left out of a download."""
+        with self._lock:
+            state = self._state
+            self._state = replace(state, skipped_in_downloads=state.skipped_in_downloads + answers)
+            self._changed()
 
     def record_restored(self, team: str, restored: Iterable[Restored]) -> None:
         """Projects' last answers from the state, at start, each with its last closed

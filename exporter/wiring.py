@@ -179,7 +179,7 @@ def build_app(setup: Setup) -> App:
         demo=setup.demo,
         web=setup.web,
         state=state,
-        downloads=Downloads(state),
+        downloads=Downloads(state, on_skipped=store.record_download_skipped),
     )
 
 

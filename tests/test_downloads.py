@@ -29,6 +29,7 @@ from exporter.downloads.text import decimal, timestamp
 from exporter.simulation import DemoAccount
 from exporter.state import NoState, StoredAnswer
 from exporter.state.sqlite import SqliteState
+from exporter.store import SnapshotStore
 from testing import periods
 from testing.fakeapi import FakeApi
 from testing.periods import period_before
@@ -41,6 +42,7 @@ from tests.conftest import (
     api_env,
     http_get,
     parse_samples,
+    reference_exposition,
     sample,
 )
 
@@ -276,6 +278,30 @@ def test_an_answer_kept_a_moment_ago_is_in_the_file(tmp_path: Path) -> None:
     assert {r["product_id"] for r in document["rows"]} == {"si_bm", "si_pair", "si_calls", "si_lic"}
     assert all(isinstance(r["price"], float) for r in document["rows"])
     assert document["rows"][0]["tags"] == ["web", "prod"]
+
+
+def test_a_kept_answer_that_no_longer_reads_is_left_out_and_counted(tmp_path: Path) -> None:
+    """A stored answer the models refuse now (written by another version): the file
+    holds the others, the store counts it once a download, and the metric says so."""
+    state = SqliteState(
+        tmp_path / "state.db", on_status=lambda up, reason: None, max_body_bytes=1 << 24
+    )
+    state.load()
+    state.start()
+    store = SnapshotStore()
+    store.record_state(True)
+    try:
+        state.keep(StoredAnswer("default", "p", DECEMBER, DEC_1 + 60, "USD", period_start=DEC_1))
+        state.keep(StoredAnswer("default", "q", b'{"data": []}', DEC_1 + 60, "USD"))
+        downloads = Downloads(state, on_skipped=store.record_download_skipped)
+        for path in ("/showback.csv", "/focus.csv"):
+            _, body = download(downloads, path)
+            assert {r.get("project_id") or r.get("SubAccountId") for r in table(body)} == {"p"}
+    finally:
+        state.close(10)
+    assert store.view().state.skipped_in_downloads == 2
+    samples = parse_samples(reference_exposition(store).decode())
+    assert sample(samples, "latitudesh_download_skipped_answers_total") == 2.0
 
 
 def test_an_answer_the_writer_is_still_writing_is_in_the_file(

@@ -68,10 +68,13 @@ class Downloads:
     Parameters:
         state: where the answers are kept (`State.answers`): without one, every
             download is a 503 that says so.
+        on_skipped: told how many kept answers a download left out because they no
+            longer read (the store counts them), once the download ends.
     """
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, on_skipped: Callable[[int], None] | None = None) -> None:
         self._state = state
+        self._on_skipped = on_skipped
 
     def serve(self, path: str, query: str) -> File | Refusal | None:
         """The download at `path` (None: not one)."""
@@ -104,7 +107,7 @@ class Downloads:
         return File(
             media_type,
             f"latitudesh-{name}_{_safe(team or 'all-teams')}_{label}.{extension}",
-            _logged(render(rows), skipped, path),
+            _logged(render(rows), skipped, path, self._on_skipped),
         )
 
     def _unknown(self, period: Period) -> Refusal | None:
@@ -168,9 +171,16 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:64] or "team"
 
 
-def _logged(chunks: Iterator[bytes], skipped: list[str], path: str) -> Iterator[bytes]:
+def _logged(
+    chunks: Iterator[bytes],
+    skipped: list[str],
+    path: str,
+    on_skipped: Callable[[int], None] | None,
+) -> Iterator[bytes]:
     yield from chunks
     if skipped:
+        if on_skipped is not None:
+            on_skipped(len(skipped))
         log.warning(
             "kept answers that no longer read were left out of a download",
             extra={"path": path, "projects": len(skipped), "first": skipped[0]},
