@@ -42,6 +42,9 @@ PROJECTS_PAGE_SIZE = 100
 #: about 18 characters; a longer one is refused (and counted), never cut, because a cut
 #: id would no longer name the project its poll was for.
 MAX_ID_CHARS = 128
+#: How every project id of the API begins (the spec's examples, every live id); a slug,
+#: the other way to name a project, is lowercase words and hyphens.
+PROJECT_ID_PREFIX = "proj_"
 #: JSON values (objects, arrays and comma-separated items) one answer may hold, counted
 #: before anything is parsed: bounds the memory of parsing a body that is small in
 #: bytes but made of millions of `{}` (10,000 product lines take about 300,000).

@@ -32,6 +32,7 @@ from exporter.config import (
 from exporter.demo import DemoApi
 from exporter.flags import DEFAULT_CONFIG_FILE, Flags
 from exporter.logs import Redactor
+from exporter.models import PROJECT_ID_PREFIX
 from exporter.simulation import DEMO_TOKENS, default_accounts, demo_budgets
 from exporter.snapshot import Budget
 from exporter.webconfig import WebSettings, load_web_config
@@ -142,14 +143,20 @@ def configure(flags: Flags, redactor: Redactor) -> Setup:
 def _warn_of_unknown_projects(
     budgets: tuple[Budget, ...], teams: list[TeamConfig]
 ) -> frozenset[Budget]:
-    """A budget on a project its team does not list is told at once when the team lists
-    its projects (a discovered project, or a tag, is told once polled:
-    `budgets.UnknownScopes`). The budgets told of."""
+    """A budget naming by its id a project its team does not list is told at once when
+    the team lists its projects. One naming a project by its slug (unknown until the
+    first poll), a discovered project or a tag is told once polled
+    (`budgets.UnknownScopes`). The budgets told of."""
     listed = {team.label: {p.id for p in team.projects} for team in teams if team.projects}
     warned = set()
     for budget in budgets:
         ids = listed.get(budget.team)
-        if budget.scope == "project" and ids is not None and budget.target not in ids:
+        if (
+            budget.scope == "project"
+            and budget.target.startswith(PROJECT_ID_PREFIX)
+            and ids is not None
+            and budget.target not in ids
+        ):
             warned.add(budget)
             log.warning(
                 "a budget names a project its team does not list: nothing to measure",

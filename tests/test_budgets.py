@@ -269,6 +269,24 @@ def test_a_budget_on_a_project_the_team_does_not_list_is_warned_about_at_start(
     assert "project=proj_elsewhere" in result.stderr
 
 
+def test_a_budget_naming_a_listed_project_by_its_slug_is_not_warned_about_at_start(
+    fake_api: FakeApi, tmp_path: Path
+) -> None:
+    """A slug is unknown until the first poll: only an id can be checked at start."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "projects": [{"id": "proj_demo_web"}],
+                "budgets": [{"project": "web-platform", "amount": 10}],
+            }
+        )
+    )
+    result = run_cli("--check-config", "--config.file", str(config), env=api_env(fake_api))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "a budget names a project" not in result.stderr
+
+
 # --- the daemon: the series, and SIGHUP --------------------------------------------------
 
 
@@ -303,7 +321,7 @@ def test_sighup_reads_the_budgets_again_and_refuses_a_broken_file(
         # a tag no server carries: told once the team was polled (the daemon's check)
         wait_for(
             lambda: "a budget names a tag its team does not have" in exporter.output(),
-            timeout=60,
+            timeout=120,  # the first refresh, then a check every 10 s
             message="the warning of a budget on nothing",
         )
         assert "tag=nowhere" in exporter.output()
