@@ -301,6 +301,7 @@ def budget_samples(exporter: ExporterProcess) -> dict[tuple[str, str], float]:
     }
 
 
+@pytest.mark.timeout(300)  # its waits add up beyond the suite's default 120 s
 def test_sighup_reads_the_budgets_again_and_refuses_a_broken_file(
     fake_api: FakeApi, tmp_path: Path
 ) -> None:
